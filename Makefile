@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create and use a virtual environment in .venv (Python 3.10+).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "unet_cbam needs Python 3.10+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: venv
+	$(PY) -c 'from unet_cbam import ModelConfig, build_unet; build_unet(ModelConfig()).summary()'
+
+lint: venv
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

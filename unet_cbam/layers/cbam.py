@@ -1,0 +1,214 @@
+"""Convolutional Block Attention Module (CBAM) as Keras 3 layers.
+
+Woo, Park, Lee and Kweon, "CBAM: Convolutional Block Attention Module",
+ECCV 2018 (arXiv:1807.06521):
+
+    F'  = M_c(F) * F        M_c(F) = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))
+    F'' = M_s(F') * F'      M_s(F) = sigmoid(conv_kxk([mean_c(F); max_c(F)]))
+
+Every layer exposes ``gate(inputs)``, the attention weights in float32, and
+``call(inputs)``, the inputs multiplied by that gate. ``attention_maps`` uses
+the gates to show what a trained model attends to.
+
+Under a ``mixed_float16`` policy the pooling, the MLP, the spatial convolution
+and the sigmoid all run in float32 (their sublayers are pinned to float32), so
+sums over large feature maps cannot overflow and the gate keeps its full (0, 1)
+range; only the final product is computed in the layer's compute dtype.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+VARIANTS = ("paper", "blog")
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+def _check_reduction_ratio(reduction_ratio: int) -> int:
+    if int(reduction_ratio) != reduction_ratio or reduction_ratio < 1:
+        raise ValueError(f"reduction_ratio must be an integer >= 1, got {reduction_ratio!r}")
+    return int(reduction_ratio)
+
+
+def _check_kernel_size(kernel_size: int) -> int:
+    if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+    return int(kernel_size)
+
+
+@keras.saving.register_keras_serializable(package="unet_cbam")
+class ChannelAttention(keras.layers.Layer):
+    """Channel attention: which feature maps matter.
+
+    One MLP (``channels -> max(1, channels // reduction_ratio) -> channels``)
+    is shared by the average-pooled and the max-pooled channel descriptors;
+    its two outputs are summed and passed through a sigmoid.
+
+    Args:
+        reduction_ratio: how much the MLP's hidden layer is narrower than the
+            number of channels (the paper uses 16).
+        variant: ``"paper"`` (default) has a ReLU after the first Dense layer
+            only, as in the paper. ``"blog"`` reproduces the widely copied
+            Keras snippet this project started from, which also puts a ReLU on
+            the second Dense layer: both MLP outputs are then >= 0, so every
+            gate is >= sigmoid(0) = 0.5 and the layer can never suppress a
+            channel by more than half. It exists for comparisons only.
+
+    Input shape: ``(batch, height, width, channels)``; the channel count is
+    read from the input. Output shape: the same.
+    """
+
+    def __init__(self, reduction_ratio: int = 16, variant: str = "paper", **kwargs):
+        super().__init__(**kwargs)
+        self.reduction_ratio = _check_reduction_ratio(reduction_ratio)
+        self.variant = _check_variant(variant)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("ChannelAttention needs a known channel count (last axis)")
+        hidden = max(1, channels // self.reduction_ratio)
+        # The blog snippet initialises with he_normal; the paper does not say.
+        initializer = "he_normal" if self.variant == "blog" else "glorot_uniform"
+        self.hidden_dense = keras.layers.Dense(
+            hidden, activation="relu", kernel_initializer=initializer,
+            dtype="float32", name="mlp_hidden",
+        )
+        self.output_dense = keras.layers.Dense(
+            channels, activation="relu" if self.variant == "blog" else None,
+            kernel_initializer=initializer, dtype="float32", name="mlp_output",
+        )
+        self.hidden_dense.build((None, channels))
+        self.output_dense.build((None, hidden))
+
+    def _mlp(self, descriptor):
+        return self.output_dense(self.hidden_dense(descriptor))
+
+    def gate(self, inputs):
+        """Channel weights in (0, 1), float32, shape ``(batch, 1, 1, channels)``."""
+        if not self.built:
+            self.build(inputs.shape)
+        features = ops.cast(inputs, "float32")
+        average = ops.mean(features, axis=(1, 2))
+        maximum = ops.max(features, axis=(1, 2))
+        weights = ops.sigmoid(self._mlp(average) + self._mlp(maximum))
+        return weights[:, None, None, :]
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.gate(inputs), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(reduction_ratio=self.reduction_ratio, variant=self.variant)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="unet_cbam")
+class SpatialAttention(keras.layers.Layer):
+    """Spatial attention: where the informative pixels are.
+
+    The channel-wise mean and max maps are concatenated and convolved by one
+    ``kernel_size x kernel_size`` filter, then passed through a sigmoid.
+
+    Args:
+        kernel_size: side of the convolution (the paper's best is 7).
+        variant: ``"paper"`` (default): the convolution has a bias.
+            ``"blog"``: as in the original Keras snippet, no bias and
+            ``he_normal`` initialisation.
+
+    Input shape: ``(batch, height, width, channels)``. Output shape: the same.
+    """
+
+    def __init__(self, kernel_size: int = 7, variant: str = "paper", **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _check_kernel_size(kernel_size)
+        self.variant = _check_variant(variant)
+
+    def build(self, input_shape):
+        blog = self.variant == "blog"
+        self.conv = keras.layers.Conv2D(
+            1, self.kernel_size, padding="same", activation=None,
+            use_bias=not blog,
+            kernel_initializer="he_normal" if blog else "glorot_uniform",
+            dtype="float32", name="conv",
+        )
+        self.conv.build((None, None, None, 2))
+
+    def gate(self, inputs):
+        """Spatial weights in (0, 1), float32, shape ``(batch, height, width, 1)``."""
+        if not self.built:
+            self.build(inputs.shape)
+        features = ops.cast(inputs, "float32")
+        descriptor = ops.concatenate(
+            [ops.mean(features, axis=-1, keepdims=True), ops.max(features, axis=-1, keepdims=True)],
+            axis=-1,
+        )
+        return ops.sigmoid(self.conv(descriptor))
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.gate(inputs), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, variant=self.variant)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="unet_cbam")
+class CBAM(keras.layers.Layer):
+    """Convolutional Block Attention Module: channel attention, then spatial.
+
+    Args:
+        reduction_ratio: passed to :class:`ChannelAttention`.
+        spatial_kernel_size: passed to :class:`SpatialAttention`.
+        variant: ``"paper"`` (default) or ``"blog"``, passed to both; see
+            :class:`ChannelAttention` for what the blog variant gets wrong.
+
+    Input shape: ``(batch, height, width, channels)``. Output shape: the same.
+    """
+
+    def __init__(self, reduction_ratio: int = 16, spatial_kernel_size: int = 7,
+                 variant: str = "paper", **kwargs):
+        super().__init__(**kwargs)
+        self.reduction_ratio = _check_reduction_ratio(reduction_ratio)
+        self.spatial_kernel_size = _check_kernel_size(spatial_kernel_size)
+        self.variant = _check_variant(variant)
+
+    def build(self, input_shape):
+        self.channel_attention = ChannelAttention(
+            self.reduction_ratio, self.variant, dtype=self.dtype_policy, name="channel_attention",
+        )
+        self.spatial_attention = SpatialAttention(
+            self.spatial_kernel_size, self.variant, dtype=self.dtype_policy,
+            name="spatial_attention",
+        )
+        self.channel_attention.build(input_shape)
+        self.spatial_attention.build(input_shape)
+
+    def call(self, inputs):
+        return self.spatial_attention(self.channel_attention(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            reduction_ratio=self.reduction_ratio,
+            spatial_kernel_size=self.spatial_kernel_size,
+            variant=self.variant,
+        )
+        return config
+

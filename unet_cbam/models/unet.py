@@ -1,0 +1,82 @@
+"""`build_unet(config)`: the one model builder used by training, prediction,
+notebooks and benchmarks.
+
+Layout (level ``l`` = stride ``2**l``; the plain encoder has skips at levels
+``0 .. depth-1``, a backbone at ``1 .. depth-1``)::
+
+    image -> encoder -> bottleneck [-> dropout]
+    for level = depth-1 .. 0 (decoder_stage0 is the deepest):
+        x = upsample(x)                        decoder_stage{s}_upsample
+        x = concat(x, attention(skip[level]))  skip{level}_{cbam|channel_attention|...}
+        x = conv_block(x)                      decoder_stage{s}_conv1, _conv2
+    head: 1x1 conv -> sigmoid (1 class) or softmax (N classes), always float32
+"""
+
+from __future__ import annotations
+
+import keras
+
+from unet_cbam.config import ModelConfig
+from unet_cbam.layers import CBAM, ChannelAttention, SpatialAttention
+from unet_cbam.models.encoders import build_encoder, conv_block
+
+#: Name suffix of the attention layer on each skip, per attention mode.
+ATTENTION_SUFFIX = {
+    "channel": "channel_attention",
+    "spatial": "spatial_attention",
+    "cbam": "cbam",
+}
+
+
+def build_unet(config: ModelConfig) -> keras.Model:
+    """Build the UNet described by ``config``.
+
+    Input: ``(batch, height, width, config.input_channels)`` in [0, 1], with
+    height and width divisible by ``config.divisor``. Output: probabilities,
+    ``(batch, height, width, config.num_classes)``, float32 even under a mixed
+    precision policy.
+    """
+    height, width = config.input_size or (None, None)
+    image = keras.Input((height, width, config.input_channels), name="image")
+    x, skips = build_encoder(image, config)
+    if config.dropout > 0:
+        x = keras.layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
+
+    depth = config.resolved_depth
+    for stage, level in enumerate(reversed(range(depth))):
+        filters = config.base_filters * 2**level
+        name = f"decoder_stage{stage}"
+        x = _upsample(x, filters, config.upsampling, f"{name}_upsample")
+        if level in skips:
+            skip = attention_block(skips[level], config, f"skip{level}")
+            x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
+        x = conv_block(x, filters, config, name)
+
+    binary = config.num_classes == 1
+    x = keras.layers.Conv2D(config.num_classes, 1, name="head_conv")(x)
+    probabilities = keras.layers.Activation(
+        "sigmoid" if binary else "softmax", dtype="float32", name="head")(x)
+    name = f"unet_{config.encoder}_{config.attention}"
+    return keras.Model(image, probabilities, name=name)
+
+
+def attention_block(skip: keras.KerasTensor, config: ModelConfig, prefix: str
+                    ) -> keras.KerasTensor:
+    """Apply ``config.attention`` to one skip tensor (identity for "none")."""
+    if config.attention == "none":
+        return skip
+    name = f"{prefix}_{ATTENTION_SUFFIX[config.attention]}"
+    variant = config.cbam_variant
+    if config.attention == "channel":
+        layer = ChannelAttention(config.reduction_ratio, variant, name=name)
+    elif config.attention == "spatial":
+        layer = SpatialAttention(config.spatial_kernel_size, variant, name=name)
+    else:
+        layer = CBAM(config.reduction_ratio, config.spatial_kernel_size, variant, name=name)
+    return layer(skip)
+
+
+def _upsample(x: keras.KerasTensor, filters: int, mode: str, name: str) -> keras.KerasTensor:
+    if mode == "transpose":
+        return keras.layers.Conv2DTranspose(filters, 2, strides=2, name=name)(x)
+    return keras.layers.UpSampling2D(2, interpolation=mode, name=name)(x)
