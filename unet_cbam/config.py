@@ -124,6 +124,133 @@ class ModelConfig:
         return 2**self.resolved_depth
 
 
+MaskEncoding = Literal["auto", "binary", "indexed", "palette", "rgb"]
+AugmentationPreset = Literal["none", "light", "default", "heavy"]
+
+
+@dataclass
+class DataConfig:
+    """Where the data is, how masks are encoded, and how patches are sampled."""
+
+    data: str | None = option(
+        None,
+        "data folder holding images/ and masks/ (paired by file stem); "
+        "none: the built-in demo data, generated into data/demo on first use")
+    images: str | None = option(None, "image folder (instead of --data)")
+    masks: str | None = option(None, "mask folder (instead of --data)")
+    val_data: str | None = option(
+        None, "separate validation folder with images/ and masks/ (else --val-fraction)")
+    val_fraction: float = option(
+        0.2, "fraction of the pairs held out for validation (deterministic for a seed)")
+    mask_encoding: MaskEncoding = option(
+        "auto",
+        "auto (detected from the masks and saved with the run), binary, indexed (class id "
+        "per pixel), palette (PNG palette indices) or rgb (colours, see class_colors)")
+    binary_threshold: int = option(
+        0, "binary masks: foreground is any value above this (covers 0/1, 0/255, instances)")
+    class_colors: list[list[int]] | None = option(
+        None, "rgb masks: [r, g, b] of each class, in class order")
+    ignore_value: int | None = option(
+        None, "mask value excluded from loss and metrics (binary, indexed, palette masks)")
+    ignore_color: list[int] | None = option(
+        None, "rgb masks: [r, g, b] excluded from loss and metrics")
+    class_names: list[str] | None = option(
+        None, "a name per class, used in logs and reports (binary: [background, foreground])")
+    mask_values: list[int] | None = option(
+        None,
+        "binary masks: the [background, foreground] values written by predict "
+        "(detected from the training masks when none)")
+    palette: list[list[int]] | None = option(
+        None, "palette masks: the RGB palette written by predict (read from the masks)")
+    patch_size: int = option(256, "side of the square training patches, in pixels")
+    foreground_oversampling: float = option(
+        0.33, "probability that a training patch is centred on foreground (0 disables)")
+    augmentation: AugmentationPreset = option(
+        "default", "augmentation preset: none, light, default or heavy")
+    augmentations: list[dict[str, Any]] | None = option(
+        None,
+        "your own albumentations pipeline, replacing the preset: a list of "
+        "{TransformName: {argument: value}} (YAML config only)")
+    cache_gb: float = option(
+        4.0, "keep decoded images in memory when they take less than this many GB")
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
+                 "must be in [0, 1)")
+        _require(0.0 <= self.foreground_oversampling <= 1.0, "foreground_oversampling",
+                 self.foreground_oversampling, "must be in [0, 1]")
+        _require(self.patch_size >= 8, "patch_size", self.patch_size, "must be >= 8")
+        _require(self.cache_gb >= 0, "cache_gb", self.cache_gb, "must be >= 0")
+        for name in ("class_colors", "palette"):
+            colors = getattr(self, name)
+            _require(colors is None or all(len(c) == 3 for c in colors), name, colors,
+                     "must be a list of [r, g, b]")
+        _require(self.ignore_color is None or len(self.ignore_color) == 3, "ignore_color",
+                 self.ignore_color, "must be [r, g, b]")
+        _require(self.mask_values is None or len(self.mask_values) == 2, "mask_values",
+                 self.mask_values, "must be [background, foreground]")
+        _require(self.data is None or (self.images is None and self.masks is None),
+                 "data", self.data, "cannot be combined with images/masks")
+        _require((self.images is None) == (self.masks is None), "images", self.images,
+                 "and masks must be given together")
+
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["cosine", "constant", "plateau"]
+Strategy = Literal["default", "mirrored"]
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: budget, optimiser, loss, schedule and hardware."""
+
+    epochs: int = option(100, "number of epochs")
+    steps_per_epoch: int | None = option(
+        None, "training batches per epoch (default: about one pass over the training pixels)")
+    batch_size: int = option(8, "patches per batch (over all replicas)")
+    optimizer: Optimizer = option("adam", "adam, adamw or sgd (with Nesterov momentum 0.9)")
+    learning_rate: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "adamw only: decoupled weight decay")
+    lr_schedule: Schedule = option(
+        "cosine", "cosine (decay to 1% after warm-up), constant, or plateau (x0.5 on stalls)")
+    warmup_epochs: int = option(1, "epochs of linear learning-rate warm-up (cosine)")
+    loss: str = option(
+        "auto",
+        "loss terms joined by '+': ce (bce), dice, jaccard, focal. auto: bce+dice for binary, "
+        "ce+dice for several classes. Region terms average over every class, background too")
+    class_weights: list[float] | None = option(
+        None, "a weight per class for the loss (binary: [background, foreground])")
+    monitor: str = option(
+        "val_mean_dice", "validation metric that picks the best model (higher is better)")
+    early_stopping_patience: int = option(
+        30, "stop after this many epochs without improvement of the monitor (0: never)")
+    mixed_precision: bool = option(False, "train with the mixed_float16 policy")
+    strategy: Strategy = option(
+        "default", "tf.distribute strategy: default (one device) or mirrored (all GPUs)")
+    seed: int = option(42, "seed for the split, the patches, augmentation and weights")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
+                 self.steps_per_epoch, "must be >= 1")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
+        _require(self.early_stopping_patience >= 0, "early_stopping_patience",
+                 self.early_stopping_patience, "must be >= 0")
+        _require(self.monitor.startswith("val_"), "monitor", self.monitor,
+                 "must be a validation metric (val_...)")
+
+
+@dataclass
+class RunConfig:
+    """A training run: saved as config.yaml in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 def _require(condition: bool, name: str, value: Any, problem: str) -> None:
     if not condition:
         raise ValueError(f"{name} {value!r} {problem}")

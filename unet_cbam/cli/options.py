@@ -1,0 +1,127 @@
+"""Command-line options generated from the config dataclasses.
+
+Every field becomes ``--field-name`` with its help text from the dataclass,
+so the config and the command line cannot drift apart. Values are parsed as
+YAML scalars or lists (``none``, ``true``, ``0.5``, ``[[0, 0, 0], [255, 0, 0]]``)
+and then type-checked like a config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from unet_cbam.config import from_dict, to_dict
+
+SECTION_SEPARATOR = "."
+
+
+def add_config_options(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
+    """Add ``--name`` for every field of every section (dest ``section.name``)."""
+    seen: dict[str, str] = {}
+    for section, cls in sections.items():
+        group = parser.add_argument_group(f"{section} options ({cls.__name__})")
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[field.name]):
+                continue
+            flag = "--" + field.name.replace("_", "-")
+            if flag in seen:
+                raise ValueError(f"{flag} is defined by both {seen[flag]} and {section}")
+            seen[flag] = section
+            default = (field.default if field.default is not dataclasses.MISSING
+                       else field.default_factory())
+            kind = hints[field.name]
+            help_text = field.metadata.get("help", "").replace("%", "%%")
+            help_text += f" (default: {_show(default)})"
+            dest = f"{section}{SECTION_SEPARATOR}{field.name}"
+            if kind is bool:
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
+                continue
+            choices = _choices(kind)
+            if choices is not None:
+                help_text = help_text.replace(" (default", f" {{{', '.join(choices)}}} (default")
+            if typing.get_origin(_strip_optional(kind)) is list and \
+                    _is_scalar(typing.get_args(_strip_optional(kind))[0]):
+                group.add_argument(flag, dest=dest, nargs="+", type=_yaml_value, metavar="V",
+                                   default=argparse.SUPPRESS, help=help_text)
+            else:
+                group.add_argument(flag, dest=dest, type=_yaml_value, metavar=_metavar(kind),
+                                   default=argparse.SUPPRESS, help=help_text)
+
+
+def apply_options(base: Any, arguments: argparse.Namespace) -> Any:
+    """A copy of config ``base`` with the options that were given on the command line."""
+    data = to_dict(base)
+    for dest, value in vars(arguments).items():
+        if SECTION_SEPARATOR not in dest:
+            continue
+        section, name = dest.split(SECTION_SEPARATOR, 1)
+        if isinstance(value, list) and value == ["none"]:
+            value = None
+        data[section][name] = value
+    return from_dict(type(base), data)
+
+
+def given_options(arguments: argparse.Namespace) -> set[str]:
+    return {dest for dest in vars(arguments) if SECTION_SEPARATOR in dest}
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _strip_optional(kind: Any) -> Any:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return kind
+
+
+def _choices(kind: Any) -> list[str] | None:
+    kind = _strip_optional(kind)
+    return [str(c) for c in typing.get_args(kind)] if typing.get_origin(kind) is Literal else None
+
+
+def _is_scalar(kind: Any) -> bool:
+    return kind in (int, float, str)
+
+
+def _metavar(kind: Any) -> str:
+    kind = _strip_optional(kind)
+    return {int: "N", float: "X", str: "TEXT"}.get(kind, "YAML")
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else \
+        str(value)
+
+
+def setup_logging(verbose: bool = False, log_file: str | os.PathLike | None = None) -> None:
+    """Console logging for the CLIs (and a file, if given)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", handlers=handlers, force=True)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter unless the user asked for it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

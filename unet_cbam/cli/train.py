@@ -1,0 +1,88 @@
+"""train.py: train a CBAM-UNet on a folder of images and masks.
+
+    python train.py --data DIR [--config FILE.yaml] [--output RUN_DIR] [--epochs N] ...
+
+Every config field is an option (see --help). Precedence: defaults, then
+--config, then options. With --resume, the run's saved config.yaml replaces
+the defaults and --config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from unet_cbam.cli.options import (
+    add_config_options,
+    apply_options,
+    quiet_tensorflow,
+    setup_logging,
+)
+
+quiet_tensorflow()
+
+from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml  # noqa: E402
+
+logger = logging.getLogger("unet_cbam.train")
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, metavar="FILE.yaml",
+                        help="a run config (model/data/train sections), e.g. a run's config.yaml")
+    parser.add_argument("--output", type=Path, metavar="RUN_DIR",
+                        help="run folder to create (default: runs/<date>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its last completed epoch "
+                             "(starts it if the folder holds no run yet)")
+    parser.add_argument("--quiet", action="store_true", help="one log line per epoch")
+    add_config_options(parser, SECTIONS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    run_dir = arguments.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    setup_logging()
+    try:
+        base = RunConfig()
+        if arguments.resume and (run_dir / "config.yaml").exists():
+            base = load_yaml(RunConfig, run_dir / "config.yaml")
+        elif arguments.config is not None:
+            base = load_yaml(RunConfig, arguments.config)
+        config = apply_options(base, arguments)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+
+    from unet_cbam.data.verify import DataError
+    from unet_cbam.training import train
+
+    try:
+        result = train(config, run_dir, resume=arguments.resume, progress=not arguments.quiet)
+    except DataError as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+
+    scores = ", ".join(f"{name} Dice {value['dice']:.3f}"
+                       for name, value in result.metrics["classes"].items())
+    print(f"\nrun folder: {result.run_dir}\n"
+          f"  best model:      {result.run_dir / 'model.keras'} "
+          f"(epoch {result.metrics['best_epoch']}; validation {scores})\n"
+          f"  training curves: {result.run_dir / 'training_curves.png'}\n"
+          f"  history:         {result.run_dir / 'history.csv'}\n"
+          f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'logs'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Splitting and the tf.data pipelines that feed training and validation.
+
+Training draws an endless stream of random patches: an image is picked with
+probability proportional to its area, padded to the patch size if smaller
+(padding is ignored by the loss), cropped (optionally around foreground) and
+augmented. Decoding, cropping and augmentation run in parallel workers;
+batches are prefetched.
+
+Targets are ``(H, W, L + 1)`` float32: a one-hot map over the ``L`` labels
+(2 for binary: background, foreground) and a last channel that is 1 where the
+pixel counts and 0 where it is ignored (ignore value, padding).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from unet_cbam.data.augment import augmentation_pipeline, patch_sampler
+from unet_cbam.data.io import IGNORE_LABEL, MaskCodec, read_image, read_mask
+from unet_cbam.data.verify import Sample
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int
+                  ) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic split: the same samples, fraction and seed give the same split."""
+    samples = sorted(samples, key=lambda s: s.stem)
+    if val_fraction <= 0 or len(samples) < 2:
+        return list(samples), []
+    count = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
+    order = np.random.default_rng(seed).permutation(len(samples))
+    val_ids = set(order[:count].tolist())
+    train = [s for i, s in enumerate(samples) if i not in val_ids]
+    val = [s for i, s in enumerate(samples) if i in val_ids]
+    return train, val
+
+
+class PairSource:
+    """(image, labels) for each sample, from the in-memory cache or from disk."""
+
+    def __init__(self, samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],
+                 codec: MaskCodec, channels: int,
+                 cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+        """``sizes``: (height, width) of each sample, as verification found them."""
+        if len(sizes) != len(samples):
+            raise ValueError(f"{len(samples)} samples but {len(sizes)} sizes")
+        self.samples = list(samples)
+        self.sizes = [tuple(size) for size in sizes]
+        self.codec = codec
+        self.channels = channels
+        self.cache = cache or {}
+
+    @classmethod
+    def from_report(cls, samples: Sequence[Sample], report, channels: int) -> PairSource:
+        """Samples that passed ``verify_pairs``, with its sizes, codec and cache."""
+        sizes = [(report.info[s.stem].height, report.info[s.stem].width) for s in samples]
+        return cls(samples, sizes, report.codec, channels, report.cache)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        cached = self.cache.get(sample.stem)
+        return cached if cached is not None else self._read(index)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (one source per pipeline; bounded)
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        return (read_image(sample.image_path, self.channels),
+                read_mask(sample.mask_path, self.codec))
+
+
+def to_targets(labels: tf.Tensor, num_labels: int) -> tf.Tensor:
+    """uint16 labels ``(..., H, W)`` -> float32 ``(..., H, W, num_labels + 1)``."""
+    labels = tf.cast(labels, tf.int32)
+    valid = labels != int(IGNORE_LABEL)
+    one_hot = tf.one_hot(tf.where(valid, labels, 0), num_labels, dtype=tf.float32)
+    valid = tf.cast(valid, tf.float32)[..., None]
+    return tf.concat([one_hot * valid, valid], axis=-1)
+
+
+def training_dataset(source: PairSource, *, patch_size: int, batch_size: int,
+                     augmentation: str = "default", augmentations: list | None = None,
+                     foreground_oversampling: float = 0.33, seed: int = 0) -> tf.data.Dataset:
+    """Endless batches of augmented patches: ``(images, targets)``.
+
+    images: ``(batch_size, patch_size, patch_size, channels)`` float32 in [0, 1];
+    targets: ``(batch_size, patch_size, patch_size, num_labels + 1)``.
+    """
+    if len(source) == 0:
+        raise ValueError("no training samples")
+    areas = np.array([h * w for h, w in source.sizes], dtype=np.float64)
+    weights = areas / areas.sum()
+    local = threading.local()  # albumentations pipelines hold state: one per worker thread
+
+    def sample(element_seed: np.ndarray):
+        if not hasattr(local, "crop"):
+            local.crop = patch_sampler(patch_size, foreground_oversampling)
+            local.augment = augmentation_pipeline(augmentation, augmentations)
+        element_seed = int(element_seed) & 0x7FFFFFFF
+        index = int(np.random.default_rng(element_seed).choice(len(source), p=weights))
+        image, labels = source.get(index)
+        local.crop.set_random_seed(element_seed)
+        local.augment.set_random_seed(element_seed + 1)
+        patch = local.crop(image=image, mask=labels)
+        patch = local.augment(image=patch["image"], mask=patch["mask"])
+        return (np.ascontiguousarray(patch["image"], dtype=np.float32),
+                np.ascontiguousarray(patch["mask"], dtype=np.uint16))
+
+    channels = source.channels
+    num_labels = source.codec.num_labels
+
+    def load(element_seed):
+        image, labels = tf.numpy_function(sample, [element_seed], (tf.float32, tf.uint16),
+                                          stateful=False)
+        image.set_shape((patch_size, patch_size, channels))
+        labels.set_shape((patch_size, patch_size))
+        return image, to_targets(labels, num_labels)
+
+    return (tf.data.Dataset.random(seed=seed)
+            .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(AUTOTUNE))
+
+
+def tile_origins(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """Top-left corners of a non-overlapping grid covering ``height x width``."""
+    return [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
+def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int
+                       ) -> tf.data.Dataset:
+    """Every validation pixel exactly once: each image cut into a grid of patches.
+
+    Border patches are padded with ignored pixels, so metrics see each pixel
+    once, whatever the image sizes.
+    """
+    tiles = [(index, y, x) for index, (height, width) in enumerate(source.sizes)
+             for y, x in tile_origins(height, width, patch_size)]
+    tiles = np.asarray(tiles, dtype=np.int64).reshape(-1, 3)
+    channels = source.channels
+
+    def cut(tile: np.ndarray):
+        index, y, x = (int(v) for v in tile)
+        image, labels = source.get(index)
+        patch = np.zeros((patch_size, patch_size, channels), np.float32)
+        target = np.full((patch_size, patch_size), IGNORE_LABEL, np.uint16)
+        window = image[y:y + patch_size, x:x + patch_size]
+        patch[:window.shape[0], :window.shape[1]] = window
+        target[:window.shape[0], :window.shape[1]] = labels[y:y + patch_size, x:x + patch_size]
+        return patch, target
+
+    num_labels = source.codec.num_labels
+
+    def load(tile):
+        image, labels = tf.numpy_function(cut, [tile], (tf.float32, tf.uint16), stateful=False)
+        image.set_shape((patch_size, patch_size, channels))
+        labels.set_shape((patch_size, patch_size))
+        return image, to_targets(labels, num_labels)
+
+    return (tf.data.Dataset.from_tensor_slices(tiles)
+            .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+            .prefetch(AUTOTUNE))

@@ -1,0 +1,286 @@
+"""Reading and writing images and masks: the one module that uses cv2 and PIL.
+
+Images come back as float32 ``(H, W, C)`` in [0, 1], normalised by their bit
+depth and converted to the model's channel count. Masks come back as uint16
+``(H, W)`` class ids, with ``IGNORE_LABEL`` where a pixel has the ignore
+value or colour. How a mask file maps to class ids is a ``MaskCodec``: it is
+detected (or configured) once per training set, saved with the run, and used
+again by predict.py to write masks in the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+#: Label of pixels excluded from loss and metrics (padding, ignore value).
+IGNORE_LABEL = np.iinfo(np.uint16).max
+
+cv2.setNumThreads(1)  # tf.data runs many decoders in parallel; avoid oversubscription
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used, with the path in the message."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Decode a file as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read ({error.strerror})") from None
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    # imdecode instead of imread: imread fails silently on non-ASCII paths on some systems.
+    data = np.fromfile(path, dtype=np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    return array
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # PIL does not know every TIFF flavour; fall back to decoding
+        array = read_raw(path)
+        return array.shape[0], array.shape[1]
+
+
+def to_float(array: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """Scale by bit depth: uint8 / 255, uint16 / 65535; floats are kept as they are."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def convert_channels(image: np.ndarray, channels: int, path: str | Path = "") -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` to ``(H, W, channels)``; alpha is dropped."""
+    if image.ndim == 2:
+        image = image[..., None]
+    have = image.shape[2]
+    if have == 4 and channels != 4:
+        image, have = image[..., :3], 3
+    if have == channels:
+        return np.ascontiguousarray(image)
+    if have == 1:
+        return np.repeat(image, channels, axis=2)
+    if have == 3 and channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+    raise ImageReadError(f"{path}: image has {have} channels, the model takes {channels}")
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """Read an image as float32 ``(H, W, channels)`` in [0, 1] (the model's input)."""
+    return preprocess(read_raw(path), channels, path)
+
+
+def preprocess(raw: np.ndarray, channels: int, path: str | Path = "") -> np.ndarray:
+    """The one preprocessing function of training and prediction."""
+    return convert_channels(to_float(raw, path), channels, path)
+
+
+# --------------------------------------------------------------------------
+# masks
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MaskCodec:
+    """How mask files encode classes.
+
+    encoding:
+        ``binary``: foreground where value > ``threshold``; written as
+        ``values = (background, foreground)``.
+        ``indexed``: the pixel value is the class id.
+        ``palette``: a palette PNG whose indices are class ids; written with
+        ``palette``.
+        ``rgb``: ``colors[i]`` is the colour of class ``i``.
+    ignore_value / ignore_color: pixels excluded from loss and metrics.
+    """
+
+    encoding: str
+    num_classes: int
+    threshold: int = 0
+    values: tuple[int, int] = (0, 255)
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    colors: tuple[tuple[int, int, int], ...] | None = None
+    ignore_value: int | None = None
+    ignore_color: tuple[int, int, int] | None = None
+
+    @property
+    def num_labels(self) -> int:
+        """Classes the metrics see: 2 for binary (background, foreground)."""
+        return 2 if self.encoding == "binary" else self.num_classes
+
+    def decode(self, raw: np.ndarray, path: str | Path = "") -> np.ndarray:
+        """Raw mask pixels -> uint16 class ids with IGNORE_LABEL; raises on bad values."""
+        if self.encoding == "rgb":
+            return self._decode_rgb(raw, path)
+        values = _single_channel(raw, path, self.encoding)
+        ignore = values == self.ignore_value if self.ignore_value is not None else None
+        if self.encoding == "binary":
+            labels = (values > self.threshold).astype(np.uint16)
+        else:
+            if values.dtype.kind == "f" or values.min() < 0:
+                raise ImageReadError(f"{path}: mask values must be non-negative integers")
+            bad = values >= self.num_classes
+            if ignore is not None:
+                bad &= ~ignore
+            if bad.any():
+                unexpected = np.unique(values[bad])[:10].tolist()
+                raise ImageReadError(
+                    f"{path}: unexpected mask value(s) {unexpected}; with num_classes "
+                    f"{self.num_classes} class ids must be 0..{self.num_classes - 1}"
+                    + (f" or the ignore value {self.ignore_value}"
+                       if self.ignore_value is not None else ""))
+            labels = values.astype(np.uint16)
+        if ignore is not None:
+            labels[ignore] = IGNORE_LABEL
+        return labels
+
+    def _decode_rgb(self, raw: np.ndarray, path) -> np.ndarray:
+        if raw.ndim != 3 or raw.shape[2] < 3:
+            raise ImageReadError(f"{path}: rgb mask expected, got a single-channel image")
+        rgb = raw[..., :3].astype(np.int64)
+        key = (rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2]
+        labels = np.full(key.shape, IGNORE_LABEL, dtype=np.uint16)
+        known = np.zeros(key.shape, dtype=bool)
+        table = [(i, c) for i, c in enumerate(self.colors or ())]
+        if self.ignore_color is not None:
+            table.append((IGNORE_LABEL, self.ignore_color))
+        for label, (r, g, b) in table:
+            hit = key == ((r << 32) | (g << 16) | b)
+            labels[hit] = label
+            known |= hit
+        if not known.all():
+            unknown = np.unique(rgb[~known].reshape(-1, 3), axis=0)[:5].tolist()
+            raise ImageReadError(
+                f"{path}: colour(s) {unknown} are not in class_colors {list(self.colors or [])}")
+        return labels
+
+    def encode(self, labels: np.ndarray) -> np.ndarray:
+        """Class ids ``(H, W)`` -> the array to write (palette indices, colours, ...)."""
+        labels = np.asarray(labels)
+        if self.encoding == "binary":
+            return np.where(labels > 0, self.values[1], self.values[0]).astype(
+                np.uint16 if max(self.values) > 255 else np.uint8)
+        if self.encoding == "rgb":
+            colors = np.asarray(self.colors, dtype=np.uint8)
+            return colors[labels]
+        return labels.astype(np.uint8 if self.num_classes <= 256 else np.uint16)
+
+
+def _single_channel(raw: np.ndarray, path, encoding: str) -> np.ndarray:
+    if raw.ndim == 2:
+        return raw
+    channels = raw[..., :3]
+    if (channels == channels[..., :1]).all():
+        return channels[..., 0]
+    if encoding == "binary":
+        return channels.max(axis=-1)
+    raise ImageReadError(
+        f"{path}: mask has colours; use mask_encoding rgb with class_colors for colour masks")
+
+
+def read_mask_raw(path: str | Path) -> tuple[np.ndarray, bool]:
+    """``(array, is_palette)``: palette PNGs as indices, anything else as decoded."""
+    path = Path(path)
+    if path.suffix.lower() == ".png" and path.stat().st_size > 0:
+        try:
+            with Image.open(path) as image:
+                if image.mode == "P":
+                    return np.asarray(image), True
+        except Exception:
+            pass  # read_raw below reports the problem with the file name
+    return read_raw(path), False
+
+
+def read_palette(path: str | Path) -> tuple[tuple[int, int, int], ...]:
+    """The RGB palette of a palette PNG."""
+    with Image.open(path) as image:
+        flat = image.getpalette() or []
+    return tuple(tuple(flat[i:i + 3]) for i in range(0, len(flat), 3))
+
+
+def read_mask(path: str | Path, codec: MaskCodec) -> np.ndarray:
+    """Read a mask file as uint16 class ids ``(H, W)`` (IGNORE_LABEL where ignored)."""
+    raw, _ = read_mask_raw(path)
+    return codec.decode(raw, path)
+
+
+def write_mask(path: str | Path, labels: np.ndarray, codec: MaskCodec) -> None:
+    """Write class ids in the codec's encoding, atomically (see ``atomic_write``)."""
+    path = Path(path)
+    array = codec.encode(labels)
+    if codec.encoding == "palette":
+        image = Image.fromarray(array.astype(np.uint8), mode="P")
+        flat = [v for color in (codec.palette or ()) for v in color]
+        image.putpalette(flat + [0] * (768 - len(flat)))
+        with atomic_write(path) as temporary:
+            image.save(temporary, format="PNG")
+        return
+    write_image(path, array)
+
+
+def write_image(path: str | Path, array: np.ndarray) -> None:
+    """Write an RGB(A) or single-channel array with cv2, atomically."""
+    path = Path(path)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+    ok, encoded = cv2.imencode(path.suffix or ".png", array)
+    if not ok:
+        raise OSError(f"{path}: cv2 could not encode a {array.dtype} {array.shape} image")
+    with atomic_write(path) as temporary:
+        Path(temporary).write_bytes(encoded.tobytes())
+
+
+class atomic_write:  # noqa: N801 (used like open())
+    """Context manager giving a temporary path beside ``path``, renamed on success.
+
+    A killed process leaves at most a hidden ``.tmp`` file, never a truncated
+    output under the final name.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self.temporary = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(handle)
+        return self.temporary
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            Path(self.temporary).unlink(missing_ok=True)

@@ -1,0 +1,279 @@
+"""Pair images with masks and check every pair before training starts.
+
+All problems are collected first and reported together, each naming its
+file, so a user fixes a data set in one round instead of one traceback at a
+time from deep inside tf.data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from unet_cbam.data.io import (
+    IGNORE_LABEL,
+    LOSSY_EXTENSIONS,
+    ImageReadError,
+    MaskCodec,
+    image_size,
+    is_image_file,
+    preprocess,
+    read_mask_raw,
+    read_palette,
+    read_raw,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The data cannot be used; ``problems`` lists every reason, each naming a file."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the data:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image_path: Path
+    mask_path: Path
+
+
+@dataclass
+class SampleInfo:
+    """What verification learnt about one pair."""
+
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    label_counts: np.ndarray  # pixels per class id, then ignored pixels
+    mask_bit_depth: int = 8
+
+
+@dataclass
+class DatasetReport:
+    """Pairs that passed, what went wrong with the rest, and statistics."""
+
+    samples: list[Sample]
+    codec: MaskCodec | None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, SampleInfo] = field(default_factory=dict)
+    #: Decoded (image, labels) per stem when they fit the cache budget.
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    #: Distinct raw values of binary masks (up to a few), to write masks alike.
+    binary_raw_values: set[int] = field(default_factory=set)
+    binary_bit_depth: int = 8
+
+    def binary_values(self) -> tuple[int, int]:
+        """The (background, foreground) values to write for binary masks like these.
+
+        Two distinct values in the masks (0/1, 0/255, 0/65535): those. Anything
+        else (instance labels, a single value): 0 and the largest value of the
+        masks' bit depth.
+        """
+        top = 65535 if self.binary_bit_depth == 16 else 255
+        if len(self.binary_raw_values) == 2 and self.codec is not None:
+            low, high = sorted(self.binary_raw_values)
+            if low <= self.codec.threshold < high:
+                return int(low), int(high)
+        return 0, top
+
+    @property
+    def class_pixels(self) -> np.ndarray:
+        """Pixels per class over all pairs (last entry: ignored pixels)."""
+        counts = [i.label_counts for i in self.info.values()]
+        return np.sum(counts, axis=0) if counts else np.zeros(0, dtype=np.int64)
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise DataError(self.problems)
+
+
+def find_pairs(images_dir: str | Path, masks_dir: str | Path
+               ) -> tuple[list[Sample], list[str]]:
+    """Pair ``images_dir/a.*`` with ``masks_dir/a.*`` by file stem.
+
+    Returns the pairs (sorted by stem) and a problem per unpaired or
+    ambiguous file.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    problems = []
+    for folder, what in ((images_dir, "image"), (masks_dir, "mask")):
+        if not folder.is_dir():
+            problems.append(f"{folder}: {what} folder not found")
+    if problems:
+        return [], problems
+    images, masks = _by_stem(images_dir, problems), _by_stem(masks_dir, problems)
+    if not images:
+        problems.append(f"{images_dir}: no images ({', '.join(_EXT_LIST)})")
+    if not masks:
+        problems.append(f"{masks_dir}: no masks ({', '.join(_EXT_LIST)})")
+    for stem in sorted(set(images) - set(masks)):
+        problems.append(f"{images[stem]}: no mask named {stem}.* in {masks_dir}")
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(f"{masks[stem]}: mask without an image named {stem}.* in {images_dir}")
+    samples = [Sample(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
+    return samples, problems
+
+
+_EXT_LIST = (".png", ".jpg", ".tif", ".bmp")
+
+
+def _by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
+    found: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and is_image_file(path):
+            found[path.stem].append(path)
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            problems.append(f"{paths[0]}: several files share the stem {stem!r}: "
+                            f"{', '.join(p.name for p in paths)}")
+    return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
+
+
+def detect_codec(samples: list[Sample], *, encoding: str, num_classes: int,
+                 threshold: int = 0, values: list[int] | None = None,
+                 palette: list[list[int]] | None = None,
+                 colors: list[list[int]] | None = None, ignore_value: int | None = None,
+                 ignore_color: list[int] | None = None) -> MaskCodec:
+    """Resolve ``encoding='auto'`` from the first readable mask, and the rest of the codec.
+
+    Binary masks get their written values from the masks (see
+    ``binary_values``); palette masks their palette from the first mask.
+    """
+    first_raw, first_is_palette, first_path = None, False, None
+    for sample in samples:
+        try:
+            first_raw, first_is_palette = read_mask_raw(sample.mask_path)
+            first_path = sample.mask_path
+            break
+        except (ImageReadError, OSError):
+            continue
+    if encoding == "auto":
+        if first_is_palette:
+            encoding = "palette"
+        elif colors is not None or (first_raw is not None and _is_colour(first_raw)):
+            if colors is None:
+                raise DataError([f"{first_path}: colour mask; give class_colors (the [r, g, b] "
+                                 "of each class) to train on colour masks"])
+            encoding = "rgb"
+        else:
+            encoding = "binary" if num_classes == 1 else "indexed"
+    if encoding == "binary" and num_classes != 1:
+        raise DataError([f"binary masks need num_classes 1, got {num_classes}"])
+    if encoding != "binary" and num_classes < 2:
+        raise DataError([f"{encoding} masks need num_classes >= 2 (the number of classes), "
+                         f"got {num_classes}"])
+    if encoding == "rgb" and (colors is None or len(colors) != num_classes):
+        raise DataError([f"rgb masks need class_colors with {num_classes} colours, "
+                         f"got {colors}"])
+    if encoding == "palette" and palette is None and first_is_palette:
+        palette = [list(c) for c in read_palette(first_path)]
+    return MaskCodec(
+        encoding=encoding, num_classes=num_classes, threshold=threshold,
+        values=tuple(values) if values else (0, 255),
+        palette=tuple(tuple(c) for c in palette) if palette else None,
+        colors=tuple(tuple(c) for c in colors) if colors else None,
+        ignore_value=ignore_value,
+        ignore_color=tuple(ignore_color) if ignore_color else None,
+    )
+
+
+def _is_colour(raw: np.ndarray) -> bool:
+    return raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all()
+
+
+def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
+                 cache_bytes: float = 0, workers: int = 4, progress: bool = True
+                 ) -> DatasetReport:
+    """Decode every pair once; collect problems, statistics and (optionally) the pixels.
+
+    Each image must decode, have a mask of the same size, and convert to
+    ``channels`` channels; each mask's values must fit ``codec``.
+    Decoded pairs are kept in ``report.cache`` while they fit ``cache_bytes``.
+    """
+    report = DatasetReport(samples=[], codec=codec)
+    lossy = [s.mask_path for s in samples if s.mask_path.suffix.lower() in LOSSY_EXTENSIONS]
+    if lossy:
+        report.warnings.append(
+            f"{len(lossy)} mask(s) use lossy JPEG compression, which blurs class boundaries "
+            f"into values that were never drawn (e.g. {lossy[0]}); save masks as PNG")
+    expected = sum(_estimated_bytes(s, channels) for s in samples)
+    keep = 0 < expected <= cache_bytes
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def check(sample: Sample):
+        return sample, _check_pair(sample, codec, channels, keep)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(check, samples)
+        for sample, (problems, info, pixels, raw_values) in tqdm(
+                results, total=len(samples), desc="verifying data", unit="pair",
+                disable=not progress, leave=False):
+            if problems:
+                report.problems.extend(problems)
+                continue
+            report.samples.append(sample)
+            report.info[sample.stem] = info
+            if raw_values is not None and len(report.binary_raw_values) <= 2:
+                report.binary_raw_values.update(raw_values)
+                report.binary_bit_depth = max(report.binary_bit_depth, info.mask_bit_depth)
+            if pixels is not None:
+                cache[sample.stem] = pixels
+    report.cache = cache if keep else None
+    for warning in report.warnings:
+        logger.warning(warning)
+    return report
+
+
+def _estimated_bytes(sample: Sample, channels: int) -> int:
+    try:
+        height, width = image_size(sample.image_path)
+    except Exception:
+        return 0
+    return height * width * (channels * 4 + 2)
+
+
+def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool):
+    problems = []
+    image = labels = None
+    try:
+        raw = read_raw(sample.image_path)
+        image = preprocess(raw, channels, sample.image_path)
+    except ImageReadError as error:
+        problems.append(str(error))
+    try:
+        raw_mask, is_palette = read_mask_raw(sample.mask_path)
+        if codec.encoding == "palette" and not is_palette:
+            raise ImageReadError(f"{sample.mask_path}: not a palette PNG like the other masks")
+        if image is not None and raw_mask.shape[:2] != image.shape[:2]:
+            raise ImageReadError(
+                f"{sample.mask_path}: mask is {raw_mask.shape[1]}x{raw_mask.shape[0]} pixels but "
+                f"its image {sample.image_path.name} is {image.shape[1]}x{image.shape[0]}")
+        labels = codec.decode(raw_mask, sample.mask_path)
+    except ImageReadError as error:
+        problems.append(str(error))
+    if problems:
+        return problems, None, None, None
+    counts = np.bincount(np.minimum(labels.ravel(), codec.num_labels),
+                         minlength=codec.num_labels + 1)
+    counts[codec.num_labels] = int((labels == IGNORE_LABEL).sum())
+    info = SampleInfo(image.shape[0], image.shape[1], 1 if raw.ndim == 2 else raw.shape[2],
+                      raw.dtype.itemsize * 8, counts.astype(np.int64),
+                      raw_mask.dtype.itemsize * 8)
+    raw_values = None
+    if codec.encoding == "binary":
+        flat = raw_mask if raw_mask.ndim == 2 else raw_mask.max(axis=-1)
+        raw_values = set(np.unique(flat[:: max(1, flat.shape[0] // 256)]).tolist()[:3])
+    return [], info, ((image, labels) if keep else None), raw_values

@@ -1,0 +1,377 @@
+"""Training: verify the data, build the model under a tf.distribute strategy,
+fit with checkpoints, and leave a run folder that predict.py and the notebooks use.
+
+Run folder::
+
+    config.yaml           the RunConfig (data encoding resolved): rebuilds model and preprocessing
+    split.json            which pairs trained and which validated
+    model.keras           the best model by the monitored validation score
+    checkpoint/           last completed epoch: weights, optimizer state, epoch (for resume)
+    history.csv           one row per epoch: losses, per-class IoU/Dice, learning rate
+    training_curves.png   history.csv as plots, redrawn every epoch
+    logs/                 TensorBoard
+    metrics.json          final per-class validation scores of model.keras
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml, save_yaml
+from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
+from unet_cbam.data.demo import ensure_demo
+from unet_cbam.data.io import MaskCodec
+from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
+from unet_cbam.losses import SegmentationLoss, resolve_loss_name
+from unet_cbam.metrics import segmentation_metrics
+from unet_cbam.models import build_unet
+from unet_cbam.visualize import plot_history, read_history
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.csv"
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+
+@dataclass
+class PreparedData:
+    """Verified data, ready for the pipelines."""
+
+    config: DataConfig          # with the mask encoding resolved
+    codec: MaskCodec
+    train: PairSource
+    val: PairSource
+    report: DatasetReport       # of every verified pair, training and validation
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_names(self.config, self.codec.num_labels)
+
+
+def class_names(data: DataConfig, num_labels: int) -> list[str]:
+    """Configured names, or ``background/foreground`` (binary), ``class0..``."""
+    if data.class_names:
+        if len(data.class_names) != num_labels:
+            raise ValueError(f"class_names has {len(data.class_names)} names for "
+                             f"{num_labels} classes: {data.class_names}")
+        return list(data.class_names)
+    if num_labels == 2 and data.mask_encoding == "binary":
+        return ["background", "foreground"]
+    return [f"class{i}" for i in range(num_labels)]
+
+
+def data_folders(data: DataConfig) -> tuple[Path, Path]:
+    """(images, masks) folders: --images/--masks, --data, or the demo set."""
+    if data.images is not None:
+        return Path(data.images), Path(data.masks)
+    root = Path(data.data) if data.data is not None else ensure_demo()
+    return root / "images", root / "masks"
+
+
+def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = True
+                 ) -> PreparedData:
+    """Pair, verify and split the data; raise ``DataError`` listing every problem.
+
+    ``split`` (from a run's split.json) pins which stems train and validate.
+    """
+    data, model = config.data, config.model
+    images_dir, masks_dir = data_folders(data)
+    samples, problems = find_pairs(images_dir, masks_dir)
+    val_samples: list = []
+    if data.val_data is not None:
+        val_samples, val_problems = find_pairs(Path(data.val_data) / "images",
+                                               Path(data.val_data) / "masks")
+        problems += val_problems
+    if problems:
+        raise DataError(problems)
+    codec = detect_codec(
+        samples, encoding=data.mask_encoding, num_classes=model.num_classes,
+        threshold=data.binary_threshold, values=data.mask_values, palette=data.palette,
+        colors=data.class_colors, ignore_value=data.ignore_value, ignore_color=data.ignore_color)
+    report = verify_pairs(samples + val_samples, codec, model.input_channels,
+                          cache_bytes=data.cache_gb * 1e9, progress=progress)
+    report.raise_for_problems()
+
+    if split is not None:
+        by_stem = {s.stem: s for s in samples + val_samples}
+        missing = [stem for stem in split["train"] + split["val"] if stem not in by_stem]
+        if missing:
+            raise DataError([f"{images_dir}: pair {stem!r} of the saved split is gone"
+                             for stem in missing])
+        train = [by_stem[stem] for stem in split["train"]]
+        val = [by_stem[stem] for stem in split["val"]]
+    elif val_samples:
+        train, val = samples, val_samples
+    else:
+        train, val = split_samples(samples, data.val_fraction, config.train.seed)
+    if not val:
+        raise DataError([f"{images_dir}: no validation pairs; training needs them to pick the "
+                         "best model (set val_fraction > 0 with at least 2 pairs, or val_data)"])
+
+    resolved = dataclasses.replace(
+        data, mask_encoding=codec.encoding,
+        mask_values=list(report.binary_values()) if codec.encoding == "binary" else None,
+        palette=[list(c) for c in codec.palette] if codec.palette else None)
+    codec = dataclasses.replace(codec, values=tuple(resolved.mask_values or codec.values))
+    report.codec = codec
+    channels = model.input_channels
+    return PreparedData(resolved, codec, PairSource.from_report(train, report, channels),
+                        PairSource.from_report(val, report, channels), report)
+
+
+def codec_from_config(config: RunConfig) -> MaskCodec:
+    """The mask codec a run saved (its data section has the encoding resolved)."""
+    data = config.data
+    if data.mask_encoding == "auto":
+        raise ValueError("the run's config has mask_encoding 'auto'; it was never trained")
+    return MaskCodec(
+        encoding=data.mask_encoding, num_classes=config.model.num_classes,
+        threshold=data.binary_threshold, values=tuple(data.mask_values or (0, 255)),
+        palette=tuple(tuple(c) for c in data.palette) if data.palette else None,
+        colors=tuple(tuple(c) for c in data.class_colors) if data.class_colors else None,
+        ignore_value=data.ignore_value,
+        ignore_color=tuple(data.ignore_color) if data.ignore_color else None)
+
+
+# --------------------------------------------------------------------------
+# optimisation
+# --------------------------------------------------------------------------
+
+def default_steps_per_epoch(source: PairSource, patch_size: int, batch_size: int) -> int:
+    """About one pass over the training pixels per epoch."""
+    pixels = sum(h * w for h, w in source.sizes)
+    return max(1, math.ceil(pixels / (patch_size * patch_size * batch_size)))
+
+
+def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer with its learning-rate schedule (which resumes with the optimizer)."""
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = train.learning_rate
+    if train.lr_schedule == "cosine":
+        warmup = train.warmup_epochs * steps_per_epoch
+        total = max(1, train.epochs * steps_per_epoch - warmup)
+        if warmup:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                train.learning_rate / 100, total, alpha=0.01, warmup_target=train.learning_rate,
+                warmup_steps=warmup)
+        else:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                train.learning_rate, total, alpha=0.01)
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay)
+    return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+
+
+def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
+    if train.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+        logger.info("MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
+        return strategy
+    return tf.distribute.get_strategy()
+
+
+# --------------------------------------------------------------------------
+# callbacks
+# --------------------------------------------------------------------------
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save ``model.keras`` when the monitored score improves, atomically.
+
+    Keras' ModelCheckpoint writes in place; a run killed while saving would
+    leave a truncated best model. This writes a temporary file and renames it.
+    """
+
+    def __init__(self, path: Path, monitor: str, best: float = -np.inf):
+        super().__init__()
+        self.path, self.monitor, self.best = Path(path), monitor, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitor {self.monitor!r} is not among the logged values "
+                           f"{sorted(logs or {})}")
+        if value > self.best:
+            logger.info("epoch %d: %s improved from %.4f to %.4f, saving %s",
+                        epoch + 1, self.monitor, self.best, value, self.path)
+            self.best = float(value)
+            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
+            self.model.save(temporary)
+            os.replace(temporary, self.path)
+
+
+class PlotHistory(keras.callbacks.Callback):
+    """Redraw training_curves.png from history.csv after every epoch."""
+
+    def __init__(self, history_path: Path, figure_path: Path, title: str):
+        super().__init__()
+        self.history_path, self.figure_path, self.title = history_path, figure_path, title
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.history_path.exists():
+            figure = plot_history(read_history(self.history_path), self.title)
+            temporary = self.figure_path.with_name(f".{self.figure_path.name}.tmp.png")
+            figure.savefig(temporary, dpi=110)
+            os.replace(temporary, self.figure_path)
+
+
+# --------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: dict[str, list[float]]
+    metrics: dict
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Whether to resume; refuse to touch a folder that holds something else."""
+    has_run = (run_dir / CONFIG_FILE).exists()
+    if has_run and not resume:
+        raise FileExistsError(
+            f"{run_dir}: already holds a run; pass --resume to continue it, or choose "
+            "another --output")
+    if not has_run and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir}: exists and is not empty; choose another --output")
+    return has_run
+
+
+def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
+    """Continue ``saved`` with ``requested``'s training section; model and data must match."""
+    changed = [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+               if getattr(saved.model, f.name) != getattr(requested.model, f.name)]
+    changed += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)
+                if getattr(requested.data, f.name) != getattr(saved.data, f.name)
+                and f.name not in ("mask_encoding", "mask_values", "palette")]
+    if changed:
+        raise ValueError("a resumed run keeps its model and data; these differ from the saved "
+                         f"config: {', '.join(changed)}")
+    return dataclasses.replace(saved, train=requested.train)
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``run_dir``; with ``resume``, continue the run there.
+
+    ``config`` is the full run configuration; on resume its model and data
+    sections must equal the saved ones (only ``train`` may change, for example
+    more epochs).
+    """
+    run_dir = Path(run_dir)
+    resuming = check_run_dir(run_dir, resume)
+    split = None
+    if resuming:
+        config = resume_config(load_yaml(RunConfig, run_dir / CONFIG_FILE), config)
+        split = json.loads((run_dir / "split.json").read_text())
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+
+    data = prepare_data(config, split=split, progress=progress)
+    config = dataclasses.replace(config, data=data.config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(config, run_dir / CONFIG_FILE)
+    (run_dir / "split.json").write_text(json.dumps(
+        {"train": [s.stem for s in data.train.samples],
+         "val": [s.stem for s in data.val.samples]}, indent=1))
+
+    train_cfg = config.train
+    steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
+        data.train, config.data.patch_size, train_cfg.batch_size)
+    logger.info("training on %d pairs, validating on %d; %d steps of %d patches per epoch",
+                len(data.train), len(data.val), steps, train_cfg.batch_size)
+    train_ds = training_dataset(
+        data.train, patch_size=config.data.patch_size, batch_size=train_cfg.batch_size,
+        augmentation=config.data.augmentation, augmentations=config.data.augmentations,
+        foreground_oversampling=config.data.foreground_oversampling, seed=train_cfg.seed)
+    val_ds = validation_dataset(data.val, patch_size=config.data.patch_size,
+                                batch_size=train_cfg.batch_size)
+
+    strategy = make_strategy(train_cfg)
+    with strategy.scope():
+        model = build_unet(config.model)
+        model.compile(
+            optimizer=make_optimizer(train_cfg, steps),
+            loss=SegmentationLoss(resolve_loss_name(train_cfg.loss, config.model.num_classes),
+                                  train_cfg.class_weights),
+            metrics=segmentation_metrics(data.class_names),
+        )
+
+    history_path = run_dir / HISTORY_FILE
+    best = -np.inf
+    if resuming and history_path.exists():
+        values = read_history(history_path).get(train_cfg.monitor, [])
+        best = max(values, default=-np.inf)
+    callbacks: list[keras.callbacks.Callback] = [
+        LearningRateLogger(),
+        keras.callbacks.BackupAndRestore(str(run_dir / CHECKPOINT_DIR), delete_checkpoint=False),
+        BestModelCheckpoint(run_dir / MODEL_FILE, train_cfg.monitor, best),
+        keras.callbacks.CSVLogger(str(history_path), append=resuming),
+        PlotHistory(history_path, run_dir / "training_curves.png", model.name),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+    ]
+    if train_cfg.lr_schedule == "plateau":
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+            train_cfg.monitor, mode="max", factor=0.5, patience=max(2, train_cfg.epochs // 20)))
+    if train_cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            train_cfg.monitor, mode="max", patience=train_cfg.early_stopping_patience))
+
+    model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
+              validation_data=val_ds, callbacks=callbacks, shuffle=False,
+              verbose=1 if progress else 2)
+
+    metrics = final_metrics(run_dir, val_ds, data.class_names, train_cfg.monitor)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(run_dir, read_history(history_path), metrics)
+
+
+def final_metrics(run_dir: Path, val_ds: tf.data.Dataset, names: list[str],
+                  monitor: str) -> dict:
+    """Per-class validation scores of the saved best model."""
+    best = keras.saving.load_model(run_dir / MODEL_FILE, safe_mode=True, compile=False)
+    metrics = segmentation_metrics(names)
+    for images, targets in val_ds:
+        predictions = best(images, training=False)
+        for metric in metrics:
+            metric.update_state(targets, predictions)
+    scores = {m.name: float(m.result()) for m in metrics}
+    history = read_history(run_dir / HISTORY_FILE)
+    best_epoch = None
+    if history.get(monitor):
+        best_epoch = int(history["epoch"][int(np.nanargmax(history[monitor]))]) + 1
+    return {
+        "best_epoch": best_epoch,
+        "monitor": monitor,
+        "classes": {name: {"iou": scores[f"iou_{name}"], "dice": scores[f"dice_{name}"]}
+                    for name in names},
+        "mean_iou": scores["mean_iou"],
+        "mean_dice": scores["mean_dice"],
+    }
