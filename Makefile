@@ -18,8 +18,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# Trains on the built-in demo data (generated into data/demo on first use) into
+# runs/demo; a second `make demo` resumes that run instead of overwriting it.
+DEMO_FLAGS ?= --epochs 15 --steps-per-epoch 12 --patch-size 128 --batch-size 8
+
 demo: venv
-	$(PY) -c 'from unet_cbam import ModelConfig, build_unet; build_unet(ModelConfig()).summary()'
+	$(PY) train.py --output runs/demo --resume $(DEMO_FLAGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -21,13 +21,13 @@ from keras import ops
 
 from unet_cbam.segmentation_models import sm
 
-#: name -> (segmentation-models loss class, is a mean over pixels)
+#: name -> (segmentation-models loss class, is a mean over pixels, takes class weights)
 LOSS_TERMS = {
-    "ce": (sm.losses.CategoricalCELoss, True),
-    "bce": (sm.losses.CategoricalCELoss, True),
-    "focal": (sm.losses.CategoricalFocalLoss, True),
-    "dice": (sm.losses.DiceLoss, False),
-    "jaccard": (sm.losses.JaccardLoss, False),
+    "ce": (sm.losses.CategoricalCELoss, True, True),
+    "bce": (sm.losses.CategoricalCELoss, True, True),
+    "focal": (sm.losses.CategoricalFocalLoss, True, False),
+    "dice": (sm.losses.DiceLoss, False, True),
+    "jaccard": (sm.losses.JaccardLoss, False, True),
 }
 
 
@@ -62,7 +62,8 @@ class SegmentationLoss(keras.losses.Loss):
     Args:
         loss: e.g. ``"bce+dice"`` (see the module docstring); not ``auto``.
         class_weights: a weight per label (binary: background, foreground),
-            used by every term.
+            used by ce, dice and jaccard (segmentation-models' focal loss has
+            none; its alpha = 0.25 and gamma = 2 apply).
     """
 
     def __init__(self, loss: str = "ce+dice", class_weights: list[float] | None = None,
@@ -71,8 +72,11 @@ class SegmentationLoss(keras.losses.Loss):
         self.loss = resolve_loss_name(loss, num_classes=2)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         weights = self.class_weights if self.class_weights is not None else 1.0
-        self.terms = [(LOSS_TERMS[t][0](class_weights=weights), LOSS_TERMS[t][1])
-                      for t in self.loss.split("+")]
+        self.terms = []
+        for term in self.loss.split("+"):
+            loss_cls, is_pixel_mean, takes_weights = LOSS_TERMS[term]
+            instance = loss_cls(class_weights=weights) if takes_weights else loss_cls()
+            self.terms.append((instance, is_pixel_mean))
 
     def call(self, y_true, y_pred):
         target, valid = split_targets(ops.cast(y_true, "float32"))

@@ -98,14 +98,15 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
         val_samples, val_problems = find_pairs(Path(data.val_data) / "images",
                                                Path(data.val_data) / "masks")
         problems += val_problems
-    if problems:
+    if not samples + val_samples:
         raise DataError(problems)
     codec = detect_codec(
-        samples, encoding=data.mask_encoding, num_classes=model.num_classes,
+        samples + val_samples, encoding=data.mask_encoding, num_classes=model.num_classes,
         threshold=data.binary_threshold, values=data.mask_values, palette=data.palette,
         colors=data.class_colors, ignore_value=data.ignore_value, ignore_color=data.ignore_color)
     report = verify_pairs(samples + val_samples, codec, model.input_channels,
                           cache_bytes=data.cache_gb * 1e9, progress=progress)
+    report.problems = problems + report.problems  # every problem at once, pairing first
     report.raise_for_problems()
 
     if split is not None:
@@ -277,12 +278,13 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True,
+          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
     """Train ``config`` into ``run_dir``; with ``resume``, continue the run there.
 
     ``config`` is the full run configuration; on resume its model and data
     sections must equal the saved ones (only ``train`` may change, for example
-    more epochs).
+    more epochs). ``callbacks`` are extra Keras callbacks, run after ours.
     """
     run_dir = Path(run_dir)
     resuming = check_run_dir(run_dir, resume)
@@ -329,7 +331,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if resuming and history_path.exists():
         values = read_history(history_path).get(train_cfg.monitor, [])
         best = max(values, default=-np.inf)
-    callbacks: list[keras.callbacks.Callback] = [
+    extra_callbacks = list(callbacks or [])
+    callbacks = [
         LearningRateLogger(),
         keras.callbacks.BackupAndRestore(str(run_dir / CHECKPOINT_DIR), delete_checkpoint=False),
         BestModelCheckpoint(run_dir / MODEL_FILE, train_cfg.monitor, best),
@@ -343,6 +346,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             train_cfg.monitor, mode="max", patience=train_cfg.early_stopping_patience))
+    callbacks += extra_callbacks
 
     model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
               validation_data=val_ds, callbacks=callbacks, shuffle=False,

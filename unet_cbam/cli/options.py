@@ -50,13 +50,15 @@ def add_config_options(parser: argparse.ArgumentParser, sections: dict[str, type
             choices = _choices(kind)
             if choices is not None:
                 help_text = help_text.replace(" (default", f" {{{', '.join(choices)}}} (default")
-            if typing.get_origin(_strip_optional(kind)) is list and \
-                    _is_scalar(typing.get_args(_strip_optional(kind))[0]):
-                group.add_argument(flag, dest=dest, nargs="+", type=_yaml_value, metavar="V",
+            inner = _strip_optional(kind)
+            if typing.get_origin(inner) is list and _is_scalar(typing.get_args(inner)[0]):
+                group.add_argument(flag, dest=dest, nargs="+", metavar="V",
+                                   type=_converter(typing.get_args(inner)[0]),
                                    default=argparse.SUPPRESS, help=help_text)
             else:
-                group.add_argument(flag, dest=dest, type=_yaml_value, metavar=_metavar(kind),
-                                   default=argparse.SUPPRESS, help=help_text)
+                group.add_argument(flag, dest=dest, type=_converter(kind),
+                                   metavar=_metavar(kind), default=argparse.SUPPRESS,
+                                   help=help_text)
 
 
 def apply_options(base: Any, arguments: argparse.Namespace) -> Any:
@@ -76,7 +78,21 @@ def given_options(arguments: argparse.Namespace) -> set[str]:
     return {dest for dest in vars(arguments) if SECTION_SEPARATOR in dest}
 
 
+def _converter(kind: Any):
+    """Text -> value: strings stay strings ("none" is None), the rest is parsed."""
+    optional = type(None) in typing.get_args(kind)
+    inner = _strip_optional(kind)
+    if inner is str or typing.get_origin(inner) is Literal:
+        return lambda text: None if optional and text.lower() == "none" else text
+    return _yaml_value
+
+
 def _yaml_value(text: str) -> Any:
+    for number in (int, float):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -56,6 +56,7 @@ def make_pair(rng: np.random.Generator, height: int, width: int
 
     # Cells: clusters of touching ellipses, small and large.
     count = int(rng.integers(10, 22))
+    chromatin = 0.08 * _smooth_noise(rng, (height, width), 1.5)
     centres = []
     for _ in range(count):
         if centres and rng.random() < 0.5:  # grow a cluster: touch a previous cell
@@ -75,7 +76,6 @@ def make_pair(rng: np.random.Generator, height: int, width: int
         if not inside.any():
             continue
         mask[inside] = 255
-        chromatin = 0.08 * _smooth_noise(rng, (height, width), 1.5)
         shade = rng.uniform(0.75, 1.1)
         image[inside] = (cell_color * shade)[None, :] + chromatin[inside][:, None]
         # A darker rim so touching cells stay separable, as real nuclei are.

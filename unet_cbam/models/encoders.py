@@ -108,7 +108,9 @@ def conv_block(x: keras.KerasTensor, filters: int, config: ModelConfig, name: st
             kernel_initializer="he_normal", name=f"{name}_conv{index}",
         )(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+            # momentum 0.9 (PyTorch's default) instead of Keras' 0.99: the moving
+            # statistics settle within tens of steps, which short runs need.
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{index}")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{index}")(x)
     return x
 

@@ -1,0 +1,66 @@
+import numpy as np
+
+from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
+from unet_cbam.data.io import IGNORE_LABEL, MaskCodec
+from unet_cbam.data.verify import Sample
+
+
+def _samples(n):
+    return [Sample(f"s{i:02d}", None, None) for i in range(n)]
+
+
+def test_split_is_deterministic_and_disjoint():
+    samples = _samples(20)
+    train, val = split_samples(samples, 0.25, seed=7)
+    again = split_samples(list(reversed(samples)), 0.25, seed=7)
+    assert (train, val) == again
+    assert len(val) == 5 and len(train) == 15
+    assert not {s.stem for s in train} & {s.stem for s in val}
+    assert split_samples(samples, 0.25, seed=8)[1] != val
+    assert split_samples(_samples(1), 0.5, seed=0) == (_samples(1), [])
+
+
+def _source(images, labels, num_classes=1):
+    codec = MaskCodec("binary" if num_classes == 1 else "indexed", num_classes)
+    samples = [Sample(f"s{i}", None, None) for i in range(len(images))]
+    cache = {s.stem: pair for s, pair in zip(samples, zip(images, labels, strict=True),
+                                             strict=True)}
+    return PairSource(samples, [i.shape[:2] for i in images], codec, images[0].shape[2], cache)
+
+
+def test_training_batches_have_the_right_shapes_and_targets():
+    rng = np.random.default_rng(0)
+    images = [rng.random(shape).astype(np.float32) for shape in ((40, 50, 1), (70, 64, 1))]
+    labels = [rng.integers(0, 2, im.shape[:2]).astype(np.uint16) for im in images]
+    dataset = training_dataset(_source(images, labels), patch_size=48, batch_size=3,
+                               augmentation="default", seed=1)
+    batches = list(dataset.take(4).as_numpy_iterator())
+    for x, y in batches:
+        assert x.shape == (3, 48, 48, 1) and x.dtype == np.float32
+        assert y.shape == (3, 48, 48, 3) and y.dtype == np.float32
+        valid = y[..., 2]
+        np.testing.assert_array_equal(y[..., :2].sum(-1), valid)  # one-hot where valid
+        assert set(np.unique(y).tolist()) <= {0.0, 1.0}
+    # The 40x50 image is smaller than a patch: its padding must be ignored somewhere.
+    assert any((y[..., 2] == 0).any() for _, y in batches)
+    again = list(training_dataset(_source(images, labels), patch_size=48, batch_size=3,
+                                  augmentation="default", seed=1).take(4).as_numpy_iterator())
+    for (x1, y1), (x2, y2) in zip(batches, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_validation_covers_every_pixel_exactly_once():
+    rng = np.random.default_rng(1)
+    images = [rng.random(shape).astype(np.float32) for shape in ((37, 50, 2), (16, 16, 2))]
+    labels = [rng.integers(0, 3, im.shape[:2]).astype(np.uint16) for im in images]
+    labels[0][0, 0] = IGNORE_LABEL
+    dataset = validation_dataset(_source(images, labels, num_classes=3), patch_size=16,
+                                 batch_size=4)
+    targets = np.concatenate([y for _, y in dataset.as_numpy_iterator()])
+    assert targets.shape[0] == 3 * 4 + 1  # 37x50 -> 3x4 tiles, 16x16 -> 1 tile
+    counts = targets[..., :3].sum(axis=(0, 1, 2))
+    expected = np.bincount(np.concatenate([labels[0].ravel(), labels[1].ravel()]),
+                           minlength=IGNORE_LABEL + 1)[:3]
+    np.testing.assert_array_equal(counts, expected)
+    assert targets[..., 3].sum() == 37 * 50 + 16 * 16 - 1
