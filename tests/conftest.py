@@ -27,3 +27,27 @@ def isbi_dir() -> Path:
     if not (ISBI / "images").is_dir():
         pytest.skip(f"ISBI 2012 data set not found at {ISBI}")
     return ISBI
+
+
+@pytest.fixture(scope="session")
+def isbi_run(isbi_dir, tmp_path_factory) -> Path:
+    """A small binary model trained briefly on ISBI slices 0-7 (membrane, cell)."""
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from unet_cbam.training import train
+
+    root = tmp_path_factory.mktemp("isbi_data")
+    for kind in ("images", "masks"):
+        (root / kind).mkdir()
+        for index in range(8):
+            (root / kind / f"slice{index:02d}.png").symlink_to(
+                isbi_dir / kind / f"slice{index:02d}.png")
+    config = RunConfig(
+        model=ModelConfig(depth=3, base_filters=8, input_channels=1),
+        data=DataConfig(data=str(root), val_fraction=0.25, patch_size=128,
+                        class_names=["membrane", "cell"], augmentation="light"),
+        train=TrainConfig(epochs=4, steps_per_epoch=6, batch_size=4, warmup_epochs=0,
+                          learning_rate=3e-3, seed=1))
+    run_dir = tmp_path_factory.mktemp("isbi_run") / "run"
+    train(config, run_dir, progress=False)
+    keras.backend.clear_session()
+    return run_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import keras
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from unet_cbam.layers import CBAM, ChannelAttention, SpatialAttention
 
 _SKIP_NAME = re.compile(r"^skip(\d+)_")
+# Sub-models reading the skip tensors, built once per model (building one per call retraces).
+_SKIP_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
@@ -46,8 +49,9 @@ def attention_maps(model: keras.Model, images: np.ndarray, batch_size: int = 4
     images = np.asarray(images, dtype="float32")
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}")
-    skip_model = keras.Model(model.inputs, [layer.input for layer in layers.values()])
-    skip_values = skip_model.predict(images, batch_size=batch_size, verbose=0)
+    if model not in _SKIP_MODELS:
+        _SKIP_MODELS[model] = keras.Model(model.inputs, [layer.input for layer in layers.values()])
+    skip_values = _SKIP_MODELS[model].predict(images, batch_size=batch_size, verbose=0)
     if len(layers) == 1:
         skip_values = [skip_values]
 

@@ -243,6 +243,25 @@ class TrainConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How predict.py turns a model into masks."""
+
+    tile_size: int = option(
+        512, "side of the sliding-window tiles in pixels (rounded up to the model's divisor)")
+    overlap: float = option(0.25, "overlap of neighbouring tiles, as a fraction of the tile")
+    batch_size: int = option(4, "tiles per forward pass")
+    tta: bool = option(
+        False, "test-time augmentation: average the 8 flips/90-degree rotations (8x slower)")
+    threshold: float = option(0.5, "binary models: foreground where probability > threshold")
+
+    def __post_init__(self) -> None:
+        _require(self.tile_size >= 1, "tile_size", self.tile_size, "must be >= 1")
+        _require(0.0 <= self.overlap < 1.0, "overlap", self.overlap, "must be in [0, 1)")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _require(0.0 < self.threshold < 1.0, "threshold", self.threshold, "must be in (0, 1)")
+
+
+@dataclass
 class RunConfig:
     """A training run: saved as config.yaml in the run folder."""
 

@@ -1,0 +1,88 @@
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from unet_cbam.cli.evaluate import main as evaluate_main
+from unet_cbam.data.io import IGNORE_LABEL, MaskCodec
+from unet_cbam.evaluate import confusion_matrix, evaluate_folders, scores
+
+
+def test_scores_on_a_hand_made_mask():
+    truth = np.array([[0, 0, 1, 1],
+                      [0, 0, 1, 1]])
+    prediction = np.array([[0, 1, 1, 1],
+                           [0, 0, 0, 1]])
+    matrix = confusion_matrix(truth, prediction, 2)
+    np.testing.assert_array_equal(matrix, [[3, 1], [1, 3]])
+    values = scores(matrix)
+    # class 1: TP 3, FP 1, FN 1
+    assert values["dice"][1] == pytest.approx(6 / 8)
+    assert values["iou"][1] == pytest.approx(3 / 5)
+    assert values["precision"][1] == pytest.approx(3 / 4)
+    assert values["recall"][1] == pytest.approx(3 / 4)
+    assert values["pixel_accuracy"] == pytest.approx(6 / 8)
+
+
+def test_ignored_pixels_and_absent_classes():
+    truth = np.array([[0, IGNORE_LABEL, 0]], dtype=np.uint16)
+    prediction = np.array([[0, 2, 0]])
+    matrix = confusion_matrix(truth, prediction, 3)
+    assert matrix.sum() == 2
+    values = scores(matrix)
+    assert values["dice"][0] == 1.0
+    assert math.isnan(values["dice"][1]) and math.isnan(values["dice"][2])
+
+
+def _write(folder, name, array):
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / name), np.asarray(array, np.uint8))
+
+
+def test_folders_with_other_tools_values_and_missing_pairs(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _write(truth, "a.png", [[0, 0, 255, 255], [0, 0, 255, 255]])
+    _write(pred, "a.png", [[0, 1, 1, 1], [0, 0, 0, 1]])         # 0/1 against 0/255
+    _write(truth, "b.png", [[255, 255], [255, 255]])
+    _write(pred, "b_mask.png", [[255, 255], [255, 0]])
+    _write(truth, "c.png", [[0]])                                # no prediction
+    _write(pred, "z.png", [[0]])                                 # no truth
+    evaluation = evaluate_folders(pred, truth, MaskCodec("binary", 1), ["bg", "fg"])
+    summary = evaluation.summary()
+    assert summary["images"] == 2
+    assert summary["missing_predictions"] == ["c"] and summary["missing_truths"] == ["z"]
+    fg = summary["classes"]["fg"]
+    assert fg["mean_dice"] == pytest.approx((6 / 8 + 6 / 7) / 2)
+    # pooled: TP 3 + 3, FP 1 + 0, FN 1 + 1
+    assert fg["pooled_dice"] == pytest.approx(12 / 15)
+    bg = summary["classes"]["bg"]
+    # image b: no true background but one predicted background pixel -> Dice 0
+    assert bg["mean_dice"] == pytest.approx((6 / 8 + 0) / 2)
+    assert bg["images"] == 2
+
+    code = evaluate_main(["--pred", str(pred), "--truth", str(truth), "--num-classes", "1",
+                          "--class-names", "bg", "fg"])
+    assert code == 1  # missing pairs are reported
+    output = capsys.readouterr().out
+    assert "no prediction for 1 truth mask(s): c" in output
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert report["classes"]["fg"]["pooled_dice"] == pytest.approx(12 / 15)
+    rows = (pred / "evaluation.csv").read_text().splitlines()
+    assert rows[0] == "file,truth,class,dice,iou,precision,recall,pixel_accuracy"
+    assert len(rows) == 1 + 2 * 2
+
+
+def test_multiclass_detection_and_unreadable_prediction(tmp_path):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _write(truth, "a.png", [[0, 1, 2]])
+    _write(pred, "a.png", [[0, 1, 1]])
+    _write(truth, "b.png", [[0, 1, 2]])
+    pred.joinpath("b.png").write_bytes(b"garbage")
+    evaluation = evaluate_folders(pred, truth)
+    assert evaluation.class_names == ["class0", "class1", "class2"]
+    summary = evaluation.summary()
+    assert summary["classes"]["class1"]["mean_dice"] == pytest.approx(2 / 3)
+    assert summary["classes"]["class2"]["mean_recall"] == 0.0
+    assert len(summary["errors"]) == 1 and "b.png" in summary["errors"][0]

@@ -1,0 +1,248 @@
+import hashlib
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from unet_cbam.cli.predict import main as predict_main
+from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
+from unet_cbam.data.io import MaskCodec, read_image, read_mask, read_mask_raw, read_raw
+from unet_cbam.inference import probabilities_to_labels
+from unet_cbam.models import build_unet
+from unet_cbam.predict import (
+    BatchPredictor,
+    OutputOptions,
+    list_inputs,
+    load_run,
+    parse_shard,
+    take_shard,
+)
+
+
+def _make_run(folder, num_classes=1, encoding="binary", **data):
+    """A run folder with an untrained model: enough to exercise the batch job."""
+    model_config = ModelConfig(depth=2, base_filters=4, num_classes=num_classes,
+                               input_channels=3)
+    folder.mkdir(parents=True)
+    build_unet(model_config).save(folder / "model.keras")
+    data.setdefault("mask_values", [0, 255] if encoding == "binary" else None)
+    save_yaml(RunConfig(model=model_config,
+                        data=DataConfig(mask_encoding=encoding, **data)),
+              folder / "config.yaml")
+    return folder
+
+
+def _images(folder, sizes=((40, 52), (64, 64), (17, 90))):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index, size in enumerate(sizes):
+        cv2.imwrite(str(folder / f"img{index}.png"), rng.integers(0, 256, size + (3,), np.uint8))
+    return folder
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file()}
+
+
+def test_masks_keep_size_encoding_and_round_trip(tmp_path):
+    run = load_run(_make_run(tmp_path / "run"))
+    images = _images(tmp_path / "in")
+    predictor = BatchPredictor(run, InferenceConfig(tile_size=32, overlap=0.25), tmp_path / "out")
+    result = predictor.run_files(list_inputs(images), progress=False)
+    assert [item.status for item in result.items] == ["ok"] * 3
+    for source in sorted(images.iterdir()):
+        mask_path = tmp_path / "out" / source.name
+        raw, _ = read_mask_raw(mask_path)
+        image = read_image(source, 3)
+        assert raw.shape == image.shape[:2]
+        assert set(np.unique(raw).tolist()) <= {0, 255}
+        expected = probabilities_to_labels(predictor.predict_image(image), 0.5)
+        np.testing.assert_array_equal(read_mask(mask_path, run.codec), expected)
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert summary[0] == "file,status,mask,height,width,seconds,foreground_fraction,error"
+    assert len(summary) == 4
+
+
+def test_palette_runs_write_palette_masks(tmp_path):
+    palette = [[0, 0, 0], [200, 10, 10], [10, 200, 10]]
+    run = load_run(_make_run(tmp_path / "run", num_classes=3, encoding="palette",
+                             palette=palette))
+    images = _images(tmp_path / "in", sizes=((33, 47),))
+    options = OutputOptions(save_probabilities=True, probability_format="npy",
+                            save_overlays=True)
+    BatchPredictor(run, InferenceConfig(), tmp_path / "out", options).run_files(
+        list_inputs(images), progress=False)
+    raw, is_palette = read_mask_raw(tmp_path / "out" / "img0.png")
+    assert is_palette and raw.shape == (33, 47) and raw.max() < 3
+    probabilities = np.load(tmp_path / "out" / "probabilities" / "img0.npy")
+    assert probabilities.shape == (33, 47, 3)
+    chosen = np.take_along_axis(probabilities, raw[..., None].astype(np.int64), -1)[..., 0]
+    np.testing.assert_allclose(chosen, probabilities.max(-1), atol=1e-3)  # float16 ties
+    overlay = read_raw(tmp_path / "out" / "overlays" / "img0.png")
+    assert overlay.shape[1] == 47 and overlay.shape[0] > 33  # image plus legend strip
+
+
+def test_bad_input_is_reported_and_the_others_are_written(tmp_path, capsys):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    (images / "empty.tif").write_bytes(b"")
+    code = predict_main(["--model", str(run), "--input", str(images), "--output",
+                         str(tmp_path / "out"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "3 predicted, 0 already done, 2 failed" in captured.out
+    assert "broken.png: not a readable image" in captured.err
+    assert "empty.tif: empty file" in captured.err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == \
+        ["img0.png", "img1.png", "img2.png"]
+    summary = (tmp_path / "out" / "summary.csv").read_text()
+    assert "broken.png,failed" in summary
+
+
+def test_resume_skips_finished_outputs_and_overwrite_redoes_them(tmp_path):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["--model", str(run), "--input", str(images), "--output", str(out), "--quiet"]
+    assert predict_main(argv) == 0
+    (out / "img1.png").unlink()
+    before = (out / "img0.png").stat().st_mtime_ns
+    result_lines = []
+    assert predict_main(argv) == 0
+    result_lines = (out / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in result_lines[1:]] == ["skipped", "ok", "skipped"]
+    assert (out / "img0.png").stat().st_mtime_ns == before
+    assert predict_main(argv + ["--overwrite"]) == 0
+    assert (out / "img0.png").stat().st_mtime_ns != before
+    # Asking for an extra output makes finished items incomplete again.
+    assert predict_main(argv + ["--save-overlays"]) == 0
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+
+
+def test_interrupted_run_leaves_no_partial_files(tmp_path, monkeypatch):
+    run = load_run(_make_run(tmp_path / "run"))
+    images = _images(tmp_path / "in", sizes=((32, 32),) * 5)
+    out = tmp_path / "out"
+    predictor = BatchPredictor(run, InferenceConfig(), out, OutputOptions(save_overlays=True))
+    calls = {"count": 0}
+    original = BatchPredictor.predict_image
+
+    def dying(self, image):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C, or the job was killed
+        return original(self, image)
+
+    monkeypatch.setattr(BatchPredictor, "predict_image", dying)
+    with pytest.raises(KeyboardInterrupt):
+        predictor.run_files(list_inputs(images), progress=False)
+    monkeypatch.undo()
+    finished = sorted(p.name for p in out.glob("*.png"))
+    assert finished == ["img0.png", "img1.png"]
+    assert not list(out.rglob("*.tmp"))
+    for path in out.rglob("*.png"):  # every file that exists is complete
+        assert read_raw(path) is not None
+    (out / ".img2.png.abandoned.tmp").write_bytes(b"half")  # what a SIGKILL could leave
+    result = BatchPredictor(run, InferenceConfig(), out, OutputOptions(save_overlays=True)) \
+        .run_files(list_inputs(images), progress=False)
+    assert [i.status for i in result.items] == ["skipped", "skipped", "ok", "ok", "ok"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_output_in_the_input_folder_never_overwrites_inputs(tmp_path):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in")
+    before = _digest(images)
+    argv = ["--model", str(run), "--input", str(images), "--output", str(images), "--quiet"]
+    assert predict_main(argv) == 0
+    after = _digest(images)
+    for name, digest in before.items():
+        assert after[name] == digest
+    assert {"img0_mask.png", "img1_mask.png", "img2_mask.png"} <= set(after)
+    assert predict_main(argv) == 0  # masks from the first run are not taken as inputs
+    assert "img0_mask_mask.png" not in _digest(images)
+    lines = (images / "summary.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[1] for line in lines] == ["skipped"] * 3
+
+
+def test_same_stem_twice_is_reported(tmp_path):
+    run = load_run(_make_run(tmp_path / "run"))
+    images = _images(tmp_path / "in", sizes=((16, 16),))
+    cv2.imwrite(str(images / "img0.jpg"), np.zeros((16, 16, 3), np.uint8))
+    result = BatchPredictor(run, InferenceConfig(), tmp_path / "out").run_files(
+        list_inputs(images), progress=False)
+    assert [(i.file.name, i.status) for i in result.items] == [("img0.jpg", "ok"),
+                                                               ("img0.png", "failed")]
+    assert "img0.png is already written for img0.jpg" in result.failed[0].error
+
+
+def test_shards_split_the_sorted_list(tmp_path):
+    files = [tmp_path / f"{i:03d}.png" for i in range(10)]
+    parts = [take_shard(files, i, 3) for i in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == files
+    assert not set(parts[0]) & set(parts[1])
+    assert parse_shard("2/3") == (2, 3)
+    with pytest.raises(ValueError, match="I/N"):
+        parse_shard("two")
+    with pytest.raises(ValueError, match="between 1 and N"):
+        parse_shard("4/3")
+
+
+def test_missing_config_is_explained(tmp_path):
+    build_unet(ModelConfig(depth=2, base_filters=4)).save(tmp_path / "alone.keras")
+    with pytest.raises(FileNotFoundError, match="needs the run's config.yaml"):
+        load_run(tmp_path / "alone.keras")
+
+
+def test_tiled_prediction_agrees_with_whole_image_prediction_on_isbi(isbi_run, isbi_dir,
+                                                                     tmp_path):
+    run = load_run(isbi_run)
+    image = read_image(isbi_dir / "images" / "slice24.png", 1)
+    whole = run.model.predict(image[None], verbose=0)[0]
+    predictor = BatchPredictor(run, InferenceConfig(tile_size=256, overlap=0.5), tmp_path)
+    tiled = predictor.predict_image(image)
+    assert tiled.shape == whole.shape == (512, 512, 1)
+    difference = np.abs(tiled - whole)
+    assert difference.mean() < 0.01, difference.mean()
+    agreement = (probabilities_to_labels(tiled) == probabilities_to_labels(whole)).mean()
+    assert agreement > 0.99
+    assert 0.05 < (whole < 0.5).mean() < 0.6  # the model does predict membrane
+
+
+def test_predict_with_truth_attention_and_tta(isbi_run, isbi_dir, tmp_path):
+    out = tmp_path / "out"
+    code = predict_main(["--model", str(isbi_run), "--input",
+                         str(isbi_dir / "images" / "slice2[45].png"), "--output", str(out),
+                         "--truth", str(isbi_dir / "masks"), "--save-attention", "--tta",
+                         "--tile-size", "256", "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in (out / "attention").iterdir()) == ["slice24.png",
+                                                                     "slice25.png"]
+    import json
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["images"] == 2
+    assert report["classes"]["membrane"]["mean_dice"] > 0.4
+    raw, _ = read_mask_raw(out / "slice24.png")
+    assert set(np.unique(raw).tolist()) == {0, 255}  # ISBI's own values
+    keras.backend.clear_session()
+
+
+def test_load_run_uses_safe_mode(tmp_path, monkeypatch):
+    calls = []
+    original = keras.saving.load_model
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keras.saving, "load_model", spy)
+    load_run(_make_run(tmp_path / "run"))
+    assert calls and calls[0]["safe_mode"] is True and calls[0]["compile"] is False
+
+
+def test_codec_comes_from_the_run(tmp_path):
+    run = load_run(_make_run(tmp_path / "run", mask_values=[0, 1]))
+    assert run.codec == MaskCodec("binary", 1, values=(0, 1))

@@ -1,0 +1,122 @@
+"""predict.py: masks for folders of images of any size, from a trained run.
+
+    python predict.py --model RUN_DIR|FILE.keras --input DIR|FILE|GLOB --output DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from unet_cbam.cli.options import add_config_options, apply_options, quiet_tensorflow, setup_logging
+
+quiet_tensorflow()
+
+from unet_cbam.config import InferenceConfig  # noqa: E402
+
+logger = logging.getLogger("unet_cbam.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predict.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Outputs: OUTPUT/<stem>.png masks in the training masks' encoding (binary "
+               "masks in the same two values, class ids, or palette PNGs), summary.csv, "
+               "and on request probabilities/, overlays/, attention/. Existing outputs are "
+               "kept, so an interrupted run resumes; the exit status is 1 if any input "
+               "failed.")
+    parser.add_argument("--model", required=True, type=Path, metavar="RUN_DIR|FILE.keras",
+                        help="a run folder from train.py, or its model.keras "
+                             "(config.yaml must be beside it)")
+    parser.add_argument("--input", required=True, metavar="DIR|FILE|GLOB",
+                        help="a folder of images, one image, or a glob such as 'scans/*.tif'")
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR",
+                        help="folder for the masks (created if needed; inputs are never "
+                             "overwritten, even if it is the input folder)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write probability maps to OUTPUT/probabilities/")
+    parser.add_argument("--probability-format", choices=["png", "npy"], default="png",
+                        help="16-bit PNG (one per class for several classes) or float16 .npy")
+    parser.add_argument("--save-overlays", action="store_true",
+                        help="also write the mask over the image to OUTPUT/overlays/")
+    parser.add_argument("--save-attention", action="store_true",
+                        help="also write each skip level's CBAM attention to OUTPUT/attention/")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="predict again even where outputs exist")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="only the I-th of N interleaved parts of the sorted file list "
+                             "(1-based), to split a folder over N machines")
+    parser.add_argument("--truth", type=Path, default=None, metavar="DIR",
+                        help="score the masks against the true masks in DIR afterwards "
+                             "(OUTPUT/evaluation.json and .csv)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(parser, {"inference": InferenceConfig})
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    setup_logging()
+    from unet_cbam.cli.evaluate import print_summary
+    from unet_cbam.evaluate import write_reports
+    from unet_cbam.predict import (
+        BatchPredictor,
+        OutputOptions,
+        list_inputs,
+        load_run,
+        parse_shard,
+        take_shard,
+    )
+
+    try:
+        inference = apply_options(_Holder(), arguments).inference
+        shard = parse_shard(arguments.shard) if arguments.shard else None
+        files = list_inputs(arguments.input, arguments.output)
+        if shard:
+            files = take_shard(files, *shard)
+        if not files:
+            raise FileNotFoundError(f"{arguments.input}: no images found")
+        run = load_run(arguments.model)
+        options = OutputOptions(
+            save_probabilities=arguments.save_probabilities,
+            probability_format=arguments.probability_format,
+            save_overlays=arguments.save_overlays, save_attention=arguments.save_attention,
+            overwrite=arguments.overwrite)
+        predictor = BatchPredictor(run, inference, arguments.output, options)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 2
+
+    summary_name = f"summary-shard{shard[0]}of{shard[1]}.csv" if shard else "summary.csv"
+    logger.info("%d image(s) with %s (tile %d, overlap %.2f%s)", len(files), run.path,
+                inference.tile_size, inference.overlap, ", TTA" if inference.tta else "")
+    result = predictor.run_files(files, progress=not arguments.quiet, summary_name=summary_name)
+    counts = {status: sum(item.status == status for item in result.items)
+              for status in ("ok", "skipped", "failed")}
+    print(f"\n{counts['ok']} predicted, {counts['skipped']} already done, "
+          f"{counts['failed']} failed -> {arguments.output}  (summary: {result.summary_csv})")
+    for item in result.failed:
+        print(f"  failed: {item.file}: {item.error}", file=sys.stderr)
+
+    if arguments.truth is not None:
+        evaluation = predictor.evaluate(result, arguments.truth)
+        json_path, csv_path = write_reports(evaluation, arguments.output / "evaluation.json")
+        print()
+        print_summary(evaluation.summary())
+        print(f"evaluation: {json_path}, {csv_path}")
+    return 1 if result.failed else 0
+
+
+@dataclasses.dataclass
+class _Holder:
+    """A one-section config so the generated --tile-size ... options can be applied."""
+
+    inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Sliding-window prediction for images of any size.
+
+The image is covered by tiles placed evenly along each axis, the first at 0
+and the last flush with the border, neighbours overlapping by at least
+``overlap`` of a tile. Each tile's prediction is weighted by a Gaussian
+importance map (centre 1, borders small; nnU-Net's sigma = tile / 8) and the
+weighted sum is divided by the summed weights, so seams vanish and a
+predictor that is consistent across tiles is reproduced exactly.
+
+Tiles are fed to the predictor in batches; memory is one image, its output
+and weight accumulators, and one batch of tiles, whatever the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+"""``(B, h, w, C)`` float32 tiles -> ``(B, h, w, K)`` probabilities."""
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` pixels.
+
+    Evenly spaced, first at 0, last at ``length - tile``, with a step of at
+    most ``tile * (1 - overlap)``. ``length <= tile`` gives one tile at 0.
+    """
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    max_step = max(1, math.floor(tile * (1.0 - overlap)))
+    count = math.ceil((length - tile) / max_step) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def gaussian_importance(height: int, width: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """``(height, width)`` float32 weights, 1 at the centre, never below 1e-3."""
+    axes = []
+    for size in (height, width):
+        position = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        sigma = max(size * sigma_scale, 1e-6)
+        axes.append(np.exp(-0.5 * (position / sigma) ** 2))
+    weights = np.outer(axes[0], axes[1])
+    weights /= weights.max()
+    # Clamped like nnU-Net, so pixels seen only by tile borders still divide safely.
+    return np.maximum(weights, 1e-3).astype(np.float32)
+
+
+def tile_shape(height: int, width: int, tile_size: int, divisor: int) -> tuple[int, int]:
+    """The tile actually used: ``tile_size`` rounded up to ``divisor``, but no
+    larger than the image rounded up to ``divisor`` (small images are not padded
+    to a full tile)."""
+    def round_up(value: int) -> int:
+        return -(-value // divisor) * divisor
+    tile = round_up(tile_size)
+    return min(tile, round_up(height)), min(tile, round_up(width))
+
+
+def sliding_window_predict(image: np.ndarray, predictor: Predictor, *, tile_size: int = 512,
+                           overlap: float = 0.25, batch_size: int = 4, divisor: int = 1,
+                           blending: str = "gaussian") -> np.ndarray:
+    """Predict ``image`` tile by tile and stitch the result.
+
+    Args:
+        image: ``(H, W, C)`` float32, any size.
+        predictor: maps ``(B, h, w, C)`` tiles to ``(B, h, w, K)``.
+        tile_size: tile side in pixels; rounded up to a multiple of ``divisor``.
+        overlap: fraction of a tile shared by neighbours, in [0, 1).
+        batch_size: tiles per predictor call.
+        divisor: tile sides must be multiples of this (the model's 2**depth).
+        blending: ``"gaussian"`` (importance-weighted) or ``"constant"`` (mean).
+
+    Returns:
+        ``(H, W, K)`` float32: exactly the input's height and width. An image
+        smaller than a tile is padded (reflection) up to the tile, and the
+        padding is cropped off again.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    if blending not in ("gaussian", "constant"):
+        raise ValueError(f"blending must be 'gaussian' or 'constant', got {blending!r}")
+    height, width = image.shape[:2]
+    tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
+    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
+    full_h, full_w = padded.shape[:2]
+    weights = (gaussian_importance(tile_h, tile_w) if blending == "gaussian"
+               else np.ones((tile_h, tile_w), np.float32))
+    origins = [(y, x) for y in tile_starts(full_h, tile_h, overlap)
+               for x in tile_starts(full_w, tile_w, overlap)]
+
+    output = None
+    weight_sum = np.zeros((full_h, full_w), np.float32)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        tiles = np.stack([padded[y:y + tile_h, x:x + tile_w] for y, x in chunk])
+        predictions = np.asarray(predictor(tiles), dtype=np.float32)
+        if predictions.shape[:3] != tiles.shape[:3]:
+            raise ValueError(f"predictor returned {predictions.shape} for tiles {tiles.shape}")
+        if output is None:
+            output = np.zeros((full_h, full_w, predictions.shape[-1]), np.float32)
+        for (y, x), prediction in zip(chunk, predictions, strict=True):
+            output[y:y + tile_h, x:x + tile_w] += prediction * weights[..., None]
+            weight_sum[y:y + tile_h, x:x + tile_w] += weights
+    output /= weight_sum[..., None]
+    return output[:height, :width]
+
+
+def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # Reflection needs the pad to be smaller than the image; repeat it for tiny images.
+    mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+# --------------------------------------------------------------------------
+# test-time augmentation and labels
+# --------------------------------------------------------------------------
+
+#: The 8 symmetries of a square: (number of 90-degree rotations, horizontal flip).
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def with_tta(predictor: Predictor) -> Predictor:
+    """Average ``predictor`` over flips and 90-degree rotations, each inverted.
+
+    Tiles must be square for the rotations to keep their shape; non-square
+    tiles use the four flips that keep it.
+    """
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        square = tiles.shape[1] == tiles.shape[2]
+        transforms = DIHEDRAL if square else [(0, False), (0, True), (2, False), (2, True)]
+        total = None
+        for rotations, flip in transforms:
+            view = np.flip(tiles, axis=2) if flip else tiles
+            view = np.rot90(view, rotations, axes=(1, 2))
+            prediction = np.asarray(predictor(np.ascontiguousarray(view)), np.float32)
+            prediction = np.rot90(prediction, -rotations, axes=(1, 2))
+            prediction = np.flip(prediction, axis=2) if flip else prediction
+            total = prediction if total is None else total + prediction
+        return total / len(transforms)
+    return predict
+
+
+def keras_predictor(model) -> Predictor:
+    """A ``Predictor`` running a Keras model on a batch of tiles.
+
+    ``model.predict_on_batch`` traces a new graph for every tile shape (small
+    images give many shapes); a ``tf.function`` with ``reduce_retracing``
+    generalises to unknown sizes after a few, so a folder of odd-sized images
+    costs a couple of traces instead of one per size.
+    """
+    import tensorflow as tf  # the graph function is TensorFlow's; nothing else here is
+
+    call = tf.function(lambda tiles: model(tiles, training=False), reduce_retracing=True)
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        return np.asarray(call(tf.convert_to_tensor(tiles, tf.float32)))
+    return predict
+
+
+def probabilities_to_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """``(H, W, K)`` -> uint16 ``(H, W)``: threshold a sigmoid (K = 1), argmax otherwise."""
+    if probabilities.shape[-1] == 1:
+        return (probabilities[..., 0] > threshold).astype(np.uint16)
+    return np.argmax(probabilities, axis=-1).astype(np.uint16)
