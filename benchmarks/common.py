@@ -49,5 +49,8 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         cells = []
         for column in columns:
             value = row.get(column, "")
-            cells.append(f"{value:.3g}" if isinstance(value, float) else str(value))
+            if isinstance(value, float):
+                cells.append(f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}")
+            else:
+                cells.append(str(value))
         print("| " + " | ".join(cells) + " |")

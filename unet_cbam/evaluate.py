@@ -83,6 +83,17 @@ class Evaluation:
     missing_truths: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    def add(self, file: str, truth: str, matrix: np.ndarray) -> None:
+        """One image's confusion matrix: per-class rows, and into the pooled matrix."""
+        self.pooled = matrix.copy() if self.pooled is None else self.pooled + matrix
+        values = scores(matrix)
+        for index, name in enumerate(self.class_names):
+            self.rows.append({
+                "file": file, "truth": truth, "class": name,
+                **{score: float(values[score][index]) for score in SCORES},
+                "pixel_accuracy": values["pixel_accuracy"],
+            })
+
     def summary(self) -> dict:
         """Mean over images and pooled figures, per class and averaged over classes."""
         per_class = {}
@@ -180,30 +191,33 @@ def evaluate_pairs(pairs: list[Sample], codec: MaskCodec | None = None,
     # A prediction from another tool may be saved without a palette, or in 0/1.
     prediction_codec = codec if codec.encoding != "palette" else \
         MaskCodec("indexed", codec.num_classes)
-    names = class_names or (["background", "foreground"] if codec.encoding == "binary"
-                            else [f"class{i}" for i in range(codec.num_labels)])
-    result = Evaluation(names)
-    pooled = np.zeros((codec.num_labels, codec.num_labels), np.int64)
+    names = class_names or default_class_names(codec)
+    result = Evaluation(names, pooled=np.zeros((codec.num_labels,) * 2, np.int64))
     for sample in pairs:
         try:
             truth = read_mask(sample.mask_path, codec)
             raw_prediction, _ = read_mask_raw(sample.image_path)
             prediction = prediction_codec.decode(raw_prediction, sample.image_path)
-            matrix = confusion_matrix(truth, prediction, codec.num_labels)
+            result.add(sample.image_path.name, sample.mask_path.name,
+                       confusion_matrix(truth, prediction, codec.num_labels))
         except (ImageReadError, ValueError) as error:
             result.errors.append(f"{sample.image_path}: {error}")
             logger.error("%s: %s", sample.image_path, error)
-            continue
-        pooled += matrix
-        values = scores(matrix)
-        for index, name in enumerate(names):
-            result.rows.append({
-                "file": sample.image_path.name, "truth": sample.mask_path.name, "class": name,
-                **{score: float(values[score][index]) for score in SCORES},
-                "pixel_accuracy": values["pixel_accuracy"],
-            })
-    result.pooled = pooled
     return result
+
+
+def evaluate_arrays(items: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str]
+                    ) -> Evaluation:
+    """Score in-memory ``(name, truth labels, predicted labels)`` triples."""
+    result = Evaluation(list(class_names), pooled=np.zeros((len(class_names),) * 2, np.int64))
+    for name, truth, prediction in items:
+        result.add(name, name, confusion_matrix(truth, prediction, len(class_names)))
+    return result
+
+
+def default_class_names(codec: MaskCodec) -> list[str]:
+    return (["background", "foreground"] if codec.encoding == "binary"
+            else [f"class{i}" for i in range(codec.num_labels)])
 
 
 def write_reports(evaluation: Evaluation, json_path: str | Path) -> tuple[Path, Path]:

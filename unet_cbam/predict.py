@@ -159,11 +159,12 @@ class BatchResult:
 class BatchPredictor:
     """Runs a loaded model over files, writing every output atomically."""
 
-    def __init__(self, run: LoadedRun, inference: InferenceConfig, output_dir: str | Path,
-                 options: OutputOptions | None = None):
+    def __init__(self, run: LoadedRun, inference: InferenceConfig,
+                 output_dir: str | Path | None = None, options: OutputOptions | None = None):
+        """``output_dir`` may be None to use only ``predict_image`` / ``attention``."""
         self.run = run
         self.inference = inference
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
         self.options = options or OutputOptions()
         if self.options.probability_format not in ("png", "npy"):
             raise ValueError(f"probability_format must be png or npy, "
@@ -252,6 +253,8 @@ class BatchPredictor:
     def run_files(self, files: list[Path], progress: bool = True,
                   summary_name: str = "summary.csv") -> BatchResult:
         """Predict every file; report failures; never stop for one bad input."""
+        if self.output_dir is None:
+            raise ValueError("BatchPredictor needs an output_dir to write files")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(self.output_dir)
         in_place = any(_same(f.parent, self.output_dir) for f in files)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure  # pyplot-free: no GUI backend, safe in threads
@@ -181,4 +182,237 @@ def plot_attention(image: np.ndarray, maps: Mapping[int, Mapping[str, np.ndarray
             axis.set_xlabel("channel (sorted)")
     if title:
         figure.suptitle(title)
+    return figure
+
+
+# --------------------------------------------------------------------------
+# data, predictions, errors
+# --------------------------------------------------------------------------
+
+#: Error map colours (RGB).
+ERROR_COLORS = {
+    "true negative": (0, 0, 0),
+    "true positive": (255, 255, 255),
+    "false positive": (230, 25, 75),     # predicted a class where the truth is background
+    "false negative": (0, 130, 200),     # predicted background where the truth is a class
+    "wrong class": (255, 225, 25),       # predicted another non-background class
+    "ignored": (128, 128, 128),
+}
+
+
+def error_map(truth: np.ndarray, prediction: np.ndarray, ignore_label: int | None = None
+              ) -> np.ndarray:
+    """uint8 RGB ``(H, W, 3)`` colouring each pixel by ``ERROR_COLORS`` (class 0 = background)."""
+    truth = np.asarray(truth)
+    prediction = np.asarray(prediction)
+    if truth.shape != prediction.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {prediction.shape} differ")
+    result = np.zeros(truth.shape + (3,), np.uint8)
+    cases = {
+        "true positive": (truth == prediction) & (truth > 0),
+        "false positive": (truth == 0) & (prediction > 0),
+        "false negative": (truth > 0) & (prediction == 0),
+        "wrong class": (truth > 0) & (prediction > 0) & (truth != prediction),
+    }
+    if ignore_label is not None:
+        ignored = truth == ignore_label
+        cases = {name: mask & ~ignored for name, mask in cases.items()}
+        cases["ignored"] = ignored
+    for name, mask in cases.items():
+        result[mask] = ERROR_COLORS[name]
+    return result
+
+
+def _legend_patches(entries):
+    from matplotlib.patches import Patch
+    return [Patch(facecolor=np.asarray(color) / 255.0, edgecolor="0.5", label=name)
+            for name, color in entries]
+
+
+def plot_samples(samples: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                 class_names: Sequence[str], columns: int = 4, alpha: float = 0.45) -> Figure:
+    """A grid of images with their masks overlaid: ``samples`` = (title, image, labels)."""
+    rows = max(1, -(-len(samples) // columns))
+    figure = Figure(figsize=(3.2 * columns, 3.2 * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    colors = class_colors(len(class_names))
+    for axis, (title, image, labels) in zip(axes, samples, strict=False):
+        axis.imshow(overlay(image, _visible(labels), colors, alpha))
+        axis.set_title(title, fontsize="small")
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in axes[len(samples):]:
+        axis.set_visible(False)
+    figure.legend(handles=_legend_patches(list(zip(class_names, colors, strict=False))[1:]),
+                  loc="outside lower center", ncols=min(6, len(class_names)))
+    return figure
+
+
+def _visible(labels: np.ndarray) -> np.ndarray:
+    """Labels for overlays: ignored pixels (a large value) shown as background."""
+    labels = np.asarray(labels)
+    return np.where(labels == np.iinfo(np.uint16).max, 0, labels) if labels.dtype == np.uint16 \
+        else labels
+
+
+def plot_augmentations(image: np.ndarray, labels: np.ndarray,
+                       pipelines: Mapping[str, Any], examples: int = 4,
+                       class_names: Sequence[str] | None = None, seed: int = 0) -> Figure:
+    """One row per pipeline (e.g. each preset): the original, then augmented copies.
+
+    ``pipelines`` maps a name to an albumentations-style callable
+    ``pipeline(image=..., mask=...) -> {"image", "mask"}``.
+    """
+    count = int(_visible(labels).max()) + 1
+    colors = class_colors(max(count, len(class_names or [])))
+    figure = Figure(figsize=(2.6 * (examples + 1), 2.7 * len(pipelines)), layout="constrained")
+    axes = figure.subplots(len(pipelines), examples + 1, squeeze=False)
+    for row, (name, pipeline) in enumerate(pipelines.items()):
+        axes[row, 0].imshow(overlay(image, _visible(labels), colors))
+        axes[row, 0].set_ylabel(name, fontsize="large")
+        axes[row, 0].set_title("original" if row == 0 else "", fontsize="small")
+        if hasattr(pipeline, "set_random_seed"):
+            pipeline.set_random_seed(seed)
+        for column in range(1, examples + 1):
+            out = pipeline(image=image, mask=labels)
+            axes[row, column].imshow(overlay(out["image"], _visible(out["mask"]), colors))
+            if row == 0:
+                axes[row, column].set_title(f"augmented #{column}", fontsize="small")
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return figure
+
+
+def plot_class_balance(fractions: Mapping[str, float], title: str = "class balance") -> Figure:
+    """Horizontal bars: share of labelled pixels per class."""
+    figure = Figure(figsize=(6, 0.5 + 0.45 * len(fractions)), layout="constrained")
+    axis = figure.subplots()
+    names = list(fractions)
+    values = [fractions[n] for n in names]
+    colors = class_colors(len(names)).astype(float) / 255.0
+    colors[0] = (0.6, 0.6, 0.6)
+    axis.barh(names, values, color=colors)
+    for index, value in enumerate(values):
+        axis.text(value, index, f" {value:.1%}", va="center")
+    axis.set_xlim(0, max(values + [0.01]) * 1.2)
+    axis.invert_yaxis()
+    axis.set_xlabel("fraction of labelled pixels")
+    axis.set_title(title)
+    return figure
+
+
+def plot_runs(histories: Mapping[str, History], metric: str = "val_mean_dice",
+              title: str | None = None) -> Figure:
+    """One metric of several runs (e.g. the four attention modes), per epoch."""
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axis = figure.subplots()
+    for name, history in histories.items():
+        if metric not in history:
+            continue
+        epochs = [e + 1 for e in history.get("epoch", range(len(history[metric])))]
+        axis.plot(epochs, history[metric], label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(title or metric)
+    return figure
+
+
+def plot_prediction(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                    class_names: Sequence[str], title: str | None = None,
+                    ignore_label: int | None = None) -> Figure:
+    """Image, truth, prediction (overlays) and the error map, side by side."""
+    colors = class_colors(len(class_names))
+    figure = Figure(figsize=(13, 3.9), layout="constrained")
+    axes = figure.subplots(1, 4)
+    axes[0].imshow(display_image(image))
+    axes[0].set_title("image")
+    axes[1].imshow(overlay(image, _visible(truth), colors))
+    axes[1].set_title("ground truth")
+    axes[2].imshow(overlay(image, prediction, colors))
+    axes[2].set_title("prediction")
+    axes[3].imshow(error_map(truth, prediction, ignore_label))
+    axes[3].set_title("errors")
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    used = ["false positive", "false negative"] + (["wrong class"] if len(class_names) > 2
+                                                   else [])
+    axes[3].legend(handles=_legend_patches([(n, ERROR_COLORS[n]) for n in used]),
+                   loc="lower center", bbox_to_anchor=(0.5, -0.22), ncols=len(used),
+                   fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_threshold_sweep(sweep: Mapping[str, np.ndarray], class_names: Sequence[str]
+                         ) -> Figure:
+    """Dice against threshold for each class (from ``explore.threshold_sweep``)."""
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    axis = figure.subplots()
+    thresholds, dice = sweep["thresholds"], sweep["dice"]
+    for index, name in enumerate(class_names):
+        axis.plot(thresholds, dice[:, index], marker=".", label=name)
+        best = int(np.nanargmax(dice[:, index]))
+        axis.annotate(f"{dice[best, index]:.3f} @ {thresholds[best]:.2f}",
+                      (thresholds[best], dice[best, index]), textcoords="offset points",
+                      xytext=(0, 6), ha="center", fontsize="small")
+    axis.axvline(0.5, color="k", linestyle=":", linewidth=0.8)
+    axis.set_xlabel("threshold on the foreground probability")
+    axis.set_ylabel("Dice (pooled over images)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return figure
+
+
+def plot_channel_weights(maps: Mapping[int, Mapping[str, np.ndarray]],
+                         title: str = "channel attention weights") -> Figure:
+    """Distribution of the channel gates per skip level (all images and channels)."""
+    levels = [level for level in sorted(maps) if "channel" in maps[level]]
+    if not levels:
+        raise ValueError("no channel attention in these maps (attention 'spatial'?)")
+    figure = Figure(figsize=(1.8 + 1.4 * len(levels), 4), layout="constrained")
+    axis = figure.subplots()
+    data = [np.asarray(maps[level]["channel"]).ravel() for level in levels]
+    axis.violinplot(data, showmedians=True)
+    axis.axhline(0.5, color="k", linestyle=":", linewidth=0.8)
+    axis.set_xticks(range(1, len(levels) + 1),
+                    [f"level {lv}\n(stride {2 ** lv})" for lv in levels])
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("gate value")
+    axis.set_title(title)
+    return figure
+
+
+def plot_model_comparison(image: np.ndarray, truth: np.ndarray | None,
+                          predictions: Mapping[str, np.ndarray], class_names: Sequence[str]
+                          ) -> Figure:
+    """The same image through several models: image, truth, then each model's
+    prediction (overlay) and its error map below."""
+    columns = 1 + len(predictions)
+    figure = Figure(figsize=(3.3 * columns, 6.6), layout="constrained")
+    axes = figure.subplots(2, columns, squeeze=False)
+    colors = class_colors(len(class_names))
+    axes[0, 0].imshow(display_image(image))
+    axes[0, 0].set_title("image")
+    if truth is not None:
+        axes[1, 0].imshow(overlay(image, _visible(truth), colors))
+        axes[1, 0].set_title("ground truth")
+    else:
+        axes[1, 0].set_visible(False)
+    for column, (name, prediction) in enumerate(predictions.items(), start=1):
+        axes[0, column].imshow(overlay(image, prediction, colors))
+        axes[0, column].set_title(name)
+        if truth is not None:
+            axes[1, column].imshow(error_map(truth, prediction, np.iinfo(np.uint16).max))
+            axes[1, column].set_title(f"{name}: errors")
+        else:
+            axes[1, column].set_visible(False)
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
     return figure

@@ -1,0 +1,156 @@
+"""Data and result summaries for notebooks and scripts: numbers and tables, no plots.
+
+Plots of these live in ``visualize.py``; both are tested, so notebooks only
+call them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_cbam.config import DataConfig, ModelConfig, to_dict
+from unet_cbam.data.io import MaskCodec, read_image, read_mask
+from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
+from unet_cbam.evaluate import confusion_matrix, scores
+
+
+@dataclass
+class DataOverview:
+    """What a data folder holds, and what is wrong with it."""
+
+    images_dir: Path
+    masks_dir: Path
+    codec: MaskCodec | None
+    class_names: list[str]
+    report: DatasetReport
+    problems: list[str]
+
+    @property
+    def class_fractions(self) -> dict[str, float]:
+        """Share of labelled (not ignored) pixels per class."""
+        counts = self.report.class_pixels[:-1] if self.report.class_pixels.size else []
+        total = float(np.sum(counts))
+        return {name: (float(c) / total if total else 0.0)
+                for name, c in zip(self.class_names, counts, strict=False)}
+
+    def table(self) -> list[tuple[str, str]]:
+        """(property, value) rows: counts, sizes, bit depths, channels, classes."""
+        info = list(self.report.info.values())
+        sizes = Counter(f"{i.width}x{i.height}" for i in info)
+        depths = Counter(f"{i.bit_depth}-bit" for i in info)
+        channels = Counter(str(i.channels) for i in info)
+        ignored = int(self.report.class_pixels[-1]) if self.report.class_pixels.size else 0
+        return [
+            ("images folder", str(self.images_dir)),
+            ("masks folder", str(self.masks_dir)),
+            ("usable pairs", str(len(self.report.samples))),
+            ("problems", str(len(self.problems))),
+            ("mask encoding", self.codec.encoding if self.codec else "unknown"),
+            ("image sizes (w x h)", _counts(sizes)),
+            ("bit depths", _counts(depths)),
+            ("channels", _counts(channels)),
+            ("ignored pixels", f"{ignored}"),
+            *((f"class '{name}'", f"{fraction:.1%} of pixels")
+              for name, fraction in self.class_fractions.items()),
+        ]
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{key} ({count})" for key, count in counter.most_common(6)) + (
+        f", ... ({len(counter)} kinds)" if len(counter) > 6 else "")
+
+
+def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
+                 ) -> DataOverview:
+    """Pair and verify a data folder like train.py does, but report instead of raising."""
+    from unet_cbam.training import class_names, data_folders
+
+    images_dir, masks_dir = data_folders(data)
+    samples, problems = find_pairs(images_dir, masks_dir)
+    try:
+        codec = detect_codec(
+            samples, encoding=data.mask_encoding, num_classes=model.num_classes,
+            threshold=data.binary_threshold, values=data.mask_values, palette=data.palette,
+            colors=data.class_colors, ignore_value=data.ignore_value,
+            ignore_color=data.ignore_color)
+    except DataError as error:
+        return DataOverview(images_dir, masks_dir, None, [],
+                            DatasetReport(samples=[], codec=None), problems + error.problems)
+    report = verify_pairs(samples, codec, model.input_channels, progress=progress)
+    names = class_names(dataclasses.replace(data, mask_encoding=codec.encoding),
+                        codec.num_labels)
+    return DataOverview(images_dir, masks_dir, codec, names, report,
+                        problems + report.problems + report.warnings)
+
+
+def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0
+               ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Up to ``count`` (stem, image, labels) pairs, chosen reproducibly."""
+    samples = overview.report.samples
+    order = np.random.default_rng(seed).permutation(len(samples))[:count]
+    chosen = [samples[i] for i in sorted(order)]
+    return [(s.stem, read_image(s.image_path, channels), read_mask(s.mask_path, overview.codec))
+            for s in chosen]
+
+
+def markdown_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A Markdown table (notebooks display it with IPython's Markdown)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def config_rows(config: Any) -> list[tuple[str, str, Any]]:
+    """(section, field, value) for every field of a config dataclass tree."""
+    rows = []
+    for section, values in to_dict(config).items():
+        if isinstance(values, dict):
+            rows += [(section, name, value) for name, value in values.items()]
+        else:
+            rows.append(("", section, values))
+    return rows
+
+
+def metrics_rows(metrics: dict) -> list[tuple[str, float, float]]:
+    """(class, IoU, Dice) from a run's metrics.json, then the means."""
+    rows = [(name, scores_["iou"], scores_["dice"])
+            for name, scores_ in metrics["classes"].items()]
+    rows.append(("mean", metrics["mean_iou"], metrics["mean_dice"]))
+    return rows
+
+
+def worst_first(rows: list[dict], class_name: str, score: str = "dice") -> list[dict]:
+    """Per-image evaluation rows of one class, worst score first (undefined last)."""
+    selected = [r for r in rows if r["class"] == class_name]
+    return sorted(selected, key=lambda r: (np.isnan(r[score]), r[score]))
+
+
+def threshold_sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                    thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """Pooled Dice of each class for each threshold of a binary model.
+
+    probabilities: per image ``(H, W)`` or ``(H, W, 1)`` foreground probability;
+    truths: per image ``(H, W)`` labels (0/1, IGNORE_LABEL ignored).
+    Returns ``{"thresholds": (T,), "dice": (T, 2)}`` (background, foreground).
+    """
+    dice = np.zeros((len(thresholds), 2))
+    for index, threshold in enumerate(thresholds):
+        matrix = np.zeros((2, 2), np.int64)
+        for probability, truth in zip(probabilities, truths, strict=True):
+            probability = np.asarray(probability)
+            if probability.ndim == 3:
+                probability = probability[..., 0]
+            matrix += confusion_matrix(truth, (probability > threshold).astype(np.int64), 2)
+        dice[index] = scores(matrix)["dice"]
+    return {"thresholds": np.asarray(thresholds, dtype=np.float64), "dice": dice}
