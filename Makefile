@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean notebooks
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ DEMO_FLAGS ?= --epochs 15 --steps-per-epoch 12 --patch-size 128 --batch-size 8
 
 demo: venv
 	$(PY) train.py --output runs/demo --resume $(DEMO_FLAGS)
+
+# Runs the four notebooks on the demo run (make demo first) with their default
+# parameters: executed copies and their figures go to notebooks/executed/.
+notebooks: venv
+	mkdir -p notebooks/executed
+	cd notebooks && for notebook in 0*.ipynb; do \
+		$(abspath $(PY)) -m papermill --log-level WARNING $$notebook executed/$$notebook \
+			-p figure_dir executed/figures || exit 1; done
+	@echo "executed notebooks and figures: notebooks/executed/ (open them with jupyter)"
 
 lint: venv
 	$(PY) -m ruff check .

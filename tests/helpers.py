@@ -22,3 +22,20 @@ def write_pairs(root: Path, count: int = 3, size: tuple[int, int] = (32, 40),
         cv2.imwrite(str(root / "images" / f"p{index}.png"), image)
         cv2.imwrite(str(root / "masks" / f"p{index}.png"), mask)
     return root
+
+
+def make_untrained_run(folder: Path, attention: str = "cbam", channels: int = 3,
+                       num_classes: int = 1, **data) -> Path:
+    """A run folder (config.yaml + model.keras) with an untrained small model."""
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig, save_yaml
+    from unet_cbam.models import build_unet
+
+    model = ModelConfig(depth=2, base_filters=4, num_classes=num_classes,
+                        input_channels=channels, attention=attention)
+    folder.mkdir(parents=True)
+    build_unet(model).save(folder / "model.keras")
+    encoding = "binary" if num_classes == 1 else "indexed"
+    data.setdefault("mask_values", [0, 255] if encoding == "binary" else None)
+    save_yaml(RunConfig(model=model, data=DataConfig(mask_encoding=encoding, **data)),
+              folder / "config.yaml")
+    return folder

@@ -5,8 +5,9 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import make_untrained_run
 from unet_cbam.cli.predict import main as predict_main
-from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig, save_yaml
+from unet_cbam.config import InferenceConfig, ModelConfig, RunConfig, load_yaml, save_yaml
 from unet_cbam.data.io import MaskCodec, read_image, read_mask, read_mask_raw, read_raw
 from unet_cbam.inference import probabilities_to_labels
 from unet_cbam.models import build_unet
@@ -21,16 +22,13 @@ from unet_cbam.predict import (
 
 
 def _make_run(folder, num_classes=1, encoding="binary", **data):
-    """A run folder with an untrained model: enough to exercise the batch job."""
-    model_config = ModelConfig(depth=2, base_filters=4, num_classes=num_classes,
-                               input_channels=3)
-    folder.mkdir(parents=True)
-    build_unet(model_config).save(folder / "model.keras")
-    data.setdefault("mask_values", [0, 255] if encoding == "binary" else None)
-    save_yaml(RunConfig(model=model_config,
-                        data=DataConfig(mask_encoding=encoding, **data)),
-              folder / "config.yaml")
-    return folder
+    """A run folder with an untrained RGB model: enough to exercise the batch job."""
+    run = make_untrained_run(folder, channels=3, num_classes=num_classes, **data)
+    if encoding != ("binary" if num_classes == 1 else "indexed"):
+        config = load_yaml(RunConfig, run / "config.yaml")
+        config.data.mask_encoding = encoding
+        save_yaml(config, run / "config.yaml")
+    return run
 
 
 def _images(folder, sizes=((40, 52), (64, 64), (17, 90))):

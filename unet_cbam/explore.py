@@ -154,3 +154,69 @@ def threshold_sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.nda
             matrix += confusion_matrix(truth, (probability > threshold).astype(np.int64), 2)
         dice[index] = scores(matrix)["dice"]
     return {"thresholds": np.asarray(thresholds, dtype=np.float64), "dice": dice}
+
+
+def run_histories(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, list[float]]]:
+    """history.csv of each run, keyed by a unique label (the folder name, then its parent)."""
+    from unet_cbam.visualize import read_history
+
+    histories = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        label = path.name
+        if label in histories:
+            label = f"{path.parent.name}/{path.name}"
+        while label in histories:
+            label += "'"
+        histories[label] = read_history(path / "history.csv")
+    return histories
+
+
+def run_summaries(run_dirs: Sequence[str | Path]) -> list[list[Any]]:
+    """A row per run: label, encoder, attention, variant, best epoch, mean IoU, mean Dice."""
+    import json
+
+    from unet_cbam.config import RunConfig, load_yaml
+
+    rows = []
+    for label, run_dir in zip(run_histories(run_dirs), run_dirs, strict=True):
+        path = Path(run_dir)
+        config = load_yaml(RunConfig, path / "config.yaml")
+        metrics = json.loads((path / "metrics.json").read_text())
+        rows.append([label, config.model.encoder, config.model.attention,
+                     config.model.cbam_variant, metrics["best_epoch"], metrics["mean_iou"],
+                     metrics["mean_dice"]])
+    return rows
+
+
+RUN_SUMMARY_HEADERS = ["run", "encoder", "attention", "variant", "best epoch", "mean IoU",
+                       "mean Dice"]
+
+
+def score_rows(rows: list[dict]) -> list[list[Any]]:
+    """Evaluation rows -> table rows: image, Dice, IoU, precision, recall, pixel accuracy."""
+    return [[r["file"], r["dice"], r["iou"], r["precision"], r["recall"], r["pixel_accuracy"]]
+            for r in rows]
+
+
+SCORE_HEADERS = ["image", "Dice", "IoU", "precision", "recall", "pixel accuracy"]
+
+
+def class_summary_rows(summary: dict) -> list[list[Any]]:
+    """Per-class rows of ``Evaluation.summary()``: class, mean Dice, pooled Dice, mean IoU."""
+    return [[name, entry["mean_dice"], entry["pooled_dice"], entry["mean_iou"]]
+            for name, entry in summary["classes"].items()]
+
+
+CLASS_SUMMARY_HEADERS = ["class", "mean Dice", "pooled Dice", "mean IoU"]
+
+
+def pool_channel_gates(maps: Sequence[dict[int, dict[str, np.ndarray]]]
+                       ) -> dict[int, dict[str, np.ndarray]]:
+    """Several images' attention maps -> ``{level: {"channel": all gates}}``."""
+    pooled: dict[int, list[np.ndarray]] = {}
+    for entry in maps:
+        for level, gates in entry.items():
+            if "channel" in gates:
+                pooled.setdefault(level, []).append(np.asarray(gates["channel"]).ravel())
+    return {level: {"channel": np.concatenate(values)} for level, values in sorted(pooled.items())}

@@ -136,13 +136,18 @@ def add_legend(image: np.ndarray, names: list[str], colors: np.ndarray) -> np.nd
 
 
 def plot_attention(image: np.ndarray, maps: Mapping[int, Mapping[str, np.ndarray]],
-                   title: str | None = None, alpha: float = 0.55) -> Figure:
-    """The image, then each skip level's spatial attention map over it.
+                   title: str | None = None, alpha: float = 0.55,
+                   style: str = "overlay") -> Figure:
+    """The image, then each skip level's spatial attention map.
 
     ``maps`` is one image's entry of ``attention_maps`` (``{level: {"spatial":
-    (h, w), "channel": (C,)}}``, without the batch axis). A second row shows
-    each level's channel weights sorted, when present.
+    (h, w), "channel": (C,)}}``, without the batch axis). ``style`` is
+    ``"overlay"`` (the map over the image, ``alpha``) or ``"heatmap"`` (the map
+    alone, for figures). A second row shows each level's channel weights
+    sorted, when present. Every map uses the same 0-1 colour scale.
     """
+    if style not in ("overlay", "heatmap"):
+        raise ValueError(f"style must be 'overlay' or 'heatmap', got {style!r}")
     levels = [level for level in sorted(maps) if "spatial" in maps[level]] or sorted(maps)
     has_channel = any("channel" in maps[level] for level in levels)
     rows = 2 if has_channel else 1
@@ -154,9 +159,11 @@ def plot_attention(image: np.ndarray, maps: Mapping[int, Mapping[str, np.ndarray
     for column, level in enumerate(levels, start=1):
         axis = axes[0, column]
         if "spatial" in maps[level]:
-            axis.imshow(shown)
+            if style == "overlay":
+                axis.imshow(shown)
             spatial = maps[level]["spatial"]
-            picture = axis.imshow(spatial, cmap="magma", alpha=alpha, vmin=0.0, vmax=1.0,
+            picture = axis.imshow(spatial, cmap="magma", alpha=alpha if style == "overlay" else 1,
+                                  vmin=0.0, vmax=1.0,
                                   extent=(-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5),
                                   interpolation="bilinear")
             axis.set_title(f"level {level} (stride {2 ** level}) spatial")
@@ -192,7 +199,7 @@ def plot_attention(image: np.ndarray, maps: Mapping[int, Mapping[str, np.ndarray
 #: Error map colours (RGB).
 ERROR_COLORS = {
     "true negative": (0, 0, 0),
-    "true positive": (255, 255, 255),
+    "true positive": (170, 170, 170),
     "false positive": (230, 25, 75),     # predicted a class where the truth is background
     "false negative": (0, 130, 200),     # predicted background where the truth is a class
     "wrong class": (255, 225, 25),       # predicted another non-background class
@@ -356,11 +363,11 @@ def plot_threshold_sweep(sweep: Mapping[str, np.ndarray], class_names: Sequence[
     axis = figure.subplots()
     thresholds, dice = sweep["thresholds"], sweep["dice"]
     for index, name in enumerate(class_names):
-        axis.plot(thresholds, dice[:, index], marker=".", label=name)
         best = int(np.nanargmax(dice[:, index]))
-        axis.annotate(f"{dice[best, index]:.3f} @ {thresholds[best]:.2f}",
-                      (thresholds[best], dice[best, index]), textcoords="offset points",
-                      xytext=(0, 6), ha="center", fontsize="small")
+        line, = axis.plot(thresholds, dice[:, index], marker=".",
+                          label=f"{name} (best {dice[best, index]:.3f} at {thresholds[best]:.2f})")
+        axis.plot(thresholds[best], dice[best, index], marker="o", markersize=9,
+                  markerfacecolor="none", color=line.get_color())
     axis.axvline(0.5, color="k", linestyle=":", linewidth=0.8)
     axis.set_xlabel("threshold on the foreground probability")
     axis.set_ylabel("Dice (pooled over images)")
@@ -389,8 +396,8 @@ def plot_channel_weights(maps: Mapping[int, Mapping[str, np.ndarray]],
 
 
 def plot_model_comparison(image: np.ndarray, truth: np.ndarray | None,
-                          predictions: Mapping[str, np.ndarray], class_names: Sequence[str]
-                          ) -> Figure:
+                          predictions: Mapping[str, np.ndarray], class_names: Sequence[str],
+                          title: str | None = None) -> Figure:
     """The same image through several models: image, truth, then each model's
     prediction (overlay) and its error map below."""
     columns = 1 + len(predictions)
@@ -415,4 +422,16 @@ def plot_model_comparison(image: np.ndarray, truth: np.ndarray | None,
     for axis in axes.ravel():
         axis.set_xticks([])
         axis.set_yticks([])
+    if title:
+        figure.suptitle(title)
     return figure
+
+
+def show(figure: Figure, name: str, save_dir: str | Path | None = None) -> None:
+    """Display ``figure`` in a notebook; also save it as ``save_dir/name.png`` if given."""
+    from IPython.display import display  # notebooks only
+
+    display(figure)
+    if save_dir:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        figure.savefig(Path(save_dir) / f"{name}.png", dpi=110)
