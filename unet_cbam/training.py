@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,12 +280,18 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True,
-          callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
+          callbacks: list[keras.callbacks.Callback] | None = None,
+          build_model: Callable[[ModelConfig], keras.Model] = build_unet) -> TrainResult:
     """Train ``config`` into ``run_dir``; with ``resume``, continue the run there.
 
     ``config`` is the full run configuration; on resume its model and data
     sections must equal the saved ones (only ``train`` may change, for example
     more epochs). ``callbacks`` are extra Keras callbacks, run after ours.
+    ``build_model`` builds the network from ``config.model`` (default
+    ``build_unet``); another builder trains another architecture through the
+    same data, loss, schedule and checkpoints (the benchmark's peers). It must
+    take images in [0, 1] and return sigmoid/softmax probabilities, and its
+    input sizes must be multiples of ``config.model.divisor``.
     """
     run_dir = Path(run_dir)
     resuming = check_run_dir(run_dir, resume)
@@ -318,7 +325,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
 
     strategy = make_strategy(train_cfg)
     with strategy.scope():
-        model = build_unet(config.model)
+        model = build_model(config.model)
         model.compile(
             optimizer=make_optimizer(train_cfg, steps),
             loss=SegmentationLoss(resolve_loss_name(train_cfg.loss, config.model.num_classes),
