@@ -61,6 +61,16 @@ MODELS = {
     "unet-cbam-resnet18": {"encoder": "resnet18"},
 }
 DEFAULT_MODEL = "unet-cbam"
+#: What the pipeline records for the peer (its architecture comes from build_peer).
+PEER_CONFIG = {"encoder": "resnet18", "attention": "none"}
+
+
+def model_config_for(name: str):
+    """The ModelConfig a benchmark model trains with (the peer's only records its encoder)."""
+    from unet_cbam.config import ModelConfig
+
+    overrides = MODELS[name]
+    return ModelConfig(**(PEER_CONFIG if overrides is None else overrides))
 
 
 def link_slices(root: Path, indices) -> Path:
@@ -85,13 +95,13 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     """Train one model with one seed, predict and score the test slices."""
     import keras
 
-    from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig, TrainConfig
+    from unet_cbam.config import DataConfig, InferenceConfig, RunConfig, TrainConfig
     from unet_cbam.models import build_unet
     from unet_cbam.predict import BatchPredictor, list_inputs, load_run
     from unet_cbam.training import train
 
     overrides = MODELS[name]
-    model_config = ModelConfig(**(overrides or {"encoder": "resnet18", "attention": "none"}))
+    model_config = model_config_for(name)
     config = RunConfig(
         model=model_config,
         data=DataConfig(data=str(work / "train"), val_fraction=0.2,
@@ -263,7 +273,8 @@ def main() -> None:
                     raise SystemExit(f"{model} seed {seed} failed")
                 result = json.loads(lines[-1][len("RESULT "):])
                 results.append(result)
-                print(f"{model} seed {seed}: membrane Dice {result['membrane_dice']:.4f} "
+                print(f"{model} seed {seed} ({result['params']:,} parameters): "
+                      f"membrane Dice {result['membrane_dice']:.4f} "
                       f"(val mean Dice {result['val_mean_dice']:.4f}) in "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
 

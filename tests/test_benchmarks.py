@@ -1,0 +1,94 @@
+"""The ISBI benchmark's bookkeeping: which model each name trains, aggregation, the table."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from unet_cbam.config import ModelConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def isbi():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("isbi2012", BENCHMARKS / "isbi2012.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def differences(config: ModelConfig) -> dict:
+    default = dataclasses.asdict(ModelConfig())
+    return {key: value for key, value in dataclasses.asdict(config).items()
+            if default[key] != value}
+
+
+def test_default_model_is_what_train_py_builds(isbi):
+    assert isbi.model_config_for(isbi.DEFAULT_MODEL) == ModelConfig()
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("unet-none", {"attention": "none"}),
+    ("unet-channel", {"attention": "channel"}),
+    ("unet-spatial", {"attention": "spatial"}),
+    ("unet-cbam", {}),
+    ("unet-cbam-blog", {"cbam_variant": "blog"}),
+    ("unet-cbam-resnet18", {"encoder": "resnet18"}),
+])
+def test_ablation_changes_one_field(isbi, name, changed):
+    assert differences(isbi.model_config_for(name)) == changed
+
+
+def test_peer_is_built_by_segmentation_models(isbi):
+    assert isbi.MODELS["sm-unet-resnet18"] is None
+    model = isbi.build_peer(isbi.model_config_for("sm-unet-resnet18"))
+    assert not any(layer.name.startswith("skip") for layer in model.layers)
+    assert model.output_shape == (None, None, None, 1)
+
+
+def fake(model, seed, dice, seconds):
+    return {"model": model, "seed": seed, "params": 1_500_000, "membrane_dice": dice,
+            "cell_dice": 0.9, "mean_iou": 0.7, "pixel_error": 0.1, "val_mean_dice": 0.8,
+            "train_patches_per_s": 20.0, "train_seconds": seconds,
+            "predict_images_per_s": 5.0, "peak_rss_mb": 1000.0}
+
+
+def test_aggregate_means_and_standard_deviations(isbi):
+    results = [fake("unet-cbam", 0, 0.70, 100), fake("unet-cbam", 1, 0.74, 120),
+               fake("unet-cbam", 2, 0.78, 140), fake("unet-none", 0, 0.60, 90)]
+    rows = isbi.aggregate(results)
+    assert [row["model"] for row in rows] == ["unet-none", "unet-cbam"]  # MODELS order
+    none, cbam = rows
+    assert cbam["seeds"] == 3
+    assert cbam["membrane_dice"] == pytest.approx(0.74)
+    assert cbam["membrane_dice_std"] == pytest.approx(0.04)
+    assert cbam["train_seconds"] == pytest.approx(120)
+    assert none["membrane_dice_std"] == 0.0
+
+
+def test_markdown_table(isbi, tmp_path):
+    results = [fake("unet-cbam", 0, 0.70, 100), fake("unet-cbam", 1, 0.74, 120)]
+    budget = {"epochs": 12, "steps_per_epoch": 50, "batch_size": 8, "patch_size": 128,
+              "learning_rate": 1e-3, "augmentation": "light"}
+    info = {"cpu_cores": 2, "gpus": [], "tensorflow": "2.x", "date": "2026-01-01"}
+    rows = isbi.aggregate(results)
+    table = isbi.markdown(rows, budget, info)
+    assert "| unet-cbam | 1.50 M | 0.720 ± 0.028 |" in table
+    assert "600 steps of 8 random 128x128 patches" in table
+    isbi.plot(results, rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_slices_are_linked_not_copied(isbi, tmp_path):
+    root = isbi.link_slices(tmp_path / "train", range(0, 2))
+    for kind in ("images", "masks"):
+        files = sorted((root / kind).iterdir())
+        assert [file.name for file in files] == ["slice00.png", "slice01.png"]
+        assert all(file.is_symlink() and file.resolve().is_file() for file in files)
