@@ -61,16 +61,42 @@ MODELS = {
     "unet-cbam-resnet18": {"encoder": "resnet18"},
 }
 DEFAULT_MODEL = "unet-cbam"
+#: The fields the models differ in: --set cannot change them.
+COMPARED = {"attention", "cbam_variant", "encoder"}
 #: What the pipeline records for the peer (its architecture comes from build_peer).
 PEER_CONFIG = {"encoder": "resnet18", "attention": "none"}
 
 
-def model_config_for(name: str):
-    """The ModelConfig a benchmark model trains with (the peer's only records its encoder)."""
+def model_config_for(name: str, changes: dict | None = None):
+    """The ModelConfig a benchmark model trains with (the peer's only records its encoder).
+
+    `changes` (from --set) alter the default configuration of every unet_cbam
+    model; each model's own field (its attention, variant or encoder) wins.
+    """
     from unet_cbam.config import ModelConfig
 
     overrides = MODELS[name]
-    return ModelConfig(**(PEER_CONFIG if overrides is None else overrides))
+    return ModelConfig(**(PEER_CONFIG if overrides is None else {**(changes or {}), **overrides}))
+
+
+def parse_changes(items: list[str]) -> dict:
+    """FIELD=VALUE strings (values in YAML) into checked ModelConfig changes."""
+    import dataclasses
+
+    import yaml
+
+    from unet_cbam.config import ModelConfig
+
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    changes = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or key not in fields - COMPARED:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields - COMPARED))}")
+        changes[key] = yaml.safe_load(value)
+    ModelConfig(**changes)  # fails here, before any training, on a bad value
+    return changes
 
 
 def link_slices(root: Path, indices) -> Path:
@@ -101,7 +127,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     from unet_cbam.training import train
 
     overrides = MODELS[name]
-    model_config = model_config_for(name)
+    model_config = model_config_for(name, budget.get("model_changes"))
     config = RunConfig(
         model=model_config,
         data=DataConfig(data=str(work / "train"), val_fraction=0.2,
@@ -201,6 +227,10 @@ def markdown(rows: list[dict], budget: dict, info: dict) -> str:
         f"warm-up and cosine decay, BCE + Dice; best epoch by validation mean Dice. "
         f"Machine: {info['cpu_cores']} CPU cores, GPUs: {info['gpus'] or 'none'}, "
         f"TensorFlow {info['tensorflow']}, {info['date']}.")
+    if budget.get("model_changes"):
+        lines.append("")
+        lines.append("unet_cbam models changed from the default configuration: " + ", ".join(
+            f"`{key}: {value}`" for key, value in budget["model_changes"].items()) + ".")
     return "\n".join(lines)
 
 
@@ -237,6 +267,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--augmentation", default="light")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--set", metavar="FIELD=VALUE", nargs="+", default=[],
+                        help="change a ModelConfig field of every unet_cbam model, for "
+                             "experiments on new defaults (e.g. --set base_filters=32)")
     parser.add_argument("--name", help="result file name (default isbi2012[-quick])")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -245,7 +278,8 @@ def main() -> None:
     epochs = 6 if arguments.quick else 12
     budget = {"epochs": epochs, "steps_per_epoch": max(1, steps // epochs),
               "batch_size": arguments.batch_size, "patch_size": arguments.patch_size,
-              "learning_rate": arguments.learning_rate, "augmentation": arguments.augmentation}
+              "learning_rate": arguments.learning_rate, "augmentation": arguments.augmentation,
+              "model_changes": parse_changes(arguments.set)}
     if arguments.child:
         name, seed, work = arguments.child
         print("RESULT " + json.dumps(child(name, int(seed), Path(work),

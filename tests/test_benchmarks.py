@@ -92,3 +92,17 @@ def test_slices_are_linked_not_copied(isbi, tmp_path):
         files = sorted((root / kind).iterdir())
         assert [file.name for file in files] == ["slice00.png", "slice01.png"]
         assert all(file.is_symlink() and file.resolve().is_file() for file in files)
+
+
+def test_set_changes_every_unet_cbam_model_but_not_their_own_field(isbi):
+    changes = isbi.parse_changes(["base_filters=32", "reduction_ratio=4"])
+    assert changes == {"base_filters": 32, "reduction_ratio": 4}
+    assert differences(isbi.model_config_for("unet-none", changes)) == {
+        "base_filters": 32, "reduction_ratio": 4, "attention": "none"}
+
+
+@pytest.mark.parametrize("item", ["base_filters", "colour=3", "base_filters=0",
+                                  "attention=none", "encoder=resnet34"])
+def test_set_rejects_bad_changes(isbi, item):
+    with pytest.raises((SystemExit, ValueError)):
+        isbi.parse_changes([item])
