@@ -146,7 +146,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
         def on_train_batch_end(self, batch, logs=None):
             batch_ends.append(time.perf_counter())
 
-    run_dir = work / f"{name}-seed{seed}"
+    run_dir = Path(os.environ.get("ISBI_RUNS") or work) / f"{name}-seed{seed}"
     started = time.perf_counter()
     train(config, run_dir, progress=False, callbacks=[Timer()],
           build_model=build_peer if overrides is None else build_unet)
@@ -270,7 +270,11 @@ def main() -> None:
     parser.add_argument("--set", metavar="FIELD=VALUE", nargs="+", default=[],
                         help="change a ModelConfig field of every unet_cbam model, for "
                              "experiments on new defaults (e.g. --set base_filters=32)")
-    parser.add_argument("--name", help="result file name (default isbi2012[-quick])")
+    parser.add_argument("--keep-runs", metavar="DIR", type=Path,
+                        help="keep each run folder in DIR/MODEL-seedN (to open in the "
+                             "notebooks); default: a temporary folder, deleted")
+    parser.add_argument("--name",
+                        help="result file name (default isbi2012[-quick][-FIELDVALUE...])")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
@@ -287,13 +291,22 @@ def main() -> None:
         return
 
     seeds = arguments.seeds or (1 if arguments.quick else 3)
-    name = arguments.name or ("isbi2012-quick" if arguments.quick else "isbi2012")
+    name = arguments.name or "-".join(
+        ["isbi2012"] + (["quick"] if arguments.quick else [])
+        + [f"{key}{value}" for key, value in budget["model_changes"].items()])
     results = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         link_slices(work / "train", TRAIN_SLICES)
         link_slices(work / "test", TEST_SLICES)
         environment = {**os.environ, "ISBI_BUDGET": json.dumps(budget)}
+        if arguments.keep_runs:
+            taken = [f"{model}-seed{seed}" for model in arguments.models for seed in range(seeds)
+                     if (arguments.keep_runs / f"{model}-seed{seed}").exists()]
+            if taken:
+                raise SystemExit(f"--keep-runs {arguments.keep_runs}: {', '.join(taken)} "
+                                 "already exist; choose another folder")
+            environment["ISBI_RUNS"] = str(arguments.keep_runs.resolve())
         for seed in range(seeds):
             for model in arguments.models:
                 started = time.perf_counter()
