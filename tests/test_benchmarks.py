@@ -106,3 +106,32 @@ def test_set_changes_every_unet_cbam_model_but_not_their_own_field(isbi):
 def test_set_rejects_bad_changes(isbi, item):
     with pytest.raises((SystemExit, ValueError)):
         isbi.parse_changes([item])
+
+
+def test_attention_statistics_on_known_gates():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("attention_stats",
+                                                      BENCHMARKS / "attention_stats.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import numpy as np
+
+    # two images, two channels: channel 0 always 0.2, channel 1 0.6 then 1.0
+    channel = np.array([[0.2, 0.6], [0.2, 1.0]], dtype="float32")
+    spatial = np.zeros((2, 2, 2), dtype="float32")
+    spatial[0] = [[0.0, 1.0], [0.0, 1.0]]  # std 0.5 within image 0
+    spatial[1] = 0.5  # constant image 1
+    [row] = module.gate_statistics({1: {"channel": channel, "spatial": spatial}})
+    assert row["level"] == 1 and row["channels"] == 2
+    assert row["channel_mean"] == pytest.approx(0.5)
+    assert row["channel_below_half"] == pytest.approx(0.5)
+    assert row["channel_std_across_channels"] == pytest.approx(0.3)  # means 0.2 and 0.8
+    assert row["channel_std_across_images"] == pytest.approx(0.1)  # stds 0 and 0.2
+    assert row["spatial_mean"] == pytest.approx(0.5)
+    assert row["spatial_below_half"] == pytest.approx(0.25)
+    assert row["spatial_std_within_image"] == pytest.approx(0.25)
+    [only_channel] = module.gate_statistics({0: {"channel": channel}})
+    assert "spatial_mean" not in only_channel
