@@ -21,7 +21,7 @@ pooled over the 6 test slices; parameters; training patches/s; inference
 images/s at 512x512; peak resident memory; training time.
 
     python benchmarks/isbi2012.py            # full: 3 seeds, 600 steps of 8 patches of 128x128
-    python benchmarks/isbi2012.py --quick    # 1 seed, 150 steps: a few minutes on 2 CPU cores
+    python benchmarks/isbi2012.py --quick    # 1 seed, 150 steps: 8 minutes on 2 CPU cores
     python benchmarks/isbi2012.py --set base_filters=32 --models unet-none unet-cbam
                                   # try another default: writes isbi2012-base_filters32.*
     python benchmarks/isbi2012.py --keep-runs runs/isbi   # keep the run folders (notebooks)
