@@ -30,7 +30,6 @@ from common import ISBI, RESULTS  # noqa: E402
 
 def gate_statistics(maps: dict) -> list[dict]:
     """Per level: spreads of the channel gates and the spatial map (see the module docstring)."""
-
     rows = []
     for level, gates in sorted(maps.items()):
         row: dict = {"level": level}

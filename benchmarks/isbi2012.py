@@ -26,7 +26,7 @@ images/s at 512x512; peak resident memory; training time.
                                   # try another default: writes isbi2012-base_filters32.*
     python benchmarks/isbi2012.py --keep-runs runs/isbi   # keep the run folders (notebooks)
 
-Writes benchmarks/results/isbi2012[-quick].json and .md, and a plot of test
+Writes benchmarks/results/isbi2012[-quick][-FIELDVALUE].json and .md, and a plot of test
 membrane Dice against training time (.png). Each (model, seed) trains in a
 fresh process, so memory and speed figures do not mix.
 """
@@ -73,8 +73,8 @@ PEER_CONFIG = {"encoder": "resnet18", "attention": "none"}
 def model_config_for(name: str, changes: dict | None = None):
     """The ModelConfig a benchmark model trains with (the peer's only records its encoder).
 
-    `changes` (from --set) alter the default configuration of every unet_cbam
-    model; each model's own field (its attention, variant or encoder) wins.
+    `changes` (from --set, never a COMPARED field) alter the default
+    configuration of every unet_cbam model.
     """
     from unet_cbam.config import ModelConfig
 
