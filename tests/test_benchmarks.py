@@ -12,16 +12,21 @@ from unet_cbam.config import ModelConfig
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def isbi():
+def load_script(name: str):
+    """A benchmark script as a module (they import their sibling `common`)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("isbi2012", BENCHMARKS / "isbi2012.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        yield module
+        return module
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def isbi():
+    return load_script("isbi2012")
 
 
 def differences(config: ModelConfig) -> dict:
@@ -109,14 +114,7 @@ def test_set_rejects_bad_changes(isbi, item):
 
 
 def test_attention_statistics_on_known_gates():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("attention_stats",
-                                                      BENCHMARKS / "attention_stats.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    module = load_script("attention_stats")
     import numpy as np
 
     # two images, two channels: channel 0 always 0.2, channel 1 0.6 then 1.0
