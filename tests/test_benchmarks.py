@@ -91,7 +91,8 @@ def test_markdown_table(isbi, tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-def test_slices_are_linked_not_copied(isbi, tmp_path):
+def test_slices_are_linked_not_copied(isbi, isbi_dir, tmp_path):
+    assert isbi.ISBI.resolve() == isbi_dir.resolve()  # skips where the data set is absent
     root = isbi.link_slices(tmp_path / "train", range(0, 2))
     for kind in ("images", "masks"):
         files = sorted((root / kind).iterdir())
