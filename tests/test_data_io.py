@@ -1,19 +1,23 @@
 import cv2
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from unet_cbam.data.io import (
     IGNORE_LABEL,
     ImageReadError,
     MaskCodec,
-    atomic_write,
+    MultiPageError,
     read_image,
     read_mask,
     read_mask_raw,
     read_palette,
+    read_raw,
+    tiff_pages,
     write_mask,
 )
+from unet_cbam.files import atomic_write
 
 
 def test_16_bit_tiff_is_normalised_by_its_bit_depth(tmp_path):
@@ -136,3 +140,57 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
                 handle.write(b"partial")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_multi_page_tiff_is_an_error_naming_the_file_and_page_count(tmp_path):
+    stack = np.random.default_rng(0).integers(0, 255, (30, 16, 16), np.uint8)
+    path = tmp_path / "train-volume.tif"
+    tifffile.imwrite(path, stack)
+    assert tiff_pages(path) == 30
+    with pytest.raises(MultiPageError, match=r"train-volume.tif: multi-page TIFF with 30 pages"):
+        read_raw(path)
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, stack[3])
+    np.testing.assert_array_equal(read_raw(single), stack[3])
+
+
+def test_rgb_tiff_through_tifffile_keeps_rgb_order(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.uint16)
+    rgb[..., 0] = 60000
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    image = read_image(tmp_path / "rgb.tif", channels=3)
+    np.testing.assert_allclose(image[0, 0], [60000 / 65535, 0, 0], rtol=1e-6)
+
+
+def test_compressed_tiff_that_tifffile_cannot_decode_falls_back_to_opencv(tmp_path):
+    raw = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    path = tmp_path / "lzw.tif"
+    cv2.imwrite(str(path), raw, [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # LZW
+    np.testing.assert_array_equal(read_raw(path), raw)
+
+
+def test_float_images_must_be_in_0_1(tmp_path):
+    picture = np.linspace(0, 255, 12, dtype=np.float32).reshape(3, 4)
+    tifffile.imwrite(tmp_path / "f255.tif", picture)
+    with pytest.raises(ImageReadError, match=r"f255.tif: float image with values in \[0, 255\]; "
+                                             "float images must be scaled to \\[0, 1\\]"):
+        read_image(tmp_path / "f255.tif", channels=1)
+    tifffile.imwrite(tmp_path / "f01.tif", picture / 255)
+    np.testing.assert_allclose(read_image(tmp_path / "f01.tif", 1)[..., 0], picture / 255,
+                               rtol=1e-6)
+    nan = picture / 255
+    nan[0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan)
+    with pytest.raises(ImageReadError, match="NaN or infinite"):
+        read_image(tmp_path / "nan.tif", 1)
+
+
+def test_codec_defaults_and_data_config():
+    from unet_cbam.config import DataConfig
+
+    codec = MaskCodec.from_data_config(
+        DataConfig(mask_encoding="rgb", class_colors=[[0, 0, 0], [9, 9, 9]], ignore_value=None,
+                   ignore_color=[1, 2, 3]), 2)
+    assert codec.colors == ((0, 0, 0), (9, 9, 9)) and codec.ignore_color == (1, 2, 3)
+    assert codec.default_class_names() == ["class0", "class1"]
+    assert MaskCodec("binary", 1).default_class_names() == ["background", "foreground"]

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import write_pairs
+from unet_cbam.config import DataConfig
 from unet_cbam.data.io import MaskCodec
 from unet_cbam.data.verify import DataError, detect_codec, find_pairs, verify_pairs
 
@@ -61,8 +62,8 @@ def test_empty_and_missing_folders(tmp_path):
     (tmp_path / "masks").mkdir()
     (tmp_path / "images" / "notes.txt").write_text("not an image")
     _, problems = find_pairs(tmp_path / "images", tmp_path / "masks")
-    assert problems == [f"{tmp_path / 'images'}: no images (.png, .jpg, .tif, .bmp)",
-                        f"{tmp_path / 'masks'}: no masks (.png, .jpg, .tif, .bmp)"]
+    assert problems == [f"{tmp_path / 'images'}: no images (.png, .jpg, .jpeg, .tif, .tiff, .bmp)",
+                        f"{tmp_path / 'masks'}: no masks (.png, .jpg, .jpeg, .tif, .tiff, .bmp)"]
     _, problems = find_pairs(tmp_path / "nope", tmp_path / "masks")
     assert problems == [f"{tmp_path / 'nope'}: image folder not found"]
 
@@ -87,8 +88,8 @@ def test_jpeg_masks_get_a_warning(tmp_path):
 def test_detect_codec(tmp_path):
     write_pairs(tmp_path / "bin", count=1, mask_values=(0, 1))
     samples, _ = find_pairs(tmp_path / "bin" / "images", tmp_path / "bin" / "masks")
-    assert detect_codec(samples, encoding="auto", num_classes=1).encoding == "binary"
-    assert detect_codec(samples, encoding="auto", num_classes=3).encoding == "indexed"
+    assert detect_codec(samples, DataConfig(), num_classes=1).encoding == "binary"
+    assert detect_codec(samples, DataConfig(), num_classes=3).encoding == "indexed"
     _, report = _verify(tmp_path / "bin")
     assert report.binary_values() == (0, 1)
 
@@ -98,9 +99,9 @@ def test_detect_codec(tmp_path):
                                                             np.full((32, 40), 200, np.uint8)]))
     samples, _ = find_pairs(root / "images", root / "masks")
     with pytest.raises(DataError, match="colour mask; give class_colors"):
-        detect_codec(samples, encoding="auto", num_classes=2)
-    codec = detect_codec(samples, encoding="auto", num_classes=2,
-                         colors=[[0, 0, 0], [200, 0, 0]])
+        detect_codec(samples, DataConfig(), num_classes=2)
+    codec = detect_codec(samples, DataConfig(class_colors=[[0, 0, 0], [200, 0, 0]]),
+                         num_classes=2)
     assert codec.encoding == "rgb"
 
 
@@ -112,3 +113,14 @@ def test_cache_is_kept_only_when_it_fits(tmp_path):
     assert image.shape == (8, 8, 3) and labels.shape == (8, 8)
     _, report = _verify(tmp_path, cache_bytes=100)
     assert report.cache is None
+
+
+def test_a_multi_page_tiff_is_a_verification_problem(tmp_path):
+    import tifffile
+
+    write_pairs(tmp_path, count=2, size=(16, 16))
+    tifffile.imwrite(tmp_path / "images" / "p1.tif", np.zeros((5, 16, 16), np.uint8))
+    (tmp_path / "images" / "p1.png").unlink()
+    problems, _ = _verify(tmp_path)
+    assert len(problems) == 1
+    assert "p1.tif: multi-page TIFF with 5 pages" in problems[0]

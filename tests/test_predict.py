@@ -1,14 +1,18 @@
 import hashlib
+import subprocess
+import sys
 
 import cv2
 import keras
 import numpy as np
 import pytest
+import tifffile
 
 from helpers import make_untrained_run
 from unet_cbam.cli.predict import main as predict_main
 from unet_cbam.config import InferenceConfig, ModelConfig, RunConfig, load_yaml, save_yaml
 from unet_cbam.data.io import MaskCodec, read_image, read_mask, read_mask_raw, read_raw
+from unet_cbam.files import is_temporary
 from unet_cbam.inference import probabilities_to_labels
 from unet_cbam.models import build_unet
 from unet_cbam.predict import (
@@ -19,15 +23,16 @@ from unet_cbam.predict import (
     parse_shard,
     take_shard,
 )
+from unet_cbam.run import CONFIG_FILE
 
 
 def _make_run(folder, num_classes=1, encoding="binary", **data):
     """A run folder with an untrained RGB model: enough to exercise the batch job."""
     run = make_untrained_run(folder, channels=3, num_classes=num_classes, **data)
     if encoding != ("binary" if num_classes == 1 else "indexed"):
-        config = load_yaml(RunConfig, run / "config.yaml")
+        config = load_yaml(RunConfig, run / CONFIG_FILE)
         config.data.mask_encoding = encoding
-        save_yaml(config, run / "config.yaml")
+        save_yaml(config, run / CONFIG_FILE)
     return run
 
 
@@ -140,14 +145,20 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path, monkeypatch):
     monkeypatch.undo()
     finished = sorted(p.name for p in out.glob("*.png"))
     assert finished == ["img0.png", "img1.png"]
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob("*") if is_temporary(p)]
     for path in out.rglob("*.png"):  # every file that exists is complete
         assert read_raw(path) is not None
-    (out / ".img2.png.abandoned.tmp").write_bytes(b"half")  # what a SIGKILL could leave
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = out / f".unet_cbam-{dead}-img2.png.x1y2.tmp.png"  # what a SIGKILL could leave
+    abandoned.write_bytes(b"half")
+    users = out / ".notes.tmp"  # a user's file that merely looks temporary
+    users.write_text("keep me")
     result = BatchPredictor(run, InferenceConfig(), out, OutputOptions(save_overlays=True)) \
         .run_files(list_inputs(images), progress=False)
     assert [i.status for i in result.items] == ["skipped", "skipped", "ok", "ok", "ok"]
-    assert not list(out.rglob("*.tmp"))
+    assert not abandoned.exists() and users.read_text() == "keep me"
+    assert not [p for p in out.rglob("*") if is_temporary(p)]
 
 
 def test_output_in_the_input_folder_never_overwrites_inputs(tmp_path):
@@ -244,3 +255,49 @@ def test_load_run_uses_safe_mode(tmp_path, monkeypatch):
 def test_codec_comes_from_the_run(tmp_path):
     run = load_run(_make_run(tmp_path / "run", mask_values=[0, 1]))
     assert run.codec == MaskCodec("binary", 1, values=(0, 1))
+
+
+def test_outputs_mirror_the_input_tree(tmp_path):
+    run = _make_run(tmp_path / "run")
+    source = tmp_path / "in"
+    _images(source / "a", sizes=((32, 32),))
+    _images(source / "b" / "deep", sizes=((32, 48),))
+    _images(source, sizes=((16, 16),))                      # in/img0.png beside the folders
+    out = tmp_path / "out"
+    argv = ["--model", str(run), "--input", str(source), "--output", str(out), "--quiet",
+            "--save-overlays"]
+    assert predict_main(argv) == 0
+    masks = sorted(str(p.relative_to(out)) for p in out.rglob("*.png")
+                   if "overlays" not in p.parts)
+    assert masks == ["a/img0.png", "b/deep/img0.png", "img0.png"]
+    assert (out / "overlays" / "b" / "deep" / "img0.png").is_file()
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and all(",ok," in row for row in rows[1:])
+    # a recursive glob mirrors the tree below its fixed part
+    out2 = tmp_path / "out2"
+    assert predict_main(["--model", str(run), "--input", f"{source}/**/img0.png",
+                         "--output", str(out2), "--quiet"]) == 0
+    assert sorted(str(p.relative_to(out2)) for p in out2.rglob("*.png")) == masks
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
+    run = _make_run(tmp_path / "run")
+    source = _images(tmp_path / "in", sizes=((32, 32), (32, 32)))
+    out = source / "masks"
+    argv = ["--model", str(run), "--input", str(source), "--output", str(out), "--quiet"]
+    assert predict_main(argv) == 0
+    assert predict_main(argv) == 0  # the second run must not predict masks of masks
+    assert sorted(p.name for p in out.rglob("*.png")) == ["img0.png", "img1.png"]
+    assert list_inputs(source, out) == [source / "img0.png", source / "img1.png"]
+
+
+def test_a_multi_page_tiff_is_reported_and_the_batch_goes_on(tmp_path, capsys):
+    run = _make_run(tmp_path / "run")
+    source = _images(tmp_path / "in", sizes=((32, 32),))
+    tifffile.imwrite(source / "stack.tif", np.zeros((5, 32, 32), np.uint8))
+    out = tmp_path / "out"
+    code = predict_main(["--model", str(run), "--input", str(source), "--output", str(out),
+                         "--quiet"])
+    assert code == 1
+    assert "stack.tif: multi-page TIFF with 5 pages" in capsys.readouterr().err
+    assert (out / "img0.png").is_file() and not (out / "stack.png").exists()

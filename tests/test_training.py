@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import make_untrained_run
 from unet_cbam.cli.train import main as train_main
-from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
+from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml, save_yaml
 from unet_cbam.data.demo import generate_demo
-from unet_cbam.training import train
+from unet_cbam.run import RunFolder
+from unet_cbam.training import BestModelCheckpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ModelConfig(depth=3, base_filters=8, input_channels=1)
@@ -132,16 +135,92 @@ def test_train_py_reports_bad_data_and_exits_non_zero(tmp_path, capsys):
 
 
 def test_train_py_refuses_bad_options(capsys):
-    assert train_main(["--attention", "cbma"]) == 2
-    assert "attention: 'cbma' is not one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--attention", "cbma"])
+    assert exit_info.value.code == 2
+    assert "--attention: invalid choice: 'cbma'" in capsys.readouterr().err
+    assert train_main(["--monitor", "loss"]) == 2
+    assert "monitor 'loss' must be a validation metric" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(["--no-such-option"])
+
+
+def test_resume_refuses_a_config_file_instead_of_ignoring_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_untrained_run(run)
+    other = tmp_path / "other.yaml"
+    save_yaml(RunConfig(train=TrainConfig(epochs=3)), other)
+    code = train_main(["--output", str(run), "--resume", "--config", str(other)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"--config {other} cannot be used with --resume of the run in {run}" in error
+
+
+class _FakeModel:
+    """Records which epochs were saved as the best model."""
+
+    def __init__(self):
+        self.saved = []
+        self.epoch = None
+
+    def save(self, path):
+        Path(path).write_text(str(self.epoch))
+        self.saved.append(self.epoch)
+
+
+@pytest.mark.parametrize("monitor, values, saved", [
+    ("val_loss", [0.5, 0.7, 0.3, 0.4, 0.3], [0, 2]),            # lower is better
+    ("val_mean_dice", [0.5, 0.7, 0.3, 0.4, 0.7], [0, 1]),       # higher is better
+])
+def test_best_model_follows_the_monitor_direction(tmp_path, monitor, values, saved):
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", monitor)
+    model = _FakeModel()
+    checkpoint.set_model(model)
+    for epoch, value in enumerate(values):
+        model.epoch = epoch
+        checkpoint.on_epoch_end(epoch, {monitor: value})
+    assert model.saved == saved
+    assert (tmp_path / "model.keras").read_text() == str(saved[-1])
+    # resuming with the best value so far keeps the direction
+    history = tmp_path / "history.csv"
+    history.write_text("epoch," + monitor + "\n" +
+                       "".join(f"{i},{v}\n" for i, v in enumerate(values)))
+    run = RunFolder(tmp_path)
+    assert run.best_score(monitor) == (min(values) if monitor == "val_loss" else max(values))
+
+
+def test_monitor_val_loss_picks_the_lowest_loss_and_policy_is_restored(tmp_path):
+    data = generate_demo(tmp_path / "demo", count=4)
+    config = _config(data, epochs=3, steps=2, monitor="val_loss", early_stopping_patience=1,
+                     lr_schedule="plateau", mixed_precision=True)
+    assert keras.config.dtype_policy().name == "float32"
+    result = train(config, tmp_path / "run", progress=False)
+    # train() must put the global policy back itself (the conftest reset runs only later)
+    assert keras.config.dtype_policy().name == "float32"
+    losses = result.history["val_loss"]
+    assert result.metrics["best_epoch"] == int(np.argmin(losses)) + 1
+    assert result.metrics["monitor"] == "val_loss"
+
+
+def test_unknown_monitor_is_refused_before_anything_is_written(tmp_path):
+    data = generate_demo(tmp_path / "demo", count=3)
+    config = _config(data, epochs=1, steps=1, monitor="val_dice_membrane")
+    with pytest.raises(ValueError, match="monitor 'val_dice_nucleus' is not logged; choose one "
+                                         "of val_loss, val_iou_membrane"):
+        train(dataclasses.replace(config, train=dataclasses.replace(
+            config.train, monitor="val_dice_nucleus")), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="val_dice_foreground"):
+        train(dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                   class_names=None)),
+              tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_mixed_precision_run(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     config = _config(data, epochs=1, steps=2, mixed_precision=True)
     result = train(config, tmp_path / "run", progress=False)
+    assert keras.config.dtype_policy().name == "float32"  # restored by train() itself
     assert np.isfinite(result.history["loss"]).all()
     model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True,
                                     compile=False)

@@ -17,9 +17,13 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from unet_cbam.files import write_text
+
 T = TypeVar("T")
 
 ENCODER_UNET = "unet"
+#: Channel attention MLP width is channels // this; the layers' default too.
+DEFAULT_REDUCTION_RATIO = 8
 AttentionKind = Literal["none", "channel", "spatial", "cbam"]
 CbamVariant = Literal["paper", "blog"]
 Upsampling = Literal["transpose", "bilinear", "nearest"]
@@ -66,7 +70,8 @@ class ModelConfig:
         "paper",
         "'paper' (Woo et al. 2018) or 'blog' (the original Keras snippet, whose channel "
         "gates never fall below 0.5; for comparison only)")
-    reduction_ratio: int = option(8, "channel attention MLP width: channels // reduction_ratio")
+    reduction_ratio: int = option(
+        DEFAULT_REDUCTION_RATIO, "channel attention MLP width: channels // reduction_ratio")
     spatial_kernel_size: int = option(7, "side of the spatial attention convolution (odd)")
     batch_norm: bool = option(True, "batch normalisation after each convolution")
     dropout: float = option(0.0, "dropout rate before the decoder (0 disables it)")
@@ -170,7 +175,8 @@ class DataConfig:
     augmentations: list[dict[str, Any]] | None = option(
         None,
         "your own albumentations pipeline, replacing the preset: a list of "
-        "{TransformName: {argument: value}} (YAML config only)")
+        "{TransformName: {argument: value}}, in a config file or as YAML on the command line, "
+        "e.g. '[{HorizontalFlip: {p: 0.5}}]'")
     cache_gb: float = option(
         4.0, "keep decoded images in memory when they take less than this many GB")
 
@@ -206,7 +212,7 @@ class TrainConfig:
 
     epochs: int = option(100, "number of epochs")
     steps_per_epoch: int | None = option(
-        None, "training batches per epoch (default: about one pass over the training pixels)")
+        None, "training batches per epoch; none: about one pass over the training pixels")
     batch_size: int = option(8, "patches per batch (over all replicas)")
     optimizer: Optimizer = option("adam", "adam, adamw or sgd (with Nesterov momentum 0.9)")
     learning_rate: float = option(1e-3, "peak learning rate")
@@ -221,7 +227,10 @@ class TrainConfig:
     class_weights: list[float] | None = option(
         None, "a weight per class for the loss (binary: [background, foreground])")
     monitor: str = option(
-        "val_mean_dice", "validation metric that picks the best model (higher is better)")
+        "val_mean_dice",
+        "validation metric that picks the best model, drives early stopping and the plateau "
+        "schedule: val_loss (lower is better) or val_mean_dice, val_mean_iou, "
+        "val_dice_<class>, val_iou_<class> (higher is better)")
     early_stopping_patience: int = option(
         30, "stop after this many epochs without improvement of the monitor (0: never)")
     mixed_precision: bool = option(False, "train with the mixed_float16 policy")
@@ -240,6 +249,15 @@ class TrainConfig:
                  self.early_stopping_patience, "must be >= 0")
         _require(self.monitor.startswith("val_"), "monitor", self.monitor,
                  "must be a validation metric (val_...)")
+
+    @property
+    def monitor_mode(self) -> Literal["min", "max"]:
+        return monitor_mode(self.monitor)
+
+
+def monitor_mode(metric: str) -> Literal["min", "max"]:
+    """Whether ``metric`` improves downwards (losses) or upwards (scores)."""
+    return "min" if metric.endswith("loss") else "max"
 
 
 @dataclass
@@ -376,8 +394,8 @@ def _type_name(kind: Any) -> str:
 
 
 def save_yaml(config: Any, path: str | Path) -> None:
-    """Write a config dataclass to YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write a config dataclass to YAML, atomically."""
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

@@ -6,9 +6,8 @@ call them.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from unet_cbam.config import DataConfig, ModelConfig, to_dict
 from unet_cbam.data.io import MaskCodec, read_image, read_mask
 from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
 from unet_cbam.evaluate import confusion_matrix, scores
+from unet_cbam.run import RunFolder, class_names
+from unet_cbam.tables import markdown_table  # noqa: F401 (the notebooks' table writer)
 
 
 @dataclass
@@ -70,22 +71,17 @@ def _counts(counter: Counter) -> str:
 def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
                  ) -> DataOverview:
     """Pair and verify a data folder like train.py does, but report instead of raising."""
-    from unet_cbam.training import class_names, data_folders
+    from unet_cbam.training import data_folders
 
     images_dir, masks_dir = data_folders(data)
     samples, problems = find_pairs(images_dir, masks_dir)
     try:
-        codec = detect_codec(
-            samples, encoding=data.mask_encoding, num_classes=model.num_classes,
-            threshold=data.binary_threshold, values=data.mask_values, palette=data.palette,
-            colors=data.class_colors, ignore_value=data.ignore_value,
-            ignore_color=data.ignore_color)
+        codec = detect_codec(samples, data, model.num_classes)
     except DataError as error:
         return DataOverview(images_dir, masks_dir, None, [],
                             DatasetReport(samples=[], codec=None), problems + error.problems)
     report = verify_pairs(samples, codec, model.input_channels, progress=progress)
-    names = class_names(dataclasses.replace(data, mask_encoding=codec.encoding),
-                        codec.num_labels)
+    names = class_names(data, codec)
     return DataOverview(images_dir, masks_dir, codec, names, report,
                         problems + report.problems + report.warnings)
 
@@ -98,17 +94,6 @@ def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0
     chosen = [samples[i] for i in sorted(order)]
     return [(s.stem, read_image(s.image_path, channels), read_mask(s.mask_path, overview.codec))
             for s in chosen]
-
-
-def markdown_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A Markdown table (notebooks display it with IPython's Markdown)."""
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return str(value).replace("|", "\\|")
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def config_rows(config: Any) -> list[tuple[str, str, Any]]:
@@ -158,8 +143,6 @@ def threshold_sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.nda
 
 def run_histories(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, list[float]]]:
     """history.csv of each run, keyed by a unique label (the folder name, then its parent)."""
-    from unet_cbam.visualize import read_history
-
     histories = {}
     for run_dir in run_dirs:
         path = Path(run_dir)
@@ -168,21 +151,16 @@ def run_histories(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, list[fl
             label = f"{path.parent.name}/{path.name}"
         while label in histories:
             label += "'"
-        histories[label] = read_history(path / "history.csv")
+        histories[label] = RunFolder(path).read_history()
     return histories
 
 
 def run_summaries(run_dirs: Sequence[str | Path]) -> list[list[Any]]:
     """A row per run: label, encoder, attention, variant, best epoch, mean IoU, mean Dice."""
-    import json
-
-    from unet_cbam.config import RunConfig, load_yaml
-
     rows = []
     for label, run_dir in zip(run_histories(run_dirs), run_dirs, strict=True):
-        path = Path(run_dir)
-        config = load_yaml(RunConfig, path / "config.yaml")
-        metrics = json.loads((path / "metrics.json").read_text())
+        run = RunFolder(run_dir)
+        config, metrics = run.config, run.read_metrics()
         rows.append([label, config.model.encoder, config.model.attention,
                      config.model.cbam_variant, metrics["best_epoch"], metrics["mean_iou"],
                      metrics["mean_dice"]])

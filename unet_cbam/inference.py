@@ -52,14 +52,17 @@ def gaussian_importance(height: int, width: int, sigma_scale: float = 1 / 8) -> 
     return np.maximum(weights, 1e-3).astype(np.float32)
 
 
+def round_up(value: int, divisor: int) -> int:
+    """The smallest multiple of ``divisor`` that is >= ``value``."""
+    return -(-value // divisor) * divisor
+
+
 def tile_shape(height: int, width: int, tile_size: int, divisor: int) -> tuple[int, int]:
     """The tile actually used: ``tile_size`` rounded up to ``divisor``, but no
     larger than the image rounded up to ``divisor`` (small images are not padded
     to a full tile)."""
-    def round_up(value: int) -> int:
-        return -(-value // divisor) * divisor
-    tile = round_up(tile_size)
-    return min(tile, round_up(height)), min(tile, round_up(width))
+    tile = round_up(tile_size, divisor)
+    return min(tile, round_up(height, divisor)), min(tile, round_up(width, divisor))
 
 
 def sliding_window_predict(image: np.ndarray, predictor: Predictor, *, tile_size: int = 512,

@@ -5,7 +5,9 @@ maps, overlays and attention figures; a summary CSV. A bad input is reported
 and skipped; existing outputs are kept (resume) unless ``overwrite``; every
 file is written under a temporary name and renamed; inputs are never
 overwritten. ``shard = (i, n)`` takes every n-th file of the sorted list, so
-n machines can share one folder.
+n machines can share one folder. Outputs mirror the input tree: ``a/x.png``
+and ``b/x.png`` under the input folder become ``OUTPUT/a/x.png`` and
+``OUTPUT/b/x.png``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,10 +26,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_cbam.attention import attention_layers, attention_maps
-from unet_cbam.config import InferenceConfig, RunConfig, load_yaml
+from unet_cbam.config import InferenceConfig, RunConfig
 from unet_cbam.data.io import (
     MaskCodec,
-    atomic_write,
     is_image_file,
     preprocess,
     read_raw,
@@ -35,18 +37,22 @@ from unet_cbam.data.io import (
 )
 from unet_cbam.data.verify import Sample
 from unet_cbam.evaluate import Evaluation, evaluate_pairs
+from unet_cbam.files import atomic_write, remove_stale_temporaries
 from unet_cbam.inference import (
     keras_predictor,
     probabilities_to_labels,
+    round_up,
     sliding_window_predict,
     with_tta,
 )
-from unet_cbam.training import CONFIG_FILE, MODEL_FILE, class_names, codec_from_config
+from unet_cbam.run import MODEL_FILE, RunFolder
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
 logger = logging.getLogger(__name__)
 
 MASK_SUFFIX_IN_PLACE = "_mask"
+#: Subfolders of the output folder that hold extras (never inputs).
+EXTRA_FOLDERS = ("probabilities", "overlays", "attention")
 
 
 @dataclass
@@ -68,40 +74,76 @@ def load_run(path: str | Path) -> LoadedRun:
     """A run folder, or a ``.keras`` file with the run's config.yaml beside it."""
     path = Path(path)
     model_path = path / MODEL_FILE if path.is_dir() else path
-    config_path = model_path.parent / CONFIG_FILE
+    run = RunFolder(model_path.parent)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model file not found")
-    if not config_path.is_file():
+    if not run.exists():
         raise FileNotFoundError(
-            f"{config_path}: not found; predict.py needs the run's config.yaml beside the "
+            f"{run.config_path}: not found; predict.py needs the run's config.yaml beside the "
             "model (it holds the preprocessing and the mask encoding)")
-    config = load_yaml(RunConfig, config_path)
     model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    codec = codec_from_config(config)
-    return LoadedRun(model, config, codec, class_names(config.data, codec.num_labels),
-                     model_path.parent)
+    return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
 
 
 def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
-    """Image files of a folder, a single file, or a glob pattern, sorted.
+    """Image files of a folder (and its subfolders), a single file, or a glob, sorted.
 
-    When the folder is also the output folder, masks predict.py wrote there
-    (``*_mask.png``) are not inputs.
+    Symlinked folders are not followed. When the output folder lies inside
+    the input folder, nothing under it is an input; when it *is* the input
+    folder, the masks and extras predict.py writes there (``*_mask.png``,
+    ``probabilities/``...) are not inputs.
     """
     spec = str(spec)
     path = Path(spec)
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and is_image_file(p)]
-        if output_dir is not None and _same(path, output_dir):
-            files = [p for p in files if not p.stem.endswith(MASK_SUFFIX_IN_PLACE)]
-    elif path.is_file():
-        files = [path]
-    else:
-        files = [Path(p) for p in glob.glob(spec, recursive=True)]
-        files = [p for p in files if p.is_file() and is_image_file(p)]
-        if not files and not any(c in spec for c in "*?["):
-            raise FileNotFoundError(f"{spec}: no such file or folder")
+        return sorted(_walk_images(path, output_dir))
+    if path.is_file():
+        return [path]
+    files = [Path(p) for p in glob.glob(spec, recursive=True)]
+    files = [p for p in files if p.is_file() and is_image_file(p)]
+    if not files and not _is_pattern(spec):
+        raise FileNotFoundError(f"{spec}: no such file or folder")
     return sorted(files)
+
+
+def input_root(spec: str | Path) -> Path:
+    """The folder that outputs mirror: the folder itself, a file's folder, or the
+    part of a glob before its first wildcard."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent
+    parts = []
+    for part in path.parts:
+        if _is_pattern(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _walk_images(folder: Path, output_dir: Path | None) -> list[Path]:
+    in_place = output_dir is not None and _same(folder, output_dir)
+    excluded = None if output_dir is None or in_place else output_dir.resolve()
+    files = []
+    for directory, subfolders, names in os.walk(folder):  # does not follow symlinked folders
+        here = Path(directory)
+        subfolders[:] = sorted(
+            name for name in subfolders if not name.startswith(".")
+            and (excluded is None or (here / name).resolve() != excluded)
+            and not (in_place and here == folder and name in EXTRA_FOLDERS))
+        for name in names:
+            file = here / name
+            if not is_image_file(file) or not file.is_file():
+                continue
+            if in_place and file.stem.endswith(MASK_SUFFIX_IN_PLACE):
+                continue
+            files.append(file)
+    return files
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -184,8 +226,16 @@ class BatchPredictor:
             overlap=self.inference.overlap, batch_size=self.inference.batch_size,
             divisor=self.divisor)
 
-    def outputs(self, source: Path, suffix: str) -> dict[str, Path]:
-        stem = source.stem + suffix
+    def outputs(self, source: Path, suffix: str = "", root: Path | None = None
+                ) -> dict[str, Path]:
+        """Output paths of ``source``: its path below ``root`` (mirrored), with ``suffix``."""
+        relative = Path(source.name)
+        if root is not None:
+            try:
+                relative = source.resolve().relative_to(root.resolve())
+            except ValueError:
+                pass
+        stem = relative.parent / (relative.stem + suffix)
         paths = {"mask": self.output_dir / f"{stem}.png"}
         if self.options.save_probabilities:
             extension = "npy" if self.options.probability_format == "npy" else "png"
@@ -234,8 +284,7 @@ class BatchPredictor:
             top, left = max(0, (height - tile) // 2), max(0, (width - tile) // 2)
             image = image[top:top + tile, left:left + tile]
             height, width = image.shape[:2]
-        padded_h = -(-height // self.divisor) * self.divisor
-        padded_w = -(-width // self.divisor) * self.divisor
+        padded_h, padded_w = round_up(height, self.divisor), round_up(width, self.divisor)
         padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)),
                         mode="symmetric")
         maps = attention_maps(self.run.model, padded[None])
@@ -251,20 +300,27 @@ class BatchPredictor:
     # -- a batch -----------------------------------------------------------
 
     def run_files(self, files: list[Path], progress: bool = True,
-                  summary_name: str = "summary.csv") -> BatchResult:
-        """Predict every file; report failures; never stop for one bad input."""
+                  summary_name: str = "summary.csv", root: Path | None = None) -> BatchResult:
+        """Predict every file; report failures; never stop for one bad input.
+
+        Outputs mirror the files' paths below ``root`` (default: their
+        common folder). When ``root`` is the output folder itself, masks get
+        the suffix ``_mask`` so no input is overwritten.
+        """
         if self.output_dir is None:
             raise ValueError("BatchPredictor needs an output_dir to write files")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(self.output_dir)
-        in_place = any(_same(f.parent, self.output_dir) for f in files)
+        remove_stale_temporaries(self.output_dir, depth=None)
+        if root is None and files:
+            root = Path(os.path.commonpath([f.parent.resolve() for f in files]))
+        in_place = root is not None and _same(root, self.output_dir)
         suffix = MASK_SUFFIX_IN_PLACE if in_place else ""
         inputs = {f.resolve() for f in files}
         claimed: dict[Path, Path] = {}
         result = BatchResult()
         todo: list[tuple[Path, dict[str, Path]]] = []
         for source in files:
-            paths = self.outputs(source, suffix)
+            paths = self.outputs(source, suffix, root)
             mask = paths["mask"]
             if mask in claimed:
                 result.items.append(ItemResult(
@@ -348,12 +404,6 @@ class BatchPredictor:
         evaluation.missing_truths = sorted(item.file.stem for item in done
                                            if item.file.stem not in truths)
         return evaluation
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files a killed run left behind (never a finished output)."""
-    for path in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
-        path.unlink(missing_ok=True)
 
 
 def _one_line(error: BaseException) -> str:

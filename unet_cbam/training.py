@@ -1,25 +1,13 @@
 """Training: verify the data, build the model under a tf.distribute strategy,
-fit with checkpoints, and leave a run folder that predict.py and the notebooks use.
-
-Run folder::
-
-    config.yaml           the RunConfig (data encoding resolved): rebuilds model and preprocessing
-    split.json            which pairs trained and which validated
-    model.keras           the best model by the monitored validation score
-    checkpoint/           last completed epoch: weights, optimizer state, epoch (for resume)
-    history.csv           one row per epoch: losses, per-class IoU/Dice, learning rate
-    training_curves.png   history.csv as plots, redrawn every epoch
-    logs/                 TensorBoard
-    metrics.json          final per-class validation scores of model.keras
+fit with checkpoints, and leave a run folder (see ``unet_cbam.run``) that
+predict.py, the notebooks and the benchmarks use.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +16,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml, save_yaml
+from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, monitor_mode
 from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
 from unet_cbam.data.demo import ensure_demo
 from unet_cbam.data.io import MaskCodec
 from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
+from unet_cbam.files import atomic_write
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
-from unet_cbam.visualize import plot_history, read_history
+from unet_cbam.run import RunFolder, class_names, read_history
+from unet_cbam.visualize import plot_history
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoint"
-HISTORY_FILE = "history.csv"
 
 
 # --------------------------------------------------------------------------
@@ -62,19 +47,7 @@ class PreparedData:
 
     @property
     def class_names(self) -> list[str]:
-        return class_names(self.config, self.codec.num_labels)
-
-
-def class_names(data: DataConfig, num_labels: int) -> list[str]:
-    """Configured names, or ``background/foreground`` (binary), ``class0..``."""
-    if data.class_names:
-        if len(data.class_names) != num_labels:
-            raise ValueError(f"class_names has {len(data.class_names)} names for "
-                             f"{num_labels} classes: {data.class_names}")
-        return list(data.class_names)
-    if num_labels == 2 and data.mask_encoding == "binary":
-        return ["background", "foreground"]
-    return [f"class{i}" for i in range(num_labels)]
+        return class_names(self.config, self.codec)
 
 
 def data_folders(data: DataConfig) -> tuple[Path, Path]:
@@ -101,10 +74,7 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
         problems += val_problems
     if not samples + val_samples:
         raise DataError(problems)
-    codec = detect_codec(
-        samples + val_samples, encoding=data.mask_encoding, num_classes=model.num_classes,
-        threshold=data.binary_threshold, values=data.mask_values, palette=data.palette,
-        colors=data.class_colors, ignore_value=data.ignore_value, ignore_color=data.ignore_color)
+    codec = detect_codec(samples + val_samples, data, model.num_classes)
     report = verify_pairs(samples + val_samples, codec, model.input_channels,
                           cache_bytes=data.cache_gb * 1e9, progress=progress)
     report.problems = problems + report.problems  # every problem at once, pairing first
@@ -135,20 +105,6 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
     channels = model.input_channels
     return PreparedData(resolved, codec, PairSource.from_report(train, report, channels),
                         PairSource.from_report(val, report, channels), report)
-
-
-def codec_from_config(config: RunConfig) -> MaskCodec:
-    """The mask codec a run saved (its data section has the encoding resolved)."""
-    data = config.data
-    if data.mask_encoding == "auto":
-        raise ValueError("the run's config has mask_encoding 'auto'; it was never trained")
-    return MaskCodec(
-        encoding=data.mask_encoding, num_classes=config.model.num_classes,
-        threshold=data.binary_threshold, values=tuple(data.mask_values or (0, 255)),
-        palette=tuple(tuple(c) for c in data.palette) if data.palette else None,
-        colors=tuple(tuple(c) for c in data.class_colors) if data.class_colors else None,
-        ignore_value=data.ignore_value,
-        ignore_color=tuple(data.ignore_color) if data.ignore_color else None)
 
 
 # --------------------------------------------------------------------------
@@ -203,28 +159,38 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save ``model.keras`` when the monitored score improves, atomically.
+    """Save ``model.keras`` when the monitored value improves, atomically.
 
     Keras' ModelCheckpoint writes in place; a run killed while saving would
     leave a truncated best model. This writes a temporary file and renames it.
+    Losses improve downwards, scores upwards (``monitor_mode``).
+
+    Args:
+        path: the model file.
+        monitor: a logged value, e.g. ``val_mean_dice`` or ``val_loss``.
+        best: the best value of earlier epochs (resume), or None.
     """
 
-    def __init__(self, path: Path, monitor: str, best: float = -np.inf):
+    def __init__(self, path: Path, monitor: str, best: float | None = None):
         super().__init__()
-        self.path, self.monitor, self.best = Path(path), monitor, best
+        self.path, self.monitor = Path(path), monitor
+        self.lower_is_better = monitor_mode(monitor) == "min"
+        self.best = best if best is not None else (np.inf if self.lower_is_better else -np.inf)
+
+    def improved(self, value: float) -> bool:
+        return value < self.best if self.lower_is_better else value > self.best
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:
             raise KeyError(f"monitor {self.monitor!r} is not among the logged values "
                            f"{sorted(logs or {})}")
-        if value > self.best:
+        if self.improved(float(value)):
             logger.info("epoch %d: %s improved from %.4f to %.4f, saving %s",
                         epoch + 1, self.monitor, self.best, value, self.path)
             self.best = float(value)
-            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
-            self.model.save(temporary)
-            os.replace(temporary, self.path)
+            with atomic_write(self.path) as temporary:
+                self.model.save(temporary)
 
 
 class PlotHistory(keras.callbacks.Callback):
@@ -237,9 +203,8 @@ class PlotHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.history_path.exists():
             figure = plot_history(read_history(self.history_path), self.title)
-            temporary = self.figure_path.with_name(f".{self.figure_path.name}.tmp.png")
-            figure.savefig(temporary, dpi=110)
-            os.replace(temporary, self.figure_path)
+            with atomic_write(self.figure_path) as temporary:
+                figure.savefig(temporary, dpi=110, format="png")
 
 
 # --------------------------------------------------------------------------
@@ -253,15 +218,15 @@ class TrainResult:
     metrics: dict
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> bool:
+def check_run_dir(run: RunFolder, resume: bool) -> bool:
     """Whether to resume; refuse to touch a folder that holds something else."""
-    has_run = (run_dir / CONFIG_FILE).exists()
+    has_run = run.exists()
     if has_run and not resume:
         raise FileExistsError(
-            f"{run_dir}: already holds a run; pass --resume to continue it, or choose "
+            f"{run.path}: already holds a run; pass --resume to continue it, or choose "
             "another --output")
-    if not has_run and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir}: exists and is not empty; choose another --output")
+    if not has_run and run.path.exists() and any(run.path.iterdir()):
+        raise FileExistsError(f"{run.path}: exists and is not empty; choose another --output")
     return has_run
 
 
@@ -278,7 +243,14 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
     return dataclasses.replace(saved, train=requested.train)
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
+def check_monitor(monitor: str, names: list[str]) -> None:
+    """``monitor`` must be a value that validation logs for these classes."""
+    known = ["val_loss"] + [f"val_{metric.name}" for metric in segmentation_metrics(names)]
+    if monitor not in known:
+        raise ValueError(f"monitor {monitor!r} is not logged; choose one of {', '.join(known)}")
+
+
+def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = False,
           progress: bool = True,
           callbacks: list[keras.callbacks.Callback] | None = None,
           build_model: Callable[[ModelConfig], keras.Model] = build_unet) -> TrainResult:
@@ -292,24 +264,37 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     same data, loss, schedule and checkpoints (the benchmark's peers). It must
     take images in [0, 1] and return sigmoid/softmax probabilities, and its
     input sizes must be multiples of ``config.model.divisor``.
+
+    The global Keras dtype policy (set for mixed precision) is restored when
+    this returns or raises.
     """
-    run_dir = Path(run_dir)
-    resuming = check_run_dir(run_dir, resume)
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    resuming = check_run_dir(run, resume)
     split = None
     if resuming:
-        config = resume_config(load_yaml(RunConfig, run_dir / CONFIG_FILE), config)
-        split = json.loads((run_dir / "split.json").read_text())
+        config = resume_config(run.config, config)
+        split = run.read_split()
+    policy = keras.config.dtype_policy()
+    try:
+        return _train(config, run, resuming, split, progress, list(callbacks or []),
+                      build_model)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None,
+           progress: bool, extra_callbacks: list[keras.callbacks.Callback],
+           build_model: Callable[[ModelConfig], keras.Model]) -> TrainResult:
     keras.utils.set_random_seed(config.train.seed)
     if config.train.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
 
     data = prepare_data(config, split=split, progress=progress)
+    check_monitor(config.train.monitor, data.class_names)
     config = dataclasses.replace(config, data=data.config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(config, run_dir / CONFIG_FILE)
-    (run_dir / "split.json").write_text(json.dumps(
-        {"train": [s.stem for s in data.train.samples],
-         "val": [s.stem for s in data.val.samples]}, indent=1))
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(config)
+    run.write_split([s.stem for s in data.train.samples], [s.stem for s in data.val.samples])
 
     train_cfg = config.train
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
@@ -333,51 +318,48 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
             metrics=segmentation_metrics(data.class_names),
         )
 
-    history_path = run_dir / HISTORY_FILE
-    best = -np.inf
-    if resuming and history_path.exists():
-        values = read_history(history_path).get(train_cfg.monitor, [])
-        best = max(values, default=-np.inf)
-    extra_callbacks = list(callbacks or [])
+    mode = train_cfg.monitor_mode
+    best = run.best_score(train_cfg.monitor) if resuming else None
     callbacks = [
         LearningRateLogger(),
-        keras.callbacks.BackupAndRestore(str(run_dir / CHECKPOINT_DIR), delete_checkpoint=False),
-        BestModelCheckpoint(run_dir / MODEL_FILE, train_cfg.monitor, best),
-        keras.callbacks.CSVLogger(str(history_path), append=resuming),
-        PlotHistory(history_path, run_dir / "training_curves.png", model.name),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        keras.callbacks.BackupAndRestore(str(run.checkpoint_dir), delete_checkpoint=False),
+        BestModelCheckpoint(run.model_path, train_cfg.monitor, best),
+        keras.callbacks.CSVLogger(str(run.history_path), append=resuming),
+        PlotHistory(run.history_path, run.curves_path, model.name),
+        keras.callbacks.TensorBoard(str(run.logs_dir)),
     ]
     if train_cfg.lr_schedule == "plateau":
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
-            train_cfg.monitor, mode="max", factor=0.5, patience=max(2, train_cfg.epochs // 20)))
+            train_cfg.monitor, mode=mode, factor=0.5, patience=max(2, train_cfg.epochs // 20)))
     if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
-            train_cfg.monitor, mode="max", patience=train_cfg.early_stopping_patience))
+            train_cfg.monitor, mode=mode, patience=train_cfg.early_stopping_patience))
     callbacks += extra_callbacks
 
     model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
               validation_data=val_ds, callbacks=callbacks, shuffle=False,
               verbose=1 if progress else 2)
 
-    metrics = final_metrics(run_dir, val_ds, data.class_names, train_cfg.monitor)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(run_dir, read_history(history_path), metrics)
+    metrics = final_metrics(run, val_ds, data.class_names, train_cfg.monitor)
+    run.write_metrics(metrics)
+    return TrainResult(run.path, run.read_history(), metrics)
 
 
-def final_metrics(run_dir: Path, val_ds: tf.data.Dataset, names: list[str],
+def final_metrics(run: RunFolder, val_ds: tf.data.Dataset, names: list[str],
                   monitor: str) -> dict:
     """Per-class validation scores of the saved best model."""
-    best = keras.saving.load_model(run_dir / MODEL_FILE, safe_mode=True, compile=False)
+    best = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
     metrics = segmentation_metrics(names)
     for images, targets in val_ds:
         predictions = best(images, training=False)
         for metric in metrics:
             metric.update_state(targets, predictions)
     scores = {m.name: float(m.result()) for m in metrics}
-    history = read_history(run_dir / HISTORY_FILE)
+    history = run.read_history()
     best_epoch = None
     if history.get(monitor):
-        best_epoch = int(history["epoch"][int(np.nanargmax(history[monitor]))]) + 1
+        pick = np.nanargmin if monitor_mode(monitor) == "min" else np.nanargmax
+        best_epoch = int(history["epoch"][int(pick(history[monitor]))]) + 1
     return {
         "best_epoch": best_epoch,
         "monitor": monitor,

@@ -6,7 +6,6 @@ it and notebooks display it.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,6 @@ import numpy as np
 from matplotlib.figure import Figure  # pyplot-free: no GUI backend, safe in threads
 
 History = Mapping[str, Sequence[float]]
-
-
-def read_history(path: str | Path) -> dict[str, list[float]]:
-    """history.csv (Keras CSVLogger) -> ``{column: values}``."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                columns.setdefault(key, []).append(float(value))
-            except (TypeError, ValueError):
-                columns.setdefault(key, []).append(float("nan"))
-    return columns
 
 
 def plot_history(history: History, title: str | None = None) -> Figure:

@@ -11,19 +11,27 @@ again by predict.py to write masks in the same values.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+import tifffile
 from PIL import Image
+
+from unet_cbam.files import atomic_write
+
+if TYPE_CHECKING:
+    from unet_cbam.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+#: Float images may overshoot [0, 1] by this much (rounding in other tools).
+FLOAT_TOLERANCE = 1e-3
 #: Label of pixels excluded from loss and metrics (padding, ignore value).
 IGNORE_LABEL = np.iinfo(np.uint16).max
 
@@ -34,12 +42,30 @@ class ImageReadError(ValueError):
     """A file that cannot be used, with the path in the message."""
 
 
+class MultiPageError(ImageReadError):
+    """A multi-page TIFF (a stack) where one image is expected."""
+
+    def __init__(self, path: str | Path, pages: int):
+        self.pages = pages
+        super().__init__(
+            f"{path}: multi-page TIFF with {pages} pages; unet_cbam reads one 2-D image per "
+            "file: save each page as its own file (e.g. with tifffile: "
+            "[tifffile.imwrite(f'slice{i:02d}.tif', page) for i, page in "
+            "enumerate(tifffile.imread(path))])")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def read_raw(path: str | Path) -> np.ndarray:
-    """Decode a file as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype."""
+    """Decode a file as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype.
+
+    TIFF files are read with tifffile, which sees every page: a multi-page
+    stack raises ``MultiPageError`` (naming the page count) instead of
+    silently yielding page 1. Compressions tifffile cannot decode without
+    the optional imagecodecs package (LZW, JPEG...) fall back to OpenCV.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -47,6 +73,10 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read ({error.strerror})") from None
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        array = _read_tiff(path)
+        if array is not None:
+            return array
     # imdecode instead of imread: imread fails silently on non-ASCII paths on some systems.
     data = np.fromfile(path, dtype=np.uint8)
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -59,24 +89,67 @@ def read_raw(path: str | Path) -> np.ndarray:
     return array
 
 
+def tiff_pages(path: str | Path) -> int:
+    """Number of 2-D images in a TIFF file (pages of its first series)."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.series[0].pages) if tiff.series else len(tiff.pages)
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as error:
+        raise ImageReadError(f"{path}: not a readable TIFF ({error})") from None
+
+
+def _read_tiff(path: Path) -> np.ndarray | None:
+    """The single page of a TIFF, or None when only OpenCV can decode it."""
+    pages = tiff_pages(path)
+    if pages != 1:
+        raise MultiPageError(path, pages)
+    try:
+        array = tifffile.imread(path)
+    except ValueError as error:
+        if "imagecodecs" in str(error):
+            return None
+        raise ImageReadError(f"{path}: not a readable TIFF ({error})") from None
+    array = np.squeeze(array) if array.ndim > 3 else array
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar RGB(A)
+    return np.ascontiguousarray(array)
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` from the file header, without decoding the pixels."""
     try:
+        if Path(path).suffix.lower() in TIFF_EXTENSIONS:
+            with tifffile.TiffFile(path) as tiff:
+                return tuple(tiff.pages[0].shape[:2])
         with Image.open(path) as image:
             return image.height, image.width
-    except Exception:  # PIL does not know every TIFF flavour; fall back to decoding
+    except Exception:  # PIL does not know every flavour; fall back to decoding
         array = read_raw(path)
         return array.shape[0], array.shape[1]
 
 
 def to_float(array: np.ndarray, path: str | Path = "") -> np.ndarray:
-    """Scale by bit depth: uint8 / 255, uint16 / 65535; floats are kept as they are."""
+    """Scale by bit depth: uint8 / 255, uint16 / 65535.
+
+    Float images have no bit depth to scale by: they are taken as they are if
+    every value lies in [0, 1] (what the model sees), and refused otherwise,
+    naming the range found, so a float TIFF in 0-255 can never reach the
+    model unscaled.
+    """
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
     if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32)
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ImageReadError(f"{path}: float image with NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            raise ImageReadError(
+                f"{path}: float image with values in [{low:.4g}, {high:.4g}]; float images "
+                "must be scaled to [0, 1] (or saved as 8- or 16-bit integers)")
+        return np.clip(values, 0.0, 1.0)
     raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
 
 
@@ -133,10 +206,31 @@ class MaskCodec:
     ignore_value: int | None = None
     ignore_color: tuple[int, int, int] | None = None
 
+    @classmethod
+    def from_data_config(cls, data: DataConfig, num_classes: int,
+                         encoding: str | None = None,
+                         palette: list[list[int]] | None = None) -> MaskCodec:
+        """The codec a DataConfig describes (``encoding``/``palette`` override it)."""
+        palette = palette if palette is not None else data.palette
+        return cls(
+            encoding=encoding or data.mask_encoding, num_classes=num_classes,
+            threshold=data.binary_threshold,
+            values=tuple(data.mask_values) if data.mask_values else (0, 255),
+            palette=tuple(tuple(c) for c in palette) if palette else None,
+            colors=tuple(tuple(c) for c in data.class_colors) if data.class_colors else None,
+            ignore_value=data.ignore_value,
+            ignore_color=tuple(data.ignore_color) if data.ignore_color else None)
+
     @property
     def num_labels(self) -> int:
         """Classes the metrics see: 2 for binary (background, foreground)."""
         return 2 if self.encoding == "binary" else self.num_classes
+
+    def default_class_names(self) -> list[str]:
+        """``background, foreground`` for binary masks, else ``class0, class1, ...``."""
+        if self.encoding == "binary":
+            return ["background", "foreground"]
+        return [f"class{i}" for i in range(self.num_labels)]
 
     def decode(self, raw: np.ndarray, path: str | Path = "") -> np.ndarray:
         """Raw mask pixels -> uint16 class ids with IGNORE_LABEL; raises on bad values."""
@@ -260,27 +354,3 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: cv2 could not encode a {array.dtype} {array.shape} image")
     with atomic_write(path) as temporary:
         Path(temporary).write_bytes(encoded.tobytes())
-
-
-class atomic_write:  # noqa: N801 (used like open())
-    """Context manager giving a temporary path beside ``path``, renamed on success.
-
-    A killed process leaves at most a hidden ``.tmp`` file, never a truncated
-    output under the final name.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __enter__(self) -> str:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, self.temporary = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(handle)
-        return self.temporary
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            Path(self.temporary).unlink(missing_ok=True)

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from unet_cbam.config import DataConfig
 from unet_cbam.data.io import (
     IGNORE_LABEL,
+    IMAGE_EXTENSIONS,
     LOSSY_EXTENSIONS,
     ImageReadError,
     MaskCodec,
@@ -116,18 +118,15 @@ def find_pairs(images_dir: str | Path, masks_dir: str | Path
         return [], problems
     images, masks = _by_stem(images_dir, problems), _by_stem(masks_dir, problems)
     if not images:
-        problems.append(f"{images_dir}: no images ({', '.join(_EXT_LIST)})")
+        problems.append(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     if not masks:
-        problems.append(f"{masks_dir}: no masks ({', '.join(_EXT_LIST)})")
+        problems.append(f"{masks_dir}: no masks ({', '.join(IMAGE_EXTENSIONS)})")
     for stem in sorted(set(images) - set(masks)):
         problems.append(f"{images[stem]}: no mask named {stem}.* in {masks_dir}")
     for stem in sorted(set(masks) - set(images)):
         problems.append(f"{masks[stem]}: mask without an image named {stem}.* in {images_dir}")
     samples = [Sample(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
     return samples, problems
-
-
-_EXT_LIST = (".png", ".jpg", ".tif", ".bmp")
 
 
 def _by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
@@ -142,16 +141,14 @@ def _by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
 
 
-def detect_codec(samples: list[Sample], *, encoding: str, num_classes: int,
-                 threshold: int = 0, values: list[int] | None = None,
-                 palette: list[list[int]] | None = None,
-                 colors: list[list[int]] | None = None, ignore_value: int | None = None,
-                 ignore_color: list[int] | None = None) -> MaskCodec:
-    """Resolve ``encoding='auto'`` from the first readable mask, and the rest of the codec.
+def detect_codec(samples: list[Sample], data: DataConfig, num_classes: int) -> MaskCodec:
+    """The codec ``data`` describes, with ``mask_encoding: auto`` resolved from the masks.
 
-    Binary masks get their written values from the masks (see
-    ``binary_values``); palette masks their palette from the first mask.
+    The encoding is detected from the first readable mask; palette masks get
+    their palette from it. Binary masks get their written values from the
+    masks later (see ``DatasetReport.binary_values``).
     """
+    encoding, palette, colors = data.mask_encoding, data.palette, data.class_colors
     first_raw, first_is_palette, first_path = None, False, None
     for sample in samples:
         try:
@@ -180,14 +177,7 @@ def detect_codec(samples: list[Sample], *, encoding: str, num_classes: int,
                          f"got {colors}"])
     if encoding == "palette" and palette is None and first_is_palette:
         palette = [list(c) for c in read_palette(first_path)]
-    return MaskCodec(
-        encoding=encoding, num_classes=num_classes, threshold=threshold,
-        values=tuple(values) if values else (0, 255),
-        palette=tuple(tuple(c) for c in palette) if palette else None,
-        colors=tuple(tuple(c) for c in colors) if colors else None,
-        ignore_value=ignore_value,
-        ignore_color=tuple(ignore_color) if ignore_color else None,
-    )
+    return MaskCodec.from_data_config(data, num_classes, encoding=encoding, palette=palette)
 
 
 def _is_colour(raw: np.ndarray) -> bool:
