@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: demo test lint venv clean notebooks
 

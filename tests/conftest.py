@@ -1,7 +1,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from pathlib import Path  # noqa: E402

@@ -4,10 +4,19 @@ import math
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from unet_cbam.cli.evaluate import main as evaluate_main
 from unet_cbam.data.io import IGNORE_LABEL, MaskCodec
-from unet_cbam.evaluate import confusion_matrix, evaluate_folders, scores
+from unet_cbam.evaluate import (
+    confusion_matrix,
+    evaluate_arrays,
+    evaluate_folders,
+    format_summary,
+    infer_codec,
+    mask_files,
+    scores,
+)
 
 
 def test_scores_on_a_hand_made_mask():
@@ -86,3 +95,80 @@ def test_multiclass_detection_and_unreadable_prediction(tmp_path):
     assert summary["classes"]["class1"]["mean_dice"] == pytest.approx(2 / 3)
     assert summary["classes"]["class2"]["mean_recall"] == 0.0
     assert len(summary["errors"]) == 1 and "b.png" in summary["errors"][0]
+
+
+def test_ignore_value_and_threshold_apply_without_other_options(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _write(truth, "a.png", [[0, 200, 99, 99]])      # 99: ignore; 0/200 binary
+    _write(pred, "a.png", [[0, 255, 255, 0]])
+    code = evaluate_main(["--pred", str(pred), "--truth", str(truth), "--ignore-value", "99",
+                          "--binary-threshold", "100"])
+    assert code == 0, capsys.readouterr()
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert report["classes"]["foreground"]["pooled_dice"] == 1.0  # the 99s are left out
+    assert report["classes"]["background"]["images"] == 1
+
+
+def test_indexed_without_num_classes_counts_the_classes(tmp_path):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _write(truth, "a.png", [[0, 1, 3]])
+    _write(pred, "a.png", [[0, 1, 2]])
+    assert evaluate_main(["--pred", str(pred), "--truth", str(truth),
+                          "--mask-encoding", "indexed"]) == 0
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert list(report["classes"]) == ["class0", "class1", "class2", "class3"]
+    assert report["classes"]["class3"]["mean_recall"] == 0.0
+
+
+def test_rgb_masks_with_their_colours(tmp_path):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]], np.uint8)
+    labels = np.array([[0, 1, 2, 2]])
+    for folder in (truth, pred):
+        folder.mkdir()
+        cv2.imwrite(str(folder / "a.png"), colours[labels][..., ::-1])  # cv2 writes BGR
+    assert evaluate_main(["--pred", str(pred), "--truth", str(truth), "--mask-encoding", "rgb",
+                          "--class-colors", "0,0,0", "255,0,0", "0,0,255",
+                          "--class-names", "bg", "red", "blue"]) == 0
+    report = json.loads((pred / "evaluation.json").read_text())
+    assert report["classes"]["blue"]["pooled_dice"] == 1.0
+    with pytest.raises(SystemExit):
+        evaluate_main(["--pred", str(pred), "--truth", str(truth), "--class-colors", "300,0"])
+
+
+def _palette_png(path, labels):
+    image = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    image.save(path)
+
+
+def test_infer_codec_reads_every_sampled_file(tmp_path):
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    _palette_png(truth / "a.png", [[0, 1], [2, 1]])
+    _palette_png(truth / "b.png", [[0, 1], [1, 1]])
+    codec = infer_codec(mask_files(truth))
+    assert (codec.encoding, codec.num_classes) == ("palette", 3)
+    # one gray PNG among palette PNGs: the last file no longer decides
+    cv2.imwrite(str(truth / "a0.png"), np.array([[0, 255]], np.uint8))
+    with pytest.raises(ValueError, match=r"2 truth mask\(s\) are palette PNGs .* 1 are not "
+                                         r"\(a0.png\)"):
+        infer_codec(mask_files(truth))
+    assert infer_codec(mask_files(truth), encoding="palette").encoding == "palette"
+
+
+def test_binary_truth_with_an_ignore_value_stays_binary(tmp_path):
+    truth = tmp_path / "truth"
+    _write(truth, "a.png", [[0, 255, 128]])
+    assert infer_codec(mask_files(truth)).encoding == "indexed"  # three values, no hint
+    codec = infer_codec(mask_files(truth), ignore_value=128)
+    assert (codec.encoding, codec.ignore_value, codec.num_labels) == ("binary", 128, 2)
+    assert infer_codec(mask_files(truth), num_classes=3).num_classes == 3
+
+
+def test_format_summary_lists_scores_and_missing_files():
+    evaluation = evaluate_arrays([("a", np.array([[0, 1]]), np.array([[0, 0]]))], ["bg", "fg"])
+    evaluation.missing_truths = ["z"]
+    text = format_summary(evaluation.summary())
+    assert text.splitlines()[0] == "1 image(s)"
+    assert "fg" in text and "no truth for 1 prediction(s): z" in text

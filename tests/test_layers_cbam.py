@@ -1,8 +1,18 @@
+import typing
+
 import keras
 import numpy as np
 import pytest
+from keras_objects import run_layer_test
 
-from unet_cbam import CBAM, ChannelAttention, SpatialAttention
+from unet_cbam.config import DEFAULT_REDUCTION_RATIO, AttentionKind, ModelConfig
+from unet_cbam.layers import (
+    ATTENTION_LAYERS,
+    CBAM,
+    ChannelAttention,
+    SpatialAttention,
+    create_attention,
+)
 
 
 def _sigmoid(x):
@@ -87,23 +97,6 @@ def test_blog_variant_spatial_conv_has_no_bias():
     assert len(layer.conv.weights) == 1
 
 
-@pytest.mark.parametrize("layer", [
-    ChannelAttention(reduction_ratio=4, variant="blog", name="ca"),
-    SpatialAttention(kernel_size=3, name="sa"),
-    CBAM(reduction_ratio=2, spatial_kernel_size=5, variant="blog", name="cbam"),
-])
-def test_get_config_round_trip(layer):
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-    x = np.random.default_rng(4).normal(size=(2, 6, 6, 8)).astype("float32")
-    layer.build(x.shape)
-    clone.build(x.shape)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)),
-                               keras.ops.convert_to_numpy(layer(x)), rtol=1e-6)
-
-
 @pytest.mark.parametrize("kwargs", [
     {"reduction_ratio": 0}, {"spatial_kernel_size": 4}, {"variant": "blg"},
 ])
@@ -125,3 +118,35 @@ def test_mixed_precision_keeps_gate_range_and_does_not_overflow():
     assert gate.dtype == np.float32
     assert np.isfinite(gate).all() and (gate >= 0).all() and (gate <= 1).all()
     assert layer.channel_attention.hidden_dense.compute_dtype == "float32"
+
+
+@pytest.mark.parametrize("layer_class, kwargs, weights", [
+    (ChannelAttention, {"reduction_ratio": 4, "variant": "paper"}, 4),
+    (ChannelAttention, {"reduction_ratio": 2, "variant": "blog"}, 4),
+    (SpatialAttention, {"kernel_size": 3, "variant": "paper"}, 2),
+    (SpatialAttention, {"kernel_size": 7, "variant": "blog"}, 1),  # no bias
+    (CBAM, {"reduction_ratio": 2, "spatial_kernel_size": 5, "variant": "paper"}, 6),
+])
+def test_registered_layer_contract(layer_class, kwargs, weights, tmp_path):
+    output = run_layer_test(layer_class, kwargs, (2, 8, 10, 16), tmp_path, weights)
+    assert np.isfinite(output).all()
+
+
+def test_reduction_ratio_has_one_default():
+    assert ChannelAttention().reduction_ratio == CBAM().reduction_ratio == \
+        ModelConfig().reduction_ratio == DEFAULT_REDUCTION_RATIO
+
+
+def test_attention_factory_names_and_table():
+    assert create_attention("none") is None
+    assert create_attention("cbam", prefix="skip2").name == "skip2_cbam"
+    assert create_attention("channel", prefix="skip0").name == "skip0_channel_attention"
+    spatial = create_attention("spatial", spatial_kernel_size=3, variant="blog", prefix="skip1")
+    assert (spatial.name, spatial.kernel_size, spatial.variant) == \
+        ("skip1_spatial_attention", 3, "blog")
+    cbam = create_attention("cbam", reduction_ratio=2, spatial_kernel_size=5)
+    assert (cbam.reduction_ratio, cbam.spatial_kernel_size) == (2, 5)
+    with pytest.raises(ValueError, match="attention 'cbma' is not one of none, channel"):
+        create_attention("cbma")
+    # The config's choices and the factory's table are the same set.
+    assert set(typing.get_args(AttentionKind)) == {"none", *ATTENTION_LAYERS}

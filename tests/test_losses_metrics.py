@@ -1,6 +1,6 @@
-import keras
 import numpy as np
 import pytest
+from keras_objects import run_object_test
 
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import SegmentationScore, segmentation_metrics
@@ -63,10 +63,23 @@ def test_loss_names():
         resolve_loss_name("bce+dise", 1)
 
 
-def test_loss_config_round_trip():
-    loss = SegmentationLoss("focal+dice", class_weights=[1.0, 3.0])
-    clone = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert clone.get_config() == loss.get_config()
+@pytest.mark.parametrize("loss", [
+    SegmentationLoss("focal+dice", class_weights=None),
+    SegmentationLoss("bce+dice", class_weights=[1.0, 3.0]),
+    SegmentationLoss("ce+jaccard", class_weights=[0.5, 2.0]),
+])
+def test_registered_loss_contract(loss):
+    value = run_object_test(loss, _targets(LABELS), PROBABILITIES)
+    assert np.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("metric", [
+    SegmentationScore(2, [1], "dice", name="dice_foreground"),
+    SegmentationScore(2, [0, 1], "iou", threshold=0.25, name="mean_iou"),
+])
+def test_registered_metric_contract(metric):
+    value = run_object_test(metric, _targets(LABELS), PROBABILITIES)
+    assert 0.0 <= value <= 1.0
 
 
 def test_per_class_scores_match_hand_computed_values():

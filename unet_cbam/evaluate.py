@@ -9,7 +9,7 @@ figure over all pixels of the set, and their means over classes.
 A class absent from both truth and prediction of an image has no Dice, IoU,
 precision or recall there (NaN in the CSV, null in the JSON); means skip it.
 
-    python -m unet_cbam.evaluate --pred DIR --truth DIR [--report FILE.json]
+The command line is ``unet-cbam-evaluate`` (``python -m unet_cbam.cli.evaluate``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from unet_cbam.data.io import (
     read_mask_raw,
 )
 from unet_cbam.data.verify import Sample
+from unet_cbam.files import atomic_write, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,13 @@ def _nanmean(values) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def mask_files(folder: Path) -> list[Path]:
+    """The mask files of a folder, sorted."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
 def pair_predictions(pred_dir: Path, truth_dir: Path
                      ) -> tuple[list[Sample], list[str], list[str]]:
     """Pairs (``image_path`` = prediction, ``mask_path`` = truth) by stem.
@@ -143,12 +150,8 @@ def pair_predictions(pred_dir: Path, truth_dir: Path
     the input folder) also matches truth ``a``. Returns the pairs and the
     stems missing on each side.
     """
-    for folder in (pred_dir, truth_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: folder not found")
-    predictions = {p.stem: p for p in sorted(pred_dir.iterdir())
-                   if p.is_file() and is_image_file(p)}
-    truths = {p.stem: p for p in sorted(truth_dir.iterdir()) if p.is_file() and is_image_file(p)}
+    predictions = {p.stem: p for p in mask_files(pred_dir)}
+    truths = {p.stem: p for p in mask_files(truth_dir)}
     pairs = []
     for stem, truth in truths.items():
         prediction = predictions.get(stem) or predictions.get(f"{stem}_mask")
@@ -160,22 +163,58 @@ def pair_predictions(pred_dir: Path, truth_dir: Path
     return pairs, missing_predictions, missing_truths
 
 
-def infer_codec(truth_paths: list[Path], threshold: int = 0) -> MaskCodec:
-    """Binary when truth masks hold at most two values, else indexed (max value + 1 classes)."""
+def infer_codec(truth_paths: list[Path], *, encoding: str | None = None,
+                num_classes: int | None = None, threshold: int = 0,
+                ignore_value: int | None = None,
+                colors: list[list[int]] | None = None, sample: int = 64) -> MaskCodec:
+    """The codec of true masks, from what is given and what the masks show.
+
+    Given ``encoding`` and ``num_classes`` are kept; what is missing is read
+    from up to ``sample`` masks. Palette PNGs give ``palette`` (all of them,
+    or an error naming the odd files); else masks whose values, leaving out
+    ``ignore_value``, are at most two give ``binary`` (unless more classes
+    are asked for), and anything else ``indexed``. The class count of
+    indexed and palette masks is their largest value + 1; of rgb masks, the
+    number of ``colors``. ``threshold`` and ``ignore_value`` always apply.
+    """
+    if encoding == "rgb" or (encoding is None and colors is not None):
+        if not colors:
+            raise ValueError("rgb masks need the colour of each class (--class-colors)")
+        return MaskCodec("rgb", len(colors), colors=tuple(tuple(c) for c in colors))
     values: set[int] = set()
-    palette = False
-    for path in truth_paths[:64]:
-        raw, palette = read_mask_raw(path)
+    palette_flags: dict[Path, bool] = {}
+    for path in truth_paths[:sample]:
+        raw, palette_flags[path] = read_mask_raw(path)
         values.update(np.unique(raw).tolist())
-    if len(values) <= 2 and not palette:
-        return MaskCodec("binary", 1, threshold=threshold)
-    encoding = "palette" if palette else "indexed"
-    return MaskCodec(encoding, int(max(values)) + 1)
+    values.discard(ignore_value)
+    palettes = [p for p, is_palette in palette_flags.items() if is_palette]
+    if encoding is None:
+        if palettes and len(palettes) != len(palette_flags):
+            plain = [p.name for p, is_palette in palette_flags.items() if not is_palette]
+            raise ValueError(
+                f"{len(palettes)} truth mask(s) are palette PNGs (e.g. {palettes[0].name}) and "
+                f"{len(plain)} are not ({', '.join(plain[:5])}); give --mask-encoding")
+        if palettes:
+            encoding = "palette"
+        elif len(values) <= 2 and num_classes in (None, 1):
+            encoding = "binary"
+        else:
+            encoding = "indexed"
+    if encoding == "binary":
+        if num_classes not in (None, 1):
+            raise ValueError(f"binary masks have num_classes 1, got {num_classes}")
+        return MaskCodec("binary", 1, threshold=threshold, ignore_value=ignore_value)
+    if num_classes is None:
+        num_classes = max(2, int(max(values, default=0)) + 1)
+    return MaskCodec(encoding, num_classes, threshold=threshold, ignore_value=ignore_value)
 
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, codec: MaskCodec | None = None,
                      class_names: list[str] | None = None) -> Evaluation:
-    """Score every prediction in ``pred_dir`` that has a truth; report the ones that do not."""
+    """Score every prediction in ``pred_dir`` that has a truth; report the ones that do not.
+
+    ``codec`` None: inferred from the truth masks (``infer_codec``).
+    """
     pairs, missing_predictions, missing_truths = pair_predictions(Path(pred_dir), Path(truth_dir))
     evaluation = evaluate_pairs(pairs, codec, class_names)
     evaluation.missing_predictions = missing_predictions
@@ -191,7 +230,7 @@ def evaluate_pairs(pairs: list[Sample], codec: MaskCodec | None = None,
     # A prediction from another tool may be saved without a palette, or in 0/1.
     prediction_codec = codec if codec.encoding != "palette" else \
         MaskCodec("indexed", codec.num_classes)
-    names = class_names or default_class_names(codec)
+    names = class_names or codec.default_class_names()
     result = Evaluation(names, pooled=np.zeros((codec.num_labels,) * 2, np.int64))
     for sample in pairs:
         try:
@@ -215,32 +254,34 @@ def evaluate_arrays(items: list[tuple[str, np.ndarray, np.ndarray]], class_names
     return result
 
 
-def default_class_names(codec: MaskCodec) -> list[str]:
-    return (["background", "foreground"] if codec.encoding == "binary"
-            else [f"class{i}" for i in range(codec.num_labels)])
-
-
 def write_reports(evaluation: Evaluation, json_path: str | Path) -> tuple[Path, Path]:
     """Write ``FILE.json`` (summary) and ``FILE.csv`` (per image and class) atomically."""
     json_path = Path(json_path)
     csv_path = json_path.with_suffix(".csv")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = json_path.with_name(f".{json_path.name}.tmp")
-    temporary.write_text(json.dumps(evaluation.summary(), indent=2))
-    os.replace(temporary, json_path)
-    temporary = csv_path.with_name(f".{csv_path.name}.tmp")
+    write_text(json_path, json.dumps(evaluation.summary(), indent=2))
     columns = ["file", "truth", "class", *SCORES, "pixel_accuracy"]
-    with open(temporary, "w", newline="") as handle:
+    with atomic_write(csv_path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(evaluation.rows)
-    os.replace(temporary, csv_path)
     return json_path, csv_path
 
 
-if __name__ == "__main__":
-    import sys
-
-    from unet_cbam.cli.evaluate import main
-
-    sys.exit(main())
+def format_summary(summary: dict) -> str:
+    """``Evaluation.summary()`` as a few lines of text for a terminal."""
+    lines = [f"{summary['images']} image(s)",
+             f"{'class':<16}{'Dice':>8}{'IoU':>8}{'prec.':>8}{'recall':>8}   (mean over images)"]
+    for name, entry in summary["classes"].items():
+        values = [entry[f"mean_{s}"] for s in SCORES]
+        lines.append(f"{name:<16}" + "".join(f"{v:>8.4f}" if v is not None else f"{'-':>8}"
+                                             for v in values))
+    if summary["mean_pixel_accuracy"] is not None:
+        lines.append(f"pixel accuracy {summary['mean_pixel_accuracy']:.4f}")
+    if summary["missing_predictions"]:
+        lines.append(f"no prediction for {len(summary['missing_predictions'])} truth mask(s): "
+                     f"{', '.join(summary['missing_predictions'][:10])}")
+    if summary["missing_truths"]:
+        lines.append(f"no truth for {len(summary['missing_truths'])} prediction(s): "
+                     f"{', '.join(summary['missing_truths'][:10])}")
+    lines += [f"error: {error}" for error in summary["errors"]]
+    return "\n".join(lines)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -47,18 +47,16 @@ def add_config_options(parser: argparse.ArgumentParser, sections: dict[str, type
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=help_text)
                 continue
-            choices = _choices(kind)
-            if choices is not None:
-                help_text = help_text.replace(" (default", f" {{{', '.join(choices)}}} (default")
             inner = _strip_optional(kind)
             if typing.get_origin(inner) is list and _is_scalar(typing.get_args(inner)[0]):
                 group.add_argument(flag, dest=dest, nargs="+", metavar="V",
                                    type=_converter(typing.get_args(inner)[0]),
                                    default=argparse.SUPPRESS, help=help_text)
             else:
+                choices = _choices(kind)
                 group.add_argument(flag, dest=dest, type=_converter(kind),
                                    metavar=_metavar(kind), default=argparse.SUPPRESS,
-                                   help=help_text)
+                                   choices=choices, help=help_text)
 
 
 def apply_options(base: Any, arguments: argparse.Namespace) -> Any:
@@ -72,10 +70,6 @@ def apply_options(base: Any, arguments: argparse.Namespace) -> Any:
             value = None
         data[section][name] = value
     return from_dict(type(base), data)
-
-
-def given_options(arguments: argparse.Namespace) -> set[str]:
-    return {dest for dest in vars(arguments) if SECTION_SEPARATOR in dest}
 
 
 def _converter(kind: Any):
@@ -106,9 +100,13 @@ def _strip_optional(kind: Any) -> Any:
     return kind
 
 
-def _choices(kind: Any) -> list[str] | None:
-    kind = _strip_optional(kind)
-    return [str(c) for c in typing.get_args(kind)] if typing.get_origin(kind) is Literal else None
+def _choices(kind: Any) -> list[Any] | None:
+    """The values of a Literal (with None for an optional one), else None."""
+    inner = _strip_optional(kind)
+    if typing.get_origin(inner) is not Literal:
+        return None
+    values = list(typing.get_args(inner))
+    return values + [None] if inner is not kind else values
 
 
 def _is_scalar(kind: Any) -> bool:
@@ -116,6 +114,9 @@ def _is_scalar(kind: Any) -> bool:
 
 
 def _metavar(kind: Any) -> str:
+    choices = _choices(kind)
+    if choices is not None:
+        return "{" + ",".join(_show(choice) for choice in choices) + "}"
     kind = _strip_optional(kind)
     return {int: "N", float: "X", str: "TEXT"}.get(kind, "YAML")
 
@@ -125,19 +126,21 @@ def _show(value: Any) -> str:
         str(value)
 
 
-def setup_logging(verbose: bool = False, log_file: str | os.PathLike | None = None) -> None:
-    """Console logging for the CLIs (and a file, if given)."""
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` and ``--log-file``, read by ``setup_logging``."""
+    parser.add_argument("--verbose", action="store_true", help="debug messages too")
+    parser.add_argument("--log-file", type=Path, metavar="FILE",
+                        help="also append the log messages to FILE")
+
+
+def setup_logging(arguments: argparse.Namespace) -> None:
+    """Console logging for the CLIs, and a file if ``--log-file`` was given."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    if arguments.log_file is not None:
+        arguments.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(arguments.log_file))
+    logging.basicConfig(level=logging.DEBUG if arguments.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up chatter unless the user asked for it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

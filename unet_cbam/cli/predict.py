@@ -11,11 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from unet_cbam.cli.options import add_config_options, apply_options, quiet_tensorflow, setup_logging
-
-quiet_tensorflow()
-
-from unet_cbam.config import InferenceConfig  # noqa: E402
+from unet_cbam.cli.options import (
+    add_config_options,
+    add_logging_options,
+    apply_options,
+    setup_logging,
+)
+from unet_cbam.config import InferenceConfig
 
 logger = logging.getLogger("unet_cbam.predict")
 
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run folder from train.py, or its model.keras "
                              "(config.yaml must be beside it)")
     parser.add_argument("--input", required=True, metavar="DIR|FILE|GLOB",
-                        help="a folder of images, one image, or a glob such as 'scans/*.tif'")
+                        help="a folder of images (with its subfolders), one image, or a glob "
+                             "such as 'scans/**/*.tif'; outputs mirror the folder tree")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR",
                         help="folder for the masks (created if needed; inputs are never "
                              "overwritten, even if it is the input folder)")
@@ -54,18 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the masks against the true masks in DIR afterwards "
                              "(OUTPUT/evaluation.json and .csv)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_logging_options(parser)
     add_config_options(parser, {"inference": InferenceConfig})
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    setup_logging()
-    from unet_cbam.cli.evaluate import print_summary
-    from unet_cbam.evaluate import write_reports
+    setup_logging(arguments)
+    from unet_cbam.evaluate import format_summary, write_reports
     from unet_cbam.predict import (
         BatchPredictor,
         OutputOptions,
+        input_root,
         list_inputs,
         load_run,
         parse_shard,
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     summary_name = f"summary-shard{shard[0]}of{shard[1]}.csv" if shard else "summary.csv"
     logger.info("%d image(s) with %s (tile %d, overlap %.2f%s)", len(files), run.path,
                 inference.tile_size, inference.overlap, ", TTA" if inference.tta else "")
-    result = predictor.run_files(files, progress=not arguments.quiet, summary_name=summary_name)
+    result = predictor.run_files(files, progress=not arguments.quiet, summary_name=summary_name,
+                                 root=input_root(arguments.input))
     counts = {status: sum(item.status == status for item in result.items)
               for status in ("ok", "skipped", "failed")}
     print(f"\n{counts['ok']} predicted, {counts['skipped']} already done, "
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = predictor.evaluate(result, arguments.truth)
         json_path, csv_path = write_reports(evaluation, arguments.output / "evaluation.json")
         print()
-        print_summary(evaluation.summary())
+        print(format_summary(evaluation.summary()))
         print(f"evaluation: {json_path}, {csv_path}")
     return 1 if result.failed else 0
 

@@ -3,8 +3,9 @@
     python train.py --data DIR [--config FILE.yaml] [--output RUN_DIR] [--epochs N] ...
 
 Every config field is an option (see --help). Precedence: defaults, then
---config, then options. With --resume, the run's saved config.yaml replaces
-the defaults and --config.
+--config, then options. With --resume of an existing run, the run's saved
+config.yaml takes the place of the defaults and --config (which is then an
+error): options may change the training section only.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from pathlib import Path
 
 from unet_cbam.cli.options import (
     add_config_options,
+    add_logging_options,
     apply_options,
-    quiet_tensorflow,
     setup_logging,
 )
-
-quiet_tensorflow()
-
-from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml  # noqa: E402
+from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
+from unet_cbam.run import RunFolder
 
 logger = logging.getLogger("unet_cbam.train")
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -33,7 +32,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, metavar="FILE.yaml",
                         help="a run config (model/data/train sections), e.g. a run's config.yaml")
     parser.add_argument("--output", type=Path, metavar="RUN_DIR",
@@ -42,18 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run in --output from its last completed epoch "
                              "(starts it if the folder holds no run yet)")
     parser.add_argument("--quiet", action="store_true", help="one log line per epoch")
+    add_logging_options(parser)
     add_config_options(parser, SECTIONS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    run_dir = arguments.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    setup_logging()
+    run = RunFolder(arguments.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    setup_logging(arguments)
     try:
         base = RunConfig()
-        if arguments.resume and (run_dir / "config.yaml").exists():
-            base = load_yaml(RunConfig, run_dir / "config.yaml")
+        if arguments.resume and run.exists():
+            if arguments.config is not None:
+                raise ValueError(
+                    f"--config {arguments.config} cannot be used with --resume of the run in "
+                    f"{run.path}: it continues with its own {run.config_path.name}; change "
+                    "its training section with options such as --epochs")
+            base = run.config
         elif arguments.config is not None:
             base = load_yaml(RunConfig, arguments.config)
         config = apply_options(base, arguments)
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from unet_cbam.training import train
 
     try:
-        result = train(config, run_dir, resume=arguments.resume, progress=not arguments.quiet)
+        result = train(config, run, resume=arguments.resume, progress=not arguments.quiet)
     except DataError as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 2
@@ -75,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     scores = ", ".join(f"{name} Dice {value['dice']:.3f}"
                        for name, value in result.metrics["classes"].items())
-    print(f"\nrun folder: {result.run_dir}\n"
-          f"  best model:      {result.run_dir / 'model.keras'} "
+    print(f"\nrun folder: {run.path}\n"
+          f"  best model:      {run.model_path} "
           f"(epoch {result.metrics['best_epoch']}; validation {scores})\n"
-          f"  training curves: {result.run_dir / 'training_curves.png'}\n"
-          f"  history:         {result.run_dir / 'history.csv'}\n"
-          f"  TensorBoard:     tensorboard --logdir {result.run_dir / 'logs'}")
+          f"  training curves: {run.curves_path}\n"
+          f"  history:         {run.history_path}\n"
+          f"  TensorBoard:     tensorboard --logdir {run.logs_dir}")
     return 0
 
 

@@ -13,16 +13,13 @@ exactly its label set.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A
+import cv2
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-
-from unet_cbam.data.io import IGNORE_LABEL  # noqa: E402
+from unet_cbam.data.io import IGNORE_LABEL
 
 _NEAREST = cv2.INTER_NEAREST
 _REFLECT = cv2.BORDER_REFLECT_101

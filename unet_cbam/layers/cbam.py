@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from unet_cbam.config import DEFAULT_REDUCTION_RATIO
+
 VARIANTS = ("paper", "blog")
 
 
@@ -52,7 +54,8 @@ class ChannelAttention(keras.layers.Layer):
 
     Args:
         reduction_ratio: how much the MLP's hidden layer is narrower than the
-            number of channels (the paper uses 16).
+            number of channels (the paper uses 16; the default, 8, suits the
+            narrow skips of a small UNet: 16 channels keep a hidden layer of 2).
         variant: ``"paper"`` (default) has a ReLU after the first Dense layer
             only, as in the paper. ``"blog"`` reproduces the widely copied
             Keras snippet this project started from, which also puts a ReLU on
@@ -64,7 +67,8 @@ class ChannelAttention(keras.layers.Layer):
     read from the input. Output shape: the same.
     """
 
-    def __init__(self, reduction_ratio: int = 16, variant: str = "paper", **kwargs):
+    def __init__(self, reduction_ratio: int = DEFAULT_REDUCTION_RATIO, variant: str = "paper",
+                 **kwargs):
         super().__init__(**kwargs)
         self.reduction_ratio = _check_reduction_ratio(reduction_ratio)
         self.variant = _check_variant(variant)
@@ -179,8 +183,8 @@ class CBAM(keras.layers.Layer):
     Input shape: ``(batch, height, width, channels)``. Output shape: the same.
     """
 
-    def __init__(self, reduction_ratio: int = 16, spatial_kernel_size: int = 7,
-                 variant: str = "paper", **kwargs):
+    def __init__(self, reduction_ratio: int = DEFAULT_REDUCTION_RATIO,
+                 spatial_kernel_size: int = 7, variant: str = "paper", **kwargs):
         super().__init__(**kwargs)
         self.reduction_ratio = _check_reduction_ratio(reduction_ratio)
         self.spatial_kernel_size = _check_kernel_size(spatial_kernel_size)

@@ -17,15 +17,8 @@ from __future__ import annotations
 import keras
 
 from unet_cbam.config import ModelConfig
-from unet_cbam.layers import CBAM, ChannelAttention, SpatialAttention
+from unet_cbam.layers import create_attention
 from unet_cbam.models.encoders import build_encoder, conv_block
-
-#: Name suffix of the attention layer on each skip, per attention mode.
-ATTENTION_SUFFIX = {
-    "channel": "channel_attention",
-    "spatial": "spatial_attention",
-    "cbam": "cbam",
-}
 
 
 def build_unet(config: ModelConfig) -> keras.Model:
@@ -63,17 +56,11 @@ def build_unet(config: ModelConfig) -> keras.Model:
 def attention_block(skip: keras.KerasTensor, config: ModelConfig, prefix: str
                     ) -> keras.KerasTensor:
     """Apply ``config.attention`` to one skip tensor (identity for "none")."""
-    if config.attention == "none":
-        return skip
-    name = f"{prefix}_{ATTENTION_SUFFIX[config.attention]}"
-    variant = config.cbam_variant
-    if config.attention == "channel":
-        layer = ChannelAttention(config.reduction_ratio, variant, name=name)
-    elif config.attention == "spatial":
-        layer = SpatialAttention(config.spatial_kernel_size, variant, name=name)
-    else:
-        layer = CBAM(config.reduction_ratio, config.spatial_kernel_size, variant, name=name)
-    return layer(skip)
+    layer = create_attention(
+        config.attention, reduction_ratio=config.reduction_ratio,
+        spatial_kernel_size=config.spatial_kernel_size, variant=config.cbam_variant,
+        prefix=prefix)
+    return skip if layer is None else layer(skip)
 
 
 def _upsample(x: keras.KerasTensor, filters: int, mode: str, name: str) -> keras.KerasTensor:

@@ -1,0 +1,53 @@
+"""Import boundaries: light modules stay light, libraries do not import their CLIs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("keras", "tensorflow", "segmentation_models", "albumentations")
+
+
+def _loaded_after(code: str) -> set[str]:
+    script = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               cwd=ROOT, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return set(completed.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["unet_cbam", "unet_cbam.config", "unet_cbam.inference",
+                                    "unet_cbam.evaluate", "unet_cbam.run", "unet_cbam.files",
+                                    "unet_cbam.tables"])
+def test_light_modules_import_no_deep_learning_stack(module):
+    loaded = _loaded_after(f"import {module}")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert not any(name.startswith("unet_cbam.cli") for name in loaded)
+
+
+@pytest.mark.parametrize("script", ["train.py", "predict.py", "-m unet_cbam.cli.evaluate"])
+def test_help_does_not_start_tensorflow(script):
+    module = {"train.py": "unet_cbam.cli.train", "predict.py": "unet_cbam.cli.predict"}.get(
+        script, "unet_cbam.cli.evaluate")
+    loaded = _loaded_after(
+        f"import contextlib, io\nimport {module} as cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        cli.main(['--help'])\n    except SystemExit:\n        pass")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_predict_does_not_load_the_training_stack():
+    loaded = _loaded_after("import unet_cbam.predict")
+    assert "unet_cbam.training" not in loaded
+    assert not loaded & {"albumentations", "unet_cbam.losses", "unet_cbam.data.dataset",
+                         "segmentation_models"}
+
+
+def test_the_package_sets_the_environment_once():
+    sources = [p for p in ROOT.rglob("*.py") if not {".venv", "tests"} & set(p.parts)] + \
+        list((ROOT / "notebooks").glob("*.ipynb"))
+    setting = [p.relative_to(ROOT) for p in sources
+               if "NO_ALBUMENTATIONS_UPDATE" in p.read_text()]
+    assert setting == [Path("unet_cbam/__init__.py")]
