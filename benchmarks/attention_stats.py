@@ -16,16 +16,14 @@ Prints a table and writes benchmarks/results/attention_stats.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, RESULTS  # noqa: E402
+from common import ISBI, RESULTS, write_json  # noqa: E402
 
 
 def gate_statistics(maps: dict) -> list[dict]:
@@ -69,6 +67,7 @@ def main() -> None:
     from unet_cbam.attention import attention_maps
     from unet_cbam.data.io import read_image
     from unet_cbam.predict import load_run
+    from unet_cbam.tables import markdown_table
 
     report = {}
     for path in arguments.runs:
@@ -79,17 +78,11 @@ def main() -> None:
     keys = ["channels", "channel_mean", "channel_below_half", "channel_std_across_channels",
             "channel_std_across_images", "spatial_mean", "spatial_below_half",
             "spatial_std_within_image"]
-    print("| run | level | " + " | ".join(keys) + " |")
-    print("|---|---|" + "---|" * len(keys))
-    for run, rows in report.items():
-        for row in rows:
-            cells = [row.get(key) for key in keys]
-            print(f"| {Path(run).name} | {row['level']} | " + " | ".join(
-                "" if cell is None else f"{cell:.3f}" if isinstance(cell, float) else str(cell)
-                for cell in cells) + " |")
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(
-        {"images": [str(image) for image in arguments.images], "runs": report}, indent=2))
+    table = [[Path(run).name, row["level"], *(row.get(key) for key in keys)]
+             for run, rows in report.items() for row in rows]
+    print(markdown_table(table, ["run", "level", *keys], float_format="{:.3f}".format))
+    write_json(arguments.output.resolve(),
+               {"images": [str(image) for image in arguments.images], "runs": report})
     print(f"\nwritten to {arguments.output}")
 
 

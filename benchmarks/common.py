@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,18 +15,53 @@ ISBI = ROOT.parent / "shared" / "datasets" / "isbi2012-membrane"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+PACKAGES = ("tensorflow", "keras", "numpy", "albumentations", "opencv-python-headless",
+            "segmentation-models", "tifffile", "unet_cbam")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """HEAD's hash, with ``-dirty`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
 def machine() -> dict:
-    import keras
+    """Where and with what a result was measured: commit, date, CPU, GPUs, versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import tensorflow as tf
 
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
     return {
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "date": time.strftime("%Y-%m-%d"),
+        "packages": versions,
     }
 
 
@@ -34,23 +70,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_json(name: str | Path, payload: dict) -> Path:
+    """``benchmarks/results/NAME`` (or the path given), with the machine recorded first."""
     path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "machine" not in payload:
+        payload = {"machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def benchmark_number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """A Markdown table, so it can be pasted into the README."""
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column, "")
-            if isinstance(value, float):
-                cells.append(f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}")
-            else:
-                cells.append(str(value))
-        print("| " + " | ".join(cells) + " |")
+    from unet_cbam.tables import markdown_table
+
+    print(markdown_table([[row.get(column) for column in columns] for row in rows], columns,
+                         float_format=benchmark_number))

@@ -44,10 +44,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, RESULTS, machine, peak_rss_mb  # noqa: E402
+from common import ISBI, RESULTS, machine, peak_rss_mb, write_json  # noqa: E402
 
 TRAIN_SLICES = range(0, 24)
 TEST_SLICES = range(24, 30)
@@ -127,6 +126,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     from unet_cbam.config import DataConfig, InferenceConfig, RunConfig, TrainConfig
     from unet_cbam.models import build_unet
     from unet_cbam.predict import BatchPredictor, list_inputs, load_run
+    from unet_cbam.run import RunFolder
     from unet_cbam.training import train
 
     overrides = MODELS[name]
@@ -169,7 +169,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     predict_seconds = time.perf_counter() - started
     evaluation = predictor.evaluate(result, work / "test" / "masks")
     summary = evaluation.summary()
-    history = json.loads((run_dir / "metrics.json").read_text())
+    history = RunFolder(run_dir).read_metrics()
     return {
         "model": name, "seed": seed,
         "params": run.model.count_params(),
@@ -209,17 +209,15 @@ def markdown(rows: list[dict], budget: dict, info: dict) -> str:
         std = row[f"{key}_std"]
         return f"{row[key]:.{digits}f} ± {std:.{digits}f}" if row["seeds"] > 1 else \
             f"{row[key]:.{digits}f}"
-    lines = [
-        "| model | params | membrane Dice | cell Dice | mean IoU | pixel error | "
-        "train patches/s | predict 512² images/s | peak memory MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['params'] / 1e6:.2f} M | {pm(row, 'membrane_dice')} | "
-            f"{pm(row, 'cell_dice')} | {pm(row, 'mean_iou')} | {pm(row, 'pixel_error')} | "
-            f"{row['train_patches_per_s']:.1f} | {row['predict_images_per_s']:.2f} | "
-            f"{row['peak_rss_mb']:.0f} |")
+    from unet_cbam.tables import markdown_table
+
+    headers = ["model", "params", "membrane Dice", "cell Dice", "mean IoU", "pixel error",
+               "train patches/s", "predict 512² images/s", "peak memory MB"]
+    table = [[row["model"], f"{row['params'] / 1e6:.2f} M", pm(row, "membrane_dice"),
+              pm(row, "cell_dice"), pm(row, "mean_iou"), pm(row, "pixel_error"),
+              f"{row['train_patches_per_s']:.1f}", f"{row['predict_images_per_s']:.2f}",
+              f"{row['peak_rss_mb']:.0f}"] for row in rows]
+    lines = [markdown_table(table, headers)]
     seeds = rows[0]["seeds"] if rows else 0
     lines.append("")
     lines.append(
@@ -228,8 +226,9 @@ def markdown(rows: list[dict], budget: dict, info: dict) -> str:
         f"{budget['batch_size']} random {budget['patch_size']}x{budget['patch_size']} patches "
         f"('{budget['augmentation']}' augmentation), Adam {budget['learning_rate']:g} with "
         f"warm-up and cosine decay, BCE + Dice; best epoch by validation mean Dice. "
-        f"Machine: {info['cpu_cores']} CPU cores, GPUs: {info['gpus'] or 'none'}, "
-        f"TensorFlow {info['tensorflow']}, {info['date']}.")
+        f"Machine: {info['cpu']}, {info['cpu_cores']} cores, GPUs: {info['gpus'] or 'none'}; "
+        f"TensorFlow {info['packages']['tensorflow']}, Keras {info['packages']['keras']}; "
+        f"commit {info['commit'][:12]}, {info['date']}.")
     if budget.get("model_changes"):
         lines.append("")
         lines.append("unet_cbam models changed from the default configuration: " + ", ".join(
@@ -297,6 +296,7 @@ def main() -> None:
     name = arguments.name or "-".join(
         ["isbi2012"] + (["quick"] if arguments.quick else [])
         + [f"{key}{value}" for key, value in budget["model_changes"].items()])
+    info = machine()  # recorded before the runs: the commit they ran on
     results = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
@@ -329,15 +329,14 @@ def main() -> None:
                       f"{time.perf_counter() - started:.0f} s", flush=True)
 
     rows = aggregate(results)
-    info = machine()
     table = markdown(rows, budget, info)
     print()
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(table + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"machine": info, "budget": budget, "seeds": seeds, "default_model": DEFAULT_MODEL,
-         "summary": rows, "runs": results}, indent=2))
+    write_json(f"{name}.json", {"machine": info, "budget": budget, "seeds": seeds,
+                                "default_model": DEFAULT_MODEL, "summary": rows,
+                                "runs": results})
     plot(results, rows, RESULTS / f"{name}.png")
     print(f"\nwritten to {RESULTS / name}.json, .md and .png")
 
