@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure  # pyplot-free: no GUI backend, safe in threads
 
+from unet_cbam.data.io import IGNORE_LABEL
+
 History = Mapping[str, Sequence[float]]
 
 
@@ -244,7 +246,7 @@ def plot_samples(samples: Sequence[tuple[str, np.ndarray, np.ndarray]],
 def _visible(labels: np.ndarray) -> np.ndarray:
     """Labels for overlays: ignored pixels (a large value) shown as background."""
     labels = np.asarray(labels)
-    return np.where(labels == np.iinfo(np.uint16).max, 0, labels) if labels.dtype == np.uint16 \
+    return np.where(labels == IGNORE_LABEL, 0, labels) if labels.dtype == np.uint16 \
         else labels
 
 
@@ -400,7 +402,7 @@ def plot_model_comparison(image: np.ndarray, truth: np.ndarray | None,
         axes[0, column].imshow(overlay(image, prediction, colors))
         axes[0, column].set_title(name)
         if truth is not None:
-            axes[1, column].imshow(error_map(truth, prediction, np.iinfo(np.uint16).max))
+            axes[1, column].imshow(error_map(truth, prediction, IGNORE_LABEL))
             axes[1, column].set_title(f"{name}: errors")
         else:
             axes[1, column].set_visible(False)
