@@ -1,9 +1,7 @@
 #!/usr/bin/env python
 """Train a CBAM-UNet on a folder of images and masks: see `python train.py --help`."""
 
-import sys
-
-from unet_cbam.cli.train import main
+from unet_cbam.cli.train import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

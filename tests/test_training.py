@@ -77,8 +77,7 @@ def test_resume_continues_epochs_history_and_optimizer(tmp_path):
         train(config, run, progress=False, callbacks=[_Interrupt(epoch=2)])
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + two completed epochs; the third was lost
-    metadata = json.loads((run / "checkpoint" / "training_metadata.json").read_text())
-    assert metadata["epoch"] == 2
+    assert [c.epochs for c in RunFolder(run).checkpoints()] == [2, 1]
 
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config, run, progress=False)
@@ -107,7 +106,8 @@ def test_train_py_on_the_demo_data_writes_every_artifact(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "demo" / "images").is_dir()  # generated on first use
     run = tmp_path / "runs" / "demo"
     for name in ["config.yaml", "split.json", "model.keras", "history.csv",
-                 "training_curves.png", "metrics.json", "checkpoint/training_metadata.json"]:
+                 "training_curves.png", "metrics.json", "checkpoint/epoch-0002.weights.h5",
+                 "checkpoint/epoch-0002.json"]:
         assert (run / name).is_file(), name
     assert list((run / "logs").rglob("events.out.tfevents.*"))
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -252,3 +252,63 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "replicas 2" in completed.stdout
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--encoder", "foo"], "unknown encoder 'foo'"),
+    (["--patch-size", "30"], "patch_size 30 is not divisible by 4"),
+])
+def test_a_failed_start_writes_nothing_and_the_fix_can_run_there(tmp_path, capsys, flags,
+                                                                 message):
+    data = generate_demo(tmp_path / "demo", count=3)
+    run = tmp_path / "run"
+    base = ["--data", str(data), "--output", str(run), "--epochs", "1", "--steps-per-epoch",
+            "1", "--batch-size", "2", "--patch-size", "32", "--depth", "2", "--base-filters",
+            "4", "--quiet"]
+    assert train_main(base + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists() or not any(run.iterdir())
+    assert train_main(base) == 0                       # the fix runs in the same folder
+
+
+def test_a_misspelled_augmentation_is_refused_before_anything_is_written(tmp_path, capsys):
+    data = generate_demo(tmp_path / "demo", count=3)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  augmentations:\n    - HorizontalFlip: {p: 0.5}\n"
+                      "    - RandomBrightnesContrast: {p: 0.5}\n")
+    run = tmp_path / "run"
+    assert train_main(["--data", str(data), "--config", str(config), "--output",
+                       str(run)]) == 2
+    assert "albumentations has no transform 'RandomBrightnesContrast'" in \
+        capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_run_that_never_completed_an_epoch_is_replaced_even_on_resume(tmp_path):
+    data = generate_demo(tmp_path / "demo", count=4)
+    run = tmp_path / "run"
+    config = _config(data, epochs=2, steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, progress=False, callbacks=[_Interrupt(epoch=0)])
+    assert (run / "config.yaml").is_file() and not RunFolder(run).checkpoints()
+    fixed = dataclasses.replace(config, model=dataclasses.replace(config.model, depth=2))
+    result = train(fixed, run, resume=True, progress=False)   # not "keeps its model"
+    assert result.history["epoch"] == [0, 1]
+    assert load_yaml(RunConfig, run / "config.yaml").model.depth == 2
+
+
+@pytest.mark.slow
+def test_an_error_inside_a_tf_data_worker_ends_the_process_with_one_line(tmp_path):
+    data = generate_demo(tmp_path / "demo", count=3)
+    config = tmp_path / "c.yaml"
+    # valid to build, but changes the patch size inside the pipeline: the worker fails
+    config.write_text("data:\n  augmentations:\n    - Resize: {height: 16, width: 16}\n")
+    completed = subprocess.run(
+        [sys.executable, "train.py", "--data", str(data), "--config", str(config),
+         "--output", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch", "2",
+         "--batch-size", "2", "--patch-size", "32", "--depth", "2", "--base-filters", "4",
+         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    lines = [line for line in completed.stderr.splitlines() if "train.py: error" in line]
+    assert len(lines) == 1 and "training failed" in lines[0]
+    assert "Traceback" not in completed.stderr

@@ -14,12 +14,19 @@ matplotlib's ``.png``) working.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 TEMPORARY_PREFIX = ".unet_cbam-"
+#: Tests only: pause inside the write window of files whose name matches this
+#: pattern (after the temporary is complete, before the rename), announcing it by
+#: creating the file named by PAUSE_MARKER_ENV, so a test can kill the process there.
+PAUSE_AT_ENV = "UNET_CBAM_TEST_PAUSE_AT"
+PAUSE_MARKER_ENV = "UNET_CBAM_TEST_PAUSE_MARKER"
 _TEMPORARY = re.compile(r"^\.unet_cbam-(\d+)-.*\.tmp[^/]*$")
 
 
@@ -44,16 +51,25 @@ class atomic_write:  # noqa: N801 (used like open())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, self.temporary = tempfile.mkstemp(
             prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-{self.path.name}.",
-            suffix=f".tmp{self.path.suffix}", dir=self.path.parent)
+            suffix=f".tmp{''.join(self.path.suffixes[-2:])}", dir=self.path.parent)
         os.close(handle)
         os.chmod(self.temporary, 0o666 & ~_umask())
         return self.temporary
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is None:
+            _pause_for_tests(self.path)
             os.replace(self.temporary, self.path)
         else:
             Path(self.temporary).unlink(missing_ok=True)
+
+
+def _pause_for_tests(path: Path) -> None:
+    pattern = os.environ.get(PAUSE_AT_ENV)
+    if pattern and fnmatch.fnmatch(path.name, pattern):
+        Path(os.environ[PAUSE_MARKER_ENV]).write_text(str(path))
+        while True:  # until the test kills this process
+            time.sleep(1)
 
 
 def write_text(path: str | Path, text: str) -> None:

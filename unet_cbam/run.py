@@ -9,28 +9,41 @@ folder, never from flags::
     split.json            which pairs trained and which validated
     fingerprint.json      what the data looked like (when recorded)
     model.keras           the best model by the monitored validation score
-    checkpoint/           last completed epoch: weights, optimizer state, epoch (for resume)
+    checkpoint/           the last two completed epochs: epoch-NNNN.weights.h5 (weights and
+                          optimizer state after NNNN epochs) and epoch-NNNN.json (its logs)
     history.csv           one row per epoch: losses, per-class IoU/Dice, learning rate
     training_curves.png   history.csv as plots, redrawn every epoch
     logs/                 TensorBoard
     metrics.json          final per-class validation scores of model.keras
 
 This module imports neither Keras nor TensorFlow: reading a run's config,
-codec and class names is cheap. Every file is written atomically.
+codec and class names is cheap. Every file is written atomically (a
+temporary, then a rename), so a process killed at any instant leaves each
+file complete: the previous version or the new one.
+
+A checkpoint is complete when its weights file exists: its logs are written
+first and the weights renamed into place last. The number of completed epochs
+is the newest complete checkpoint's; history.csv is written after it, so on
+resume history has at most one row too few (rebuilt from the checkpoint's
+logs) and never a row too many (rows of epochs the checkpoint does not hold
+are dropped): every epoch appears exactly once.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unet_cbam.config import DataConfig, RunConfig, load_yaml, monitor_mode, save_yaml
 from unet_cbam.data.io import MaskCodec
-from unet_cbam.files import write_text
+from unet_cbam.files import atomic_write, write_text
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"
@@ -41,6 +54,23 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "training_curves.png"
 LOGS_DIR = "logs"
 METRICS_FILE = "metrics.json"
+#: Complete checkpoints kept: the newest, and one to fall back to.
+CHECKPOINTS_KEPT = 2
+_CHECKPOINT = re.compile(r"^epoch-(\d+)\.weights\.h5$")
+# BackupAndRestore's files, which runs written before this format still have.
+_LEGACY_WEIGHTS = "latest.weights.h5"
+_LEGACY_METADATA = "training_metadata.json"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The training state after ``epochs`` completed epochs."""
+
+    epochs: int
+    weights_path: Path
+    logs: dict | None = None  # the last epoch's logged values, when recorded
 
 
 @dataclass
@@ -95,6 +125,17 @@ class RunFolder:
         """Whether the folder holds a run (its config has been written)."""
         return self.config_path.is_file()
 
+    def clear(self) -> None:
+        """Remove this tool's files of the run (nothing else in the folder)."""
+        import shutil
+
+        for path in (self.config_path, self.split_path, self.fingerprint_path,
+                     self.model_path, self.history_path, self.curves_path, self.metrics_path):
+            path.unlink(missing_ok=True)
+        for folder in (self.checkpoint_dir, self.logs_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        self._config = None
+
     # -- config, codec, class names ---------------------------------------------
 
     @property
@@ -139,10 +180,98 @@ class RunFolder:
     def write_metrics(self, metrics: dict) -> None:
         write_text(self.metrics_path, json.dumps(metrics, indent=2))
 
+    # -- checkpoints ----------------------------------------------------------------
+
+    def checkpoint_path(self, epochs: int) -> Path:
+        return self.checkpoint_dir / f"epoch-{epochs:04d}.weights.h5"
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Complete checkpoints, newest first (a legacy BackupAndRestore one last)."""
+        found = []
+        if self.checkpoint_dir.is_dir():
+            for path in self.checkpoint_dir.iterdir():
+                match = _CHECKPOINT.match(path.name)
+                if match is None:
+                    continue
+                logs_path = path.with_name(path.name.replace(".weights.h5", ".json"))
+                try:
+                    logs = json.loads(logs_path.read_text())
+                except (OSError, ValueError):
+                    logs = None
+                found.append(Checkpoint(int(match.group(1)), path, logs))
+        found.sort(key=lambda checkpoint: -checkpoint.epochs)
+        legacy = self.checkpoint_dir / _LEGACY_WEIGHTS
+        if legacy.is_file():
+            try:
+                epochs = int(json.loads(
+                    (self.checkpoint_dir / _LEGACY_METADATA).read_text())["epoch"])
+                found.append(Checkpoint(epochs, legacy))
+            except (OSError, ValueError, KeyError):
+                logger.warning("%s: no readable %s beside it; not used", legacy,
+                               _LEGACY_METADATA)
+        return found
+
+    def write_checkpoint(self, epochs: int, save_weights, logs: dict) -> Checkpoint:
+        """Save the state after ``epochs`` epochs; ``save_weights(path)`` writes the weights.
+
+        The logs go first, the weights last (each atomically): a checkpoint
+        whose weights file exists is complete. Older checkpoints beyond
+        ``CHECKPOINTS_KEPT`` are removed afterwards.
+        """
+        path = self.checkpoint_path(epochs)
+        write_text(path.with_name(path.name.replace(".weights.h5", ".json")),
+                   json.dumps(_plain_logs(logs), indent=1))
+        with atomic_write(path) as temporary:
+            save_weights(temporary)
+        for old in self.checkpoints()[CHECKPOINTS_KEPT:]:
+            old.weights_path.unlink(missing_ok=True)
+            if _CHECKPOINT.match(old.weights_path.name):
+                old.weights_path.with_name(
+                    old.weights_path.name.replace(".weights.h5", ".json")).unlink(missing_ok=True)
+        return Checkpoint(epochs, path, logs)
+
     # -- history ------------------------------------------------------------------
 
     def read_history(self) -> dict[str, list[float]]:
         return read_history(self.history_path)
+
+    def history_rows(self) -> list[dict[str, str]]:
+        """history.csv as written: one dict of column -> text per epoch."""
+        if not self.history_path.is_file():
+            return []
+        with open(self.history_path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def write_history(self, rows: list[dict]) -> None:
+        """Write every row (``epoch`` first, then the columns in first-seen order)."""
+        columns: list[str] = ["epoch"]
+        for row in rows:
+            columns += [key for key in row if key not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.history_path, buffer.getvalue())
+
+    def append_history(self, epoch: int, logs: dict) -> None:
+        """Add (or replace) the row of 0-based ``epoch``."""
+        rows = [row for row in self.history_rows() if int(row["epoch"]) != epoch]
+        self.write_history(rows + [{"epoch": epoch, **_plain_logs(logs)}])
+
+    def align_history(self, checkpoint: Checkpoint) -> None:
+        """History for a resume from ``checkpoint``: epochs 0 .. epochs-1, each once.
+
+        Rows of later epochs (trained, then lost with the process) are
+        dropped; a missing row of the checkpoint's own epoch is rebuilt
+        from the logs stored with it.
+        """
+        last = checkpoint.epochs - 1
+        rows = [row for row in self.history_rows() if int(row["epoch"]) <= last]
+        if checkpoint.logs is not None and all(int(row["epoch"]) != last for row in rows):
+            logger.warning("%s: epoch %d was checkpointed but not logged; its row is rebuilt "
+                           "from the checkpoint", self.history_path, last + 1)
+            rows.append({"epoch": last, **_plain_logs(checkpoint.logs)})
+        self.write_history(rows)
 
     def best_score(self, monitor: str) -> float | None:
         """The best value of ``monitor`` so far (lowest for losses), or None."""
@@ -154,8 +283,12 @@ class RunFolder:
         return min(values) if monitor_mode(monitor) == "min" else max(values)
 
 
+def _plain_logs(logs: dict) -> dict[str, float]:
+    return {key: float(value) for key, value in sorted(logs.items())}
+
+
 def read_history(path: str | Path) -> dict[str, list[float]]:
-    """history.csv (Keras CSVLogger) -> ``{column: values}`` (NaN where not a number)."""
+    """history.csv -> ``{column: values}`` (NaN where not a number)."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns: dict[str, list[float]] = {}

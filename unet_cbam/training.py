@@ -17,11 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, monitor_mode
+from unet_cbam.data.augment import augmentation_pipeline
 from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
 from unet_cbam.data.demo import ensure_demo
 from unet_cbam.data.io import MaskCodec
 from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
-from unet_cbam.files import atomic_write
+from unet_cbam.files import atomic_write, remove_stale_temporaries
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
@@ -76,7 +77,8 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
         raise DataError(problems)
     codec = detect_codec(samples + val_samples, data, model.num_classes)
     report = verify_pairs(samples + val_samples, codec, model.input_channels,
-                          cache_bytes=data.cache_gb * 1e9, progress=progress)
+                          cache_bytes=data.cache_gb * 1e9, progress=progress,
+                          max_pixels=data.max_pixels)
     report.problems = problems + report.problems  # every problem at once, pairing first
     report.raise_for_problems()
 
@@ -193,6 +195,25 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 self.model.save(temporary)
 
 
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: the checkpoint, then the history row (see ``unet_cbam.run``).
+
+    Replaces Keras' BackupAndRestore (which rewrites its weights file in
+    place: a kill inside that window left a run that could never resume)
+    and CSVLogger (whose row came after the checkpoint and the best model, so
+    a kill in between lost the row for good).
+    """
+
+    def __init__(self, run: RunFolder):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        self.run.write_checkpoint(epoch + 1, self.model.save_weights, logs)
+        self.run.append_history(epoch, logs)
+
+
 class PlotHistory(keras.callbacks.Callback):
     """Redraw training_curves.png from history.csv after every epoch."""
 
@@ -219,8 +240,18 @@ class TrainResult:
 
 
 def check_run_dir(run: RunFolder, resume: bool) -> bool:
-    """Whether to resume; refuse to touch a folder that holds something else."""
+    """Whether to resume; refuse to touch a folder that holds something else.
+
+    A run that never completed an epoch (a failed start: a bad option, bad
+    data, a crash in the first epoch) has nothing to resume or to lose: a
+    rerun, with or without ``--resume``, replaces it with the new settings.
+    """
     has_run = run.exists()
+    if has_run and not run.checkpoints():
+        logger.warning("%s: the run there never completed an epoch; starting it again",
+                       run.path)
+        run.clear()
+        has_run = False
     if has_run and not resume:
         raise FileExistsError(
             f"{run.path}: already holds a run; pass --resume to continue it, or choose "
@@ -236,11 +267,21 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
                if getattr(saved.model, f.name) != getattr(requested.model, f.name)]
     changed += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)
                 if getattr(requested.data, f.name) != getattr(saved.data, f.name)
-                and f.name not in ("mask_encoding", "mask_values", "palette")]
+                and f.name not in ("mask_encoding", "mask_values", "palette", "cache_gb",
+                                   "max_pixels")]
     if changed:
         raise ValueError("a resumed run keeps its model and data; these differ from the saved "
                          f"config: {', '.join(changed)}")
     return dataclasses.replace(saved, train=requested.train)
+
+
+def check_patch_size(config: RunConfig) -> None:
+    divisor = config.model.divisor
+    if config.data.patch_size % divisor:
+        raise ValueError(
+            f"patch_size {config.data.patch_size} is not divisible by {divisor} (2**depth with "
+            f"depth {config.model.resolved_depth}); use a multiple of {divisor}, e.g. "
+            f"{max(divisor, config.data.patch_size // divisor * divisor)}")
 
 
 def check_monitor(monitor: str, names: list[str]) -> None:
@@ -269,7 +310,11 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     this returns or raises.
     """
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    check_patch_size(config)
+    augmentation_pipeline(config.data.augmentation, config.data.augmentations)  # fail early
     resuming = check_run_dir(run, resume)
+    if resuming:
+        remove_stale_temporaries(run.path, depth=None)  # a killed run's half-written files
     split = None
     if resuming:
         config = resume_config(run.config, config)
@@ -292,9 +337,6 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     data = prepare_data(config, split=split, progress=progress)
     check_monitor(config.train.monitor, data.class_names)
     config = dataclasses.replace(config, data=data.config)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(config)
-    run.write_split([s.stem for s in data.train.samples], [s.stem for s in data.val.samples])
 
     train_cfg = config.train
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
@@ -317,14 +359,27 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                                   train_cfg.class_weights),
             metrics=segmentation_metrics(data.class_names),
         )
+    # Written only now that everything that can be checked has been: a failed start
+    # leaves no run folder (or one the next attempt replaces, see check_run_dir).
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(config)
+    run.write_split([s.stem for s in data.train.samples], [s.stem for s in data.val.samples])
 
     mode = train_cfg.monitor_mode
-    best = run.best_score(train_cfg.monitor) if resuming else None
+    initial_epoch, best = 0, None
+    if resuming:
+        with strategy.scope():
+            initial_epoch = restore_checkpoint(model, run, train_ds)
+        best = run.best_score(train_cfg.monitor)
+        values = run.read_history().get(train_cfg.monitor, [])
+        if values and best == values[-1]:
+            # The last epoch was the best, and a kill may have come before its model.keras.
+            with atomic_write(run.model_path) as temporary:
+                model.save(temporary)
     callbacks = [
         LearningRateLogger(),
-        keras.callbacks.BackupAndRestore(str(run.checkpoint_dir), delete_checkpoint=False),
+        RunRecorder(run),
         BestModelCheckpoint(run.model_path, train_cfg.monitor, best),
-        keras.callbacks.CSVLogger(str(run.history_path), append=resuming),
         PlotHistory(run.history_path, run.curves_path, model.name),
         keras.callbacks.TensorBoard(str(run.logs_dir)),
     ]
@@ -336,13 +391,48 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
             train_cfg.monitor, mode=mode, patience=train_cfg.early_stopping_patience))
     callbacks += extra_callbacks
 
-    model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
-              validation_data=val_ds, callbacks=callbacks, shuffle=False,
-              verbose=1 if progress else 2)
+    model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
+              shuffle=False, verbose=1 if progress else 2)
 
     metrics = final_metrics(run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
     return TrainResult(run.path, run.read_history(), metrics)
+
+
+def restore_checkpoint(model: keras.Model, run: RunFolder, train_ds: tf.data.Dataset) -> int:
+    """Load the newest readable checkpoint into ``model``; return its completed epochs.
+
+    A damaged newest checkpoint is skipped with a warning for the previous
+    one; with none readable, the error says so and how to start again.
+    History is aligned with the checkpoint used (``RunFolder.align_history``).
+    """
+    checkpoints = run.checkpoints()
+    if not checkpoints:
+        logger.warning("%s: no checkpoint yet; the run starts from its first epoch",
+                       run.checkpoint_dir)
+        run.write_history([])
+        return 0
+    if not model.built:
+        model.build(next(iter(train_ds))[0].shape)
+    model.optimizer.build(model.trainable_variables)
+    for index, checkpoint in enumerate(checkpoints):
+        try:
+            model.load_weights(checkpoint.weights_path)
+        except Exception as error:  # h5py raises OSError, Keras ValueError
+            fallback = checkpoints[index + 1].weights_path.name \
+                if index + 1 < len(checkpoints) else None
+            logger.warning("%s: damaged checkpoint (%s)%s", checkpoint.weights_path,
+                           " ".join(str(error).split())[:200],
+                           f"; falling back to {fallback}" if fallback else "")
+            continue
+        logger.info("resuming after epoch %d from %s", checkpoint.epochs,
+                    checkpoint.weights_path)
+        run.align_history(checkpoint)
+        return checkpoint.epochs
+    raise ValueError(
+        f"{run.checkpoint_dir}: no readable checkpoint to resume from; start the run again in "
+        f"a new --output folder (or remove {run.path} and train again)")
 
 
 def final_metrics(run: RunFolder, val_ds: tf.data.Dataset, names: list[str],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from unet_cbam.cli.options import (
     add_config_options,
     add_logging_options,
     apply_options,
+    import_tensorflow,
     setup_logging,
 )
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
 
+    import_tensorflow(arguments)
     from unet_cbam.data.verify import DataError
     from unet_cbam.training import train
 
@@ -77,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a crash inside training, e.g. in a tf.data worker
+        logger.debug("training failed", exc_info=True)
+        message = " ".join(str(error).split())[:600]
+        print(f"train.py: error: training failed: {type(error).__name__}: {message}"
+              f"{'' if arguments.verbose else ' (--verbose shows the traceback)'}",
+              file=sys.stderr)
+        return 1
 
     scores = ", ".join(f"{name} Dice {value['dice']:.3f}"
                        for name, value in result.metrics["classes"].items())
@@ -89,5 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The console script: ``main``, then an exit that cannot hang on a failed run.
+
+    After an error inside model.fit, tearing down tf.data's iterators at
+    interpreter exit can block forever (a worker thread still holds them);
+    the message has been printed, so the process ends at once instead.
+    """
+    code = main()
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
