@@ -39,3 +39,16 @@ def make_untrained_run(folder: Path, attention: str = "cbam", channels: int = 3,
     save_yaml(RunConfig(model=model, data=DataConfig(mask_encoding=encoding, **data)),
               folder / "config.yaml")
     return folder
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels (no image data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path

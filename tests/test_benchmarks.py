@@ -82,11 +82,13 @@ def test_markdown_table(isbi, tmp_path):
     results = [fake("unet-cbam", 0, 0.70, 100), fake("unet-cbam", 1, 0.74, 120)]
     budget = {"epochs": 12, "steps_per_epoch": 50, "batch_size": 8, "patch_size": 128,
               "learning_rate": 1e-3, "augmentation": "light"}
-    info = {"cpu_cores": 2, "gpus": [], "tensorflow": "2.x", "date": "2026-01-01"}
+    info = {"cpu": "Test CPU", "cpu_cores": 2, "gpus": [], "commit": "0123456789abcdef",
+            "packages": {"tensorflow": "2.x", "keras": "3.x"}, "date": "2026-01-01"}
     rows = isbi.aggregate(results)
     table = isbi.markdown(rows, budget, info)
     assert "| unet-cbam | 1.50 M | 0.720 ± 0.028 |" in table
     assert "600 steps of 8 random 128x128 patches" in table
+    assert "Test CPU, 2 cores" in table and "commit 0123456789ab, 2026-01-01" in table
     isbi.plot(results, rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
@@ -134,3 +136,25 @@ def test_attention_statistics_on_known_gates():
     assert row["spatial_std_within_image"] == pytest.approx(0.25)
     [only_channel] = module.gate_statistics({0: {"channel": channel}})
     assert "spatial_mean" not in only_channel
+
+
+def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
+    common = load_script("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    path = common.write_json("x.json", {"rows": [1]})
+    import json
+
+    machine = json.loads(path.read_text())["machine"]
+    assert len(machine["commit"].removesuffix("-dirty")) == 40
+    assert machine["cpu"] and machine["date"][:4].isdigit()
+    assert machine["packages"]["tensorflow"] and machine["packages"]["keras"]
+    assert json.loads(path.read_text())["rows"] == [1]
+
+
+def test_committed_results_record_their_provenance():
+    import json
+
+    for path in sorted((BENCHMARKS / "results").glob("*.json")):
+        machine = json.loads(path.read_text())["machine"]
+        for key in ("commit", "date", "cpu", "packages"):
+            assert machine.get(key), f"{path.name} lacks machine.{key}"

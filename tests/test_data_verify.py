@@ -124,3 +124,45 @@ def test_a_multi_page_tiff_is_a_verification_problem(tmp_path):
     problems, _ = _verify(tmp_path)
     assert len(problems) == 1
     assert "p1.tif: multi-page TIFF with 5 pages" in problems[0]
+
+
+def test_a_palette_mask_among_plain_masks_is_a_problem_naming_it(tmp_path):
+    from PIL import Image
+
+    write_pairs(tmp_path, count=4, size=(16, 16))
+    odd = tmp_path / "masks" / "p2.png"
+    labels = (cv2.imread(str(odd), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8)
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 drawn white
+    image.save(odd)
+    problems, report = _verify(tmp_path)
+    assert problems == [f"{odd}: a palette PNG among plain masks: its pixels are palette "
+                        "indices, not the values the other masks hold; save it like the others"]
+    assert [s.stem for s in report.samples] == ["p0", "p1", "p3"]
+
+
+def test_binary_masks_with_more_than_two_values_get_a_warning(tmp_path):
+    write_pairs(tmp_path, count=2, size=(16, 16), mask_values=(0, 1, 2, 7))
+    problems, report = _verify(tmp_path)
+    assert problems == []
+    assert report.warnings == [
+        "binary masks hold more than two values (0, 1, 2, 7): every value above 0 is "
+        "foreground. If these are class ids, train with --num-classes N (indexed masks); "
+        "instance labels are fine as they are"]
+    write_pairs(tmp_path / "two", count=2, size=(16, 16), mask_values=(0, 255))
+    assert _verify(tmp_path / "two")[1].warnings == []
+
+
+def test_an_image_declaring_too_many_pixels_is_a_problem_not_a_crash(tmp_path):
+    from helpers import png_header_only
+
+    write_pairs(tmp_path, count=3, size=(16, 16))
+    huge = png_header_only(tmp_path / "images" / "p1.png", 100000, 100000)
+    (tmp_path / "masks" / "p2.png").unlink()   # and another problem, listed with it
+    problems, _ = _verify(tmp_path)
+    assert any(p.startswith(f"{huge}: 100000x100000 pixels (10000 megapixels) is over the "
+                            "limit of 1074 megapixels") for p in problems), problems
+    assert any("p2.png: no mask named p2" in p for p in problems)
+    # a lower limit applies to ordinary images too
+    problems, _ = _verify(tmp_path, max_pixels=100)
+    assert any("p0.png: 16x16 pixels (0 megapixels) is over the limit" in p for p in problems)

@@ -5,6 +5,7 @@ from unet_cbam.inference import (
     gaussian_importance,
     probabilities_to_labels,
     sliding_window_predict,
+    sliding_window_rows,
     tile_shape,
     tile_starts,
     with_tta,
@@ -111,3 +112,69 @@ def test_labels_from_probabilities():
     np.testing.assert_array_equal(probabilities_to_labels(binary, 0.8), [[0, 0]])
     multi = np.array([[[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]], np.float32)
     np.testing.assert_array_equal(probabilities_to_labels(multi), [[1, 0]])
+
+
+def _reference_stitch(image, predictor, tile_size, overlap, batch_size, divisor):
+    """The whole-image accumulation the streaming version must equal bit for bit."""
+    from unet_cbam.inference import _pad_to, gaussian_importance, tile_shape, tile_starts
+
+    height, width = image.shape[:2]
+    tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
+    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
+    weights = gaussian_importance(tile_h, tile_w)
+    origins = [(y, x) for y in tile_starts(padded.shape[0], tile_h, overlap)
+               for x in tile_starts(padded.shape[1], tile_w, overlap)]
+    output = weight_sum = None
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        predictions = predictor(np.stack([padded[y:y + tile_h, x:x + tile_w]
+                                          for y, x in chunk]))
+        if output is None:
+            output = np.zeros(padded.shape[:2] + predictions.shape[-1:], np.float32)
+            weight_sum = np.zeros(padded.shape[:2], np.float32)
+        for (y, x), prediction in zip(chunk, predictions, strict=True):
+            output[y:y + tile_h, x:x + tile_w] += prediction * weights[..., None]
+            weight_sum[y:y + tile_h, x:x + tile_w] += weights
+    return (output / weight_sum[..., None])[:height, :width]
+
+
+@pytest.mark.parametrize("shape, tile, overlap, batch", [
+    ((300, 410, 1), 128, 0.25, 4), ((64, 700, 3), 64, 0.5, 3), ((37, 20, 1), 64, 0.25, 2),
+    ((512, 512, 1), 512, 0.25, 4), ((257, 129, 2), 64, 0.0, 5),
+])
+def test_streamed_rows_equal_whole_image_stitching_bit_for_bit(shape, tile, overlap, batch):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.random(shape, dtype=np.float32)
+    kernel = rng.random((shape[2], 2), dtype=np.float32)
+
+    def predictor(tiles):  # depends on the position inside the tile: seams would show
+        ramp = np.linspace(0, 1, tiles.shape[2], dtype=np.float32)[None, None, :, None]
+        return np.tanh(tiles @ kernel + ramp).astype(np.float32)
+
+    expected = _reference_stitch(image, predictor, tile, overlap, batch, 16)
+    stitched = sliding_window_predict(image, predictor, tile_size=tile, overlap=overlap,
+                                      batch_size=batch, divisor=16)
+    np.testing.assert_array_equal(stitched, expected)
+    tops, covered = [], 0
+    for top, rows in sliding_window_rows(image, predictor, tile_size=tile, overlap=overlap,
+                                         batch_size=batch, divisor=16):
+        assert top == covered and rows.shape[1:] == (shape[1], 2)
+        np.testing.assert_array_equal(rows, expected[top:top + len(rows)])
+        tops.append(top)
+        covered = top + len(rows)
+    assert covered == shape[0] and tops == sorted(tops)
+
+
+def test_rows_convert_each_tile_from_the_stored_type():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (200, 150, 1), dtype=np.uint8)
+
+    def predictor(tiles):
+        return tiles * 2.0
+
+    as_float = sliding_window_predict(raw.astype(np.float32) / 255, predictor, tile_size=64,
+                                      divisor=16)
+    streamed = np.concatenate([rows for _, rows in sliding_window_rows(
+        raw, predictor, tile_size=64, divisor=16,
+        convert=lambda tile: tile.astype(np.float32) / 255)])
+    np.testing.assert_array_equal(streamed, as_float)

@@ -1,6 +1,11 @@
+import csv
 import hashlib
+import json
+import os
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import cv2
 import keras
@@ -131,15 +136,15 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path, monkeypatch):
     out = tmp_path / "out"
     predictor = BatchPredictor(run, InferenceConfig(), out, OutputOptions(save_overlays=True))
     calls = {"count": 0}
-    original = BatchPredictor.predict_image
+    original = BatchPredictor.predict_raw
 
-    def dying(self, image):
+    def dying(self, *args, **kwargs):
         calls["count"] += 1
         if calls["count"] == 3:
             raise KeyboardInterrupt  # the user pressed Ctrl-C, or the job was killed
-        return original(self, image)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(BatchPredictor, "predict_image", dying)
+    monkeypatch.setattr(BatchPredictor, "predict_raw", dying)
     with pytest.raises(KeyboardInterrupt):
         predictor.run_files(list_inputs(images), progress=False)
     monkeypatch.undo()
@@ -161,20 +166,98 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path, monkeypatch):
     assert not [p for p in out.rglob("*") if is_temporary(p)]
 
 
-def test_output_in_the_input_folder_never_overwrites_inputs(tmp_path):
+def test_an_output_folder_holding_inputs_is_refused_and_nothing_is_touched(tmp_path, capsys):
     run = _make_run(tmp_path / "run")
     images = _images(tmp_path / "in")
+    cv2.imwrite(str(images / "b_mask.png"), np.zeros((16, 16, 3), np.uint8))  # a real image
     before = _digest(images)
-    argv = ["--model", str(run), "--input", str(images), "--output", str(images), "--quiet"]
-    assert predict_main(argv) == 0
-    after = _digest(images)
-    for name, digest in before.items():
-        assert after[name] == digest
-    assert {"img0_mask.png", "img1_mask.png", "img2_mask.png"} <= set(after)
-    assert predict_main(argv) == 0  # masks from the first run are not taken as inputs
-    assert "img0_mask_mask.png" not in _digest(images)
-    lines = (images / "summary.csv").read_text().splitlines()[1:]
-    assert [line.split(",")[1] for line in lines] == ["skipped"] * 3
+    for spec in (str(images), f"{images}/*.png"):
+        argv = ["--model", str(run), "--input", spec, "--output", str(images), "--quiet",
+                "--overwrite"]
+        assert predict_main(argv) == 2
+        assert f"{images}: holds 4 of the input images" in capsys.readouterr().err
+        assert _digest(images) == before and sorted(os.listdir(images)) == sorted(before)
+    # b_mask.png is an input like any other
+    assert images / "b_mask.png" in list_inputs(images)
+
+
+def test_unusable_output_truth_and_model_get_one_clear_line(tmp_path, capsys):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in", sizes=((16, 16),))
+    base = ["--model", str(run), "--input", str(images), "--quiet"]
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["--output", str(a_file)], f"{a_file}: is a file, not a folder"),
+        (["--output", str(a_file / "sub")], f"{a_file / 'sub'}: cannot write there"),
+        (["--output", str(tmp_path / "o"), "--truth", str(tmp_path / "nope")],
+         f"{tmp_path / 'nope'}: --truth folder not found"),
+    ]
+    for extra, message in cases:
+        assert predict_main(base + extra) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.yaml").write_text((run / "config.yaml").read_text())
+    (corrupt / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    assert predict_main(["--model", str(corrupt), "--input", str(images), "--output",
+                         str(tmp_path / "o2")]) == 2
+    assert "model.keras: not a readable .keras model file" in capsys.readouterr().err
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "config.yaml").write_text((run / "config.yaml").read_text())
+    with zipfile.ZipFile(run / "model.keras") as source, \
+            zipfile.ZipFile(hostile / "model.keras", "w") as target:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"][1].update(module="subprocess", class_name="Popen",
+                                                     registered_name=None)
+                data = json.dumps(config).encode()
+            target.writestr(entry, data)
+    assert predict_main(["--model", str(hostile), "--input", str(images), "--output",
+                         str(tmp_path / "o3")]) == 2
+    error = capsys.readouterr().err
+    assert "model.keras: cannot load the model in safe mode" in error
+    assert "Traceback" not in error
+
+
+def test_summary_rows_for_skipped_and_failed_items_and_messages_name_the_path_once(tmp_path,
+                                                                                    capsys):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    out = tmp_path / "out"
+    argv = ["--model", str(run), "--input", str(images), "--output", str(out), "--quiet"]
+    assert predict_main(argv) == 1
+    first = {row["file"]: row for row in csv.DictReader(open(out / "summary.csv"))}
+    capsys.readouterr()
+    assert predict_main(argv) == 1
+    error = capsys.readouterr().err
+    broken = images / "broken.png"
+    assert f"failed: {broken}: not a readable image" in error
+    assert f"{broken}: {broken}" not in error
+    rows = {row["file"]: row for row in csv.DictReader(open(out / "summary.csv"))}
+    assert rows[str(broken)]["status"] == "failed" and rows[str(broken)]["mask"] == ""
+    for name in ("img0.png", "img1.png", "img2.png"):
+        row, before = rows[str(images / name)], first[str(images / name)]
+        assert row["status"] == "skipped"
+        assert (row["height"], row["width"]) == (before["height"], before["width"])
+        assert float(row["foreground_fraction"]) == pytest.approx(
+            float(before["foreground_fraction"]), abs=1e-6)
+
+
+def test_a_glob_through_a_symlink_loop_lists_each_image_once(tmp_path):
+    images = _images(tmp_path / "in" / "a", sizes=((8, 8), (8, 8)))
+    (images / "loop").symlink_to(tmp_path / "in", target_is_directory=True)
+    found = list_inputs(f"{tmp_path / 'in'}/**/*.png")
+    assert found == [images / "img0.png", images / "img1.png"]
+    assert list_inputs(tmp_path / "in") == found
 
 
 def test_same_stem_twice_is_reported(tmp_path):
@@ -301,3 +384,55 @@ def test_a_multi_page_tiff_is_reported_and_the_batch_goes_on(tmp_path, capsys):
     assert code == 1
     assert "stack.tif: multi-page TIFF with 5 pages" in capsys.readouterr().err
     assert (out / "img0.png").is_file() and not (out / "stack.png").exists()
+
+
+def test_an_image_declaring_too_many_pixels_is_skipped_without_decoding(tmp_path, capsys):
+    from helpers import png_header_only
+
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in", sizes=((16, 16),))
+    png_header_only(images / "bomb.png", 40000, 40000)
+    code = predict_main(["--model", str(run), "--input", str(images), "--output",
+                         str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"failed: {images / 'bomb.png'}: 40000x40000 pixels (1600 megapixels) is over " \
+        "the limit of 1074 megapixels (--max-pixels); it is not decoded" in error
+    png_header_only(images / "bomb.png", 2000, 2000)
+    assert predict_main(["--model", str(run), "--input", str(images), "--output",
+                         str(tmp_path / "out2"), "--quiet", "--max-pixels", "1000000"]) == 1
+    error = capsys.readouterr().err
+    assert f"failed: {images / 'bomb.png'}: 2000x2000 pixels (4 megapixels) is over " \
+        "the limit of 1 megapixels" in error
+    assert (tmp_path / "out2" / "img0.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_command_line_starts_quietly(tmp_path):
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in", sizes=((16, 16),))
+    command = [sys.executable, "predict.py", "--model", str(run), "--input", str(images),
+               "--output", str(tmp_path / "out"), "--quiet"]
+    root = Path(__file__).resolve().parents[1]
+    completed = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    for noise in ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN", "cpu_feature_guard"):
+        assert noise not in completed.stderr, completed.stderr
+    verbose = subprocess.run(command + ["--verbose", "--overwrite"], cwd=root,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0
+    assert "DEBUG unet_cbam: TensorFlow 2." in verbose.stderr
+
+
+def test_streamed_prediction_equals_whole_image_prediction(tmp_path):
+    from unet_cbam.data.io import preprocess
+
+    run = load_run(_make_run(tmp_path / "run"))
+    raw = np.random.default_rng(3).integers(0, 256, (150, 230, 3), np.uint8)
+    predictor = BatchPredictor(run, InferenceConfig(tile_size=64, overlap=0.5))
+    labels, probabilities = predictor.predict_raw(raw, keep_probabilities=True)
+    expected = predictor.predict_image(preprocess(raw, 3))
+    np.testing.assert_array_equal(probabilities, expected)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
+    assert labels.dtype == np.uint8
+    assert predictor.predict_raw(raw)[1] is None

@@ -24,6 +24,8 @@ T = TypeVar("T")
 ENCODER_UNET = "unet"
 #: Channel attention MLP width is channels // this; the layers' default too.
 DEFAULT_REDUCTION_RATIO = 8
+#: Largest image decoded (height x width), checked from the file header: OpenCV's limit.
+DEFAULT_MAX_PIXELS = 2**30
 AttentionKind = Literal["none", "channel", "spatial", "cbam"]
 CbamVariant = Literal["paper", "blog"]
 Upsampling = Literal["transpose", "bilinear", "nearest"]
@@ -179,6 +181,10 @@ class DataConfig:
         "e.g. '[{HorizontalFlip: {p: 0.5}}]'")
     cache_gb: float = option(
         4.0, "keep decoded images in memory when they take less than this many GB")
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        "images or masks whose header declares more pixels (height x width) are reported, "
+        "not decoded")
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
@@ -187,6 +193,8 @@ class DataConfig:
                  self.foreground_oversampling, "must be in [0, 1]")
         _require(self.patch_size >= 8, "patch_size", self.patch_size, "must be >= 8")
         _require(self.cache_gb >= 0, "cache_gb", self.cache_gb, "must be >= 0")
+        _require(1 <= self.max_pixels <= DEFAULT_MAX_PIXELS, "max_pixels", self.max_pixels,
+                 f"must be between 1 and {DEFAULT_MAX_PIXELS} (OpenCV's limit)")
         for name in ("class_colors", "palette"):
             colors = getattr(self, name)
             _require(colors is None or all(len(c) == 3 for c in colors), name, colors,
@@ -271,12 +279,18 @@ class InferenceConfig:
     tta: bool = option(
         False, "test-time augmentation: average the 8 flips/90-degree rotations (8x slower)")
     threshold: float = option(0.5, "binary models: foreground where probability > threshold")
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        "images whose header declares more pixels (height x width) are reported and skipped, "
+        "not decoded")
 
     def __post_init__(self) -> None:
         _require(self.tile_size >= 1, "tile_size", self.tile_size, "must be >= 1")
         _require(0.0 <= self.overlap < 1.0, "overlap", self.overlap, "must be in [0, 1)")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         _require(0.0 < self.threshold < 1.0, "threshold", self.threshold, "must be in (0, 1)")
+        _require(1 <= self.max_pixels <= DEFAULT_MAX_PIXELS, "max_pixels", self.max_pixels,
+                 f"must be between 1 and {DEFAULT_MAX_PIXELS} (OpenCV's limit)")
 
 
 @dataclass

@@ -80,7 +80,8 @@ def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
     except DataError as error:
         return DataOverview(images_dir, masks_dir, None, [],
                             DatasetReport(samples=[], codec=None), problems + error.problems)
-    report = verify_pairs(samples, codec, model.input_channels, progress=progress)
+    report = verify_pairs(samples, codec, model.input_channels, progress=progress,
+                          max_pixels=data.max_pixels)
     names = class_names(data, codec)
     return DataOverview(images_dir, masks_dir, codec, names, report,
                         problems + report.problems + report.warnings)

@@ -7,14 +7,16 @@ importance map (centre 1, borders small; nnU-Net's sigma = tile / 8) and the
 weighted sum is divided by the summed weights, so seams vanish and a
 predictor that is consistent across tiles is reproduced exactly.
 
-Tiles are fed to the predictor in batches; memory is one image, its output
-and weight accumulators, and one batch of tiles, whatever the image size.
+Tiles are fed to the predictor in batches, row of tiles after row of tiles;
+``sliding_window_rows`` hands out each band of rows as soon as it is final,
+so beyond the image itself memory is one tile-high band of accumulators and
+one batch of tiles, whatever the image size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -65,6 +67,76 @@ def tile_shape(height: int, width: int, tile_size: int, divisor: int) -> tuple[i
     return min(tile, round_up(height, divisor)), min(tile, round_up(width, divisor))
 
 
+def sliding_window_rows(image: np.ndarray, predictor: Predictor, *, tile_size: int = 512,
+                        overlap: float = 0.25, batch_size: int = 4, divisor: int = 1,
+                        blending: str = "gaussian",
+                        convert: Callable[[np.ndarray], np.ndarray] | None = None
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """Predict ``image`` tile by tile, yielding finished rows from top to bottom.
+
+    The streaming form of ``sliding_window_predict`` (same arguments, same
+    numbers, bit for bit): instead of whole-image accumulators it keeps one
+    tile-high band, and yields ``(top, rows)`` with ``rows`` the final
+    ``(n, W, K)`` float32 probabilities of image rows ``top .. top + n - 1``
+    as soon as no later tile touches them. ``convert`` turns each tile of
+    ``image`` (for example uint8 as decoded) into the predictor's float32
+    input, so the whole image is never converted at once. Memory: the image
+    as given, one band of ``tile x width x K`` and one batch of tiles.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    if blending not in ("gaussian", "constant"):
+        raise ValueError(f"blending must be 'gaussian' or 'constant', got {blending!r}")
+    convert = convert or (lambda tile: np.asarray(tile, np.float32))
+    height, width = image.shape[:2]
+    tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
+    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
+    full_h, full_w = padded.shape[:2]
+    weights = (gaussian_importance(tile_h, tile_w) if blending == "gaussian"
+               else np.ones((tile_h, tile_w), np.float32))
+    origins = [(y, x) for y in tile_starts(full_h, tile_h, overlap)
+               for x in tile_starts(full_w, tile_w, overlap)]
+
+    band = None                                   # rows band_top .. band_top + tile_h - 1
+    band_weights = np.zeros((tile_h, full_w), np.float32)
+    band_top = 0
+
+    def finish(until: int) -> tuple[int, np.ndarray]:
+        """Rows band_top .. until - 1 are final: divide, hand out, shift the band up."""
+        nonlocal band_top
+        count = until - band_top  # 1 .. tile_h
+        rows = band[:count] / band_weights[:count, :, None]
+        keep = tile_h - count
+        band[:keep], band_weights[:keep] = band[count:], band_weights[count:]
+        band[keep:], band_weights[keep:] = 0, 0
+        top, band_top = band_top, until
+        return top, rows[:max(0, min(count, height - top)), :width]
+
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        tiles = np.stack([convert(padded[y:y + tile_h, x:x + tile_w]) for y, x in chunk])
+        predictions = np.asarray(predictor(tiles), dtype=np.float32)
+        if predictions.shape[:3] != tiles.shape[:3]:
+            raise ValueError(f"predictor returned {predictions.shape} for tiles {tiles.shape}")
+        if band is None:
+            band = np.zeros((tile_h, full_w, predictions.shape[-1]), np.float32)
+        for (y, x), prediction in zip(chunk, predictions, strict=True):
+            if y > band_top:  # a new row of tiles: the rows above it are final
+                top, rows = finish(y)
+                if len(rows):
+                    yield top, rows
+            band[y - band_top:y - band_top + tile_h, x:x + tile_w] += \
+                prediction * weights[..., None]
+            band_weights[y - band_top:y - band_top + tile_h, x:x + tile_w] += weights
+    while band_top < height:
+        top, rows = finish(min(full_h, band_top + tile_h))
+        yield top, rows
+
+
 def sliding_window_predict(image: np.ndarray, predictor: Predictor, *, tile_size: int = 512,
                            overlap: float = 0.25, batch_size: int = 4, divisor: int = 1,
                            blending: str = "gaussian") -> np.ndarray:
@@ -82,40 +154,17 @@ def sliding_window_predict(image: np.ndarray, predictor: Predictor, *, tile_size
     Returns:
         ``(H, W, K)`` float32: exactly the input's height and width. An image
         smaller than a tile is padded (reflection) up to the tile, and the
-        padding is cropped off again.
+        padding is cropped off again. ``sliding_window_rows`` yields the same
+        numbers row band by row band, without the whole-image output.
     """
-    if image.ndim != 3:
-        raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if divisor < 1:
-        raise ValueError(f"divisor must be >= 1, got {divisor}")
-    if blending not in ("gaussian", "constant"):
-        raise ValueError(f"blending must be 'gaussian' or 'constant', got {blending!r}")
-    height, width = image.shape[:2]
-    tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
-    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
-    full_h, full_w = padded.shape[:2]
-    weights = (gaussian_importance(tile_h, tile_w) if blending == "gaussian"
-               else np.ones((tile_h, tile_w), np.float32))
-    origins = [(y, x) for y in tile_starts(full_h, tile_h, overlap)
-               for x in tile_starts(full_w, tile_w, overlap)]
-
     output = None
-    weight_sum = np.zeros((full_h, full_w), np.float32)
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start:start + batch_size]
-        tiles = np.stack([padded[y:y + tile_h, x:x + tile_w] for y, x in chunk])
-        predictions = np.asarray(predictor(tiles), dtype=np.float32)
-        if predictions.shape[:3] != tiles.shape[:3]:
-            raise ValueError(f"predictor returned {predictions.shape} for tiles {tiles.shape}")
+    for top, rows in sliding_window_rows(image, predictor, tile_size=tile_size,
+                                         overlap=overlap, batch_size=batch_size,
+                                         divisor=divisor, blending=blending):
         if output is None:
-            output = np.zeros((full_h, full_w, predictions.shape[-1]), np.float32)
-        for (y, x), prediction in zip(chunk, predictions, strict=True):
-            output[y:y + tile_h, x:x + tile_w] += prediction * weights[..., None]
-            weight_sum[y:y + tile_h, x:x + tile_w] += weights
-    output /= weight_sum[..., None]
-    return output[:height, :width]
+            output = np.empty(image.shape[:2] + rows.shape[2:], np.float32)
+        output[top:top + len(rows)] = rows
+    return output
 
 
 def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -4,8 +4,9 @@ One mask per input, in the training masks' encoding; optional probability
 maps, overlays and attention figures; a summary CSV. A bad input is reported
 and skipped; existing outputs are kept (resume) unless ``overwrite``; every
 file is written under a temporary name and renamed; inputs are never
-overwritten. ``shard = (i, n)`` takes every n-th file of the sorted list, so
-n machines can share one folder. Outputs mirror the input tree: ``a/x.png``
+overwritten: an output folder that holds any input is refused. ``shard =
+(i, n)`` takes every n-th file of the sorted list, so n machines can share
+one folder. Outputs mirror the input tree: ``a/x.png``
 and ``b/x.png`` under the input folder become ``OUTPUT/a/x.png`` and
 ``OUTPUT/b/x.png``.
 """
@@ -13,10 +14,13 @@ and ``b/x.png`` under the input folder become ``OUTPUT/a/x.png`` and
 from __future__ import annotations
 
 import csv
-import glob
+import io
 import logging
 import os
+import tempfile
+import threading
 import time
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +32,26 @@ from tqdm.auto import tqdm
 from unet_cbam.attention import attention_layers, attention_maps
 from unet_cbam.config import InferenceConfig, RunConfig
 from unet_cbam.data.io import (
+    IGNORE_LABEL,
+    ImageReadError,
     MaskCodec,
     is_image_file,
     preprocess,
+    read_mask,
     read_raw,
+    to_float,
     write_image,
     write_mask,
 )
 from unet_cbam.data.verify import Sample
 from unet_cbam.evaluate import Evaluation, evaluate_pairs
-from unet_cbam.files import atomic_write, remove_stale_temporaries
+from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.inference import (
     keras_predictor,
     probabilities_to_labels,
     round_up,
     sliding_window_predict,
+    sliding_window_rows,
     with_tta,
 )
 from unet_cbam.run import MODEL_FILE, RunFolder
@@ -50,9 +59,8 @@ from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attentio
 
 logger = logging.getLogger(__name__)
 
-MASK_SUFFIX_IN_PLACE = "_mask"
-#: Subfolders of the output folder that hold extras (never inputs).
-EXTRA_FOLDERS = ("probabilities", "overlays", "attention")
+SUMMARY_COLUMNS = ["file", "status", "mask", "height", "width", "seconds",
+                   "foreground_fraction", "error"]
 
 
 @dataclass
@@ -81,17 +89,23 @@ def load_run(path: str | Path) -> LoadedRun:
         raise FileNotFoundError(
             f"{run.config_path}: not found; predict.py needs the run's config.yaml beside the "
             "model (it holds the preprocessing and the mask encoding)")
-    model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    if not zipfile.is_zipfile(model_path):
+        raise ValueError(f"{model_path}: not a readable .keras model file (corrupt, truncated "
+                         "or another format)")
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises TypeError, ValueError, OSError ...
+        raise ValueError(f"{model_path}: cannot load the model in safe mode: "
+                         f"{_one_line(error)}") from None
     return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
 
 
 def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
     """Image files of a folder (and its subfolders), a single file, or a glob, sorted.
 
-    Symlinked folders are not followed. When the output folder lies inside
-    the input folder, nothing under it is an input; when it *is* the input
-    folder, the masks and extras predict.py writes there (``*_mask.png``,
-    ``probabilities/``...) are not inputs.
+    Symlinked folders are never descended into (``**`` included), so a link
+    loop cannot multiply the inputs. When the output folder lies inside the
+    input folder, nothing under it is an input.
     """
     spec = str(spec)
     path = Path(spec)
@@ -99,10 +113,19 @@ def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
         return sorted(_walk_images(path, output_dir))
     if path.is_file():
         return [path]
-    files = [Path(p) for p in glob.glob(spec, recursive=True)]
-    files = [p for p in files if p.is_file() and is_image_file(p)]
-    if not files and not _is_pattern(spec):
+    if not _is_pattern(spec):
         raise FileNotFoundError(f"{spec}: no such file or folder")
+    root = input_root(spec)
+    pattern = str(path.relative_to(root)) if path.is_absolute() or root != Path(".") \
+        else spec
+    # An output folder below the pattern's root is not read back; the root itself as
+    # output is refused later (check_output_folder), so its files stay inputs here.
+    excluded = None
+    if output_dir is not None and root.resolve() in output_dir.resolve().parents:
+        excluded = output_dir.resolve()
+    # pathlib's "**" does not follow symlinked folders (glob.glob's does, into loops).
+    files = [p for p in root.glob(pattern) if p.is_file() and is_image_file(p)
+             and (excluded is None or excluded not in p.resolve().parents)]
     return sorted(files)
 
 
@@ -127,23 +150,40 @@ def _is_pattern(text: str) -> bool:
 
 
 def _walk_images(folder: Path, output_dir: Path | None) -> list[Path]:
-    in_place = output_dir is not None and _same(folder, output_dir)
-    excluded = None if output_dir is None or in_place else output_dir.resolve()
+    excluded = output_dir.resolve() if output_dir is not None else None
     files = []
     for directory, subfolders, names in os.walk(folder):  # does not follow symlinked folders
         here = Path(directory)
-        subfolders[:] = sorted(
-            name for name in subfolders if not name.startswith(".")
-            and (excluded is None or (here / name).resolve() != excluded)
-            and not (in_place and here == folder and name in EXTRA_FOLDERS))
-        for name in names:
-            file = here / name
-            if not is_image_file(file) or not file.is_file():
-                continue
-            if in_place and file.stem.endswith(MASK_SUFFIX_IN_PLACE):
-                continue
-            files.append(file)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                               and (excluded is None or (here / name).resolve() != excluded))
+        files += [here / name for name in names
+                  if is_image_file(here / name) and (here / name).is_file()]
     return files
+
+
+def check_output_folder(output_dir: Path, files: list[Path]) -> None:
+    """Refuse an output folder that holds any input, or that cannot be written.
+
+    Writing next to the inputs is where inputs get dropped, skipped or
+    replaced (a genuine ``b_mask.png``, masks of masks on a second run); the
+    one safe rule is that outputs and inputs never share a folder tree.
+    """
+    resolved = output_dir.resolve()
+    inside = [f for f in files if resolved == f.resolve().parent
+              or resolved in f.resolve().parents]
+    if inside:
+        raise ValueError(
+            f"{output_dir}: holds {len(inside)} of the input images (e.g. {inside[0]}); "
+            "choose an --output folder that holds no input, e.g. a new folder beside them")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir}: is a file, not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"{output_dir}: cannot write there ({error.strerror or error})") \
+            from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -160,10 +200,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def take_shard(files: list[Path], index: int, count: int) -> list[Path]:
     """Every ``count``-th file starting at ``index - 1``: disjoint, covering, balanced."""
     return files[index - 1::count]
-
-
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 @dataclass
@@ -226,16 +262,44 @@ class BatchPredictor:
             overlap=self.inference.overlap, batch_size=self.inference.batch_size,
             divisor=self.divisor)
 
-    def outputs(self, source: Path, suffix: str = "", root: Path | None = None
-                ) -> dict[str, Path]:
-        """Output paths of ``source``: its path below ``root`` (mirrored), with ``suffix``."""
+    def predict_raw(self, raw: np.ndarray, path: str | Path = "",
+                    keep_probabilities: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A decoded image as stored -> (labels ``(H, W)``, probabilities or None).
+
+        Streams: each tile is preprocessed on its own and each finished band
+        of rows is thresholded at once, so memory beyond the decoded image is
+        the labels (1 byte a pixel), one tile-high band and, only when
+        ``keep_probabilities``, the ``(H, W, K)`` float32 probabilities.
+        Labels and probabilities equal ``predict_image(preprocess(raw))``.
+        """
+        if raw.dtype.kind == "f":
+            to_float(raw, path)  # the range check applies to the whole image
+        image = raw if raw.ndim == 3 else raw[..., None]
+        channels = self.run.channels
+        dtype = np.uint8 if self.run.codec.num_labels <= 256 else np.uint16
+        labels = np.empty(raw.shape[:2], dtype)
+        probabilities = None
+        for top, rows in sliding_window_rows(
+                image, self.predictor, tile_size=self.inference.tile_size,
+                overlap=self.inference.overlap, batch_size=self.inference.batch_size,
+                divisor=self.divisor, convert=lambda tile: preprocess(tile, channels, path)):
+            labels[top:top + len(rows)] = probabilities_to_labels(rows, self.inference.threshold)
+            if keep_probabilities:
+                if probabilities is None:
+                    probabilities = np.empty(raw.shape[:2] + rows.shape[2:], np.float32)
+                probabilities[top:top + len(rows)] = rows
+        return labels, probabilities
+
+    def outputs(self, source: Path, root: Path | None = None) -> dict[str, Path]:
+        """Output paths of ``source``: its path below ``root``, mirrored."""
         relative = Path(source.name)
         if root is not None:
             try:
                 relative = source.resolve().relative_to(root.resolve())
             except ValueError:
                 pass
-        stem = relative.parent / (relative.stem + suffix)
+        stem = relative.parent / relative.stem
         paths = {"mask": self.output_dir / f"{stem}.png"}
         if self.options.save_probabilities:
             extension = "npy" if self.options.probability_format == "npy" else "png"
@@ -246,13 +310,13 @@ class BatchPredictor:
             paths["attention"] = self.output_dir / "attention" / f"{stem}.png"
         return paths
 
-    def _write_outputs(self, image, probabilities, labels, paths, attention=None) -> None:
+    def _write_outputs(self, raw, probabilities, labels, paths, attention=None) -> None:
         """Extras first, the mask last: an existing mask means a finished item."""
         if "probabilities" in paths:
             self._write_probabilities(probabilities, paths["probabilities"])
         if "overlay" in paths:
             colors = class_colors(self.run.codec.num_labels)
-            picture = overlay(image, labels, colors)
+            picture = overlay(preprocess(raw, self.run.channels), labels, colors)
             if self.run.codec.num_labels > 2:
                 picture = add_legend(picture, self.run.class_names, colors)
             write_image(paths["overlay"], picture)
@@ -275,15 +339,21 @@ class BatchPredictor:
             for index in range(scaled.shape[-1]):
                 write_image(path.with_name(f"{path.stem}_class{index}.png"), scaled[..., index])
 
-    def attention(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """(image shown, one image's attention maps): the whole image padded to the
-        divisor, or its central tile when the image is much larger than a tile."""
+    def attention_view(self, image: np.ndarray) -> np.ndarray:
+        """What ``attention`` looks at: the whole image, or its central tile when
+        the image is much larger than a tile (works on raw or preprocessed images)."""
         height, width = image.shape[:2]
         tile = self.inference.tile_size
         if height * width > 4 * tile * tile:
             top, left = max(0, (height - tile) // 2), max(0, (width - tile) // 2)
             image = image[top:top + tile, left:left + tile]
-            height, width = image.shape[:2]
+        return image
+
+    def attention(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """(image shown, one image's attention maps): ``attention_view(image)``
+        padded to the divisor."""
+        image = self.attention_view(image)
+        height, width = image.shape[:2]
         padded_h, padded_w = round_up(height, self.divisor), round_up(width, self.divisor)
         padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)),
                         mode="symmetric")
@@ -304,47 +374,53 @@ class BatchPredictor:
         """Predict every file; report failures; never stop for one bad input.
 
         Outputs mirror the files' paths below ``root`` (default: their
-        common folder). When ``root`` is the output folder itself, masks get
-        the suffix ``_mask`` so no input is overwritten.
+        common folder). The summary CSV gets a row as each item finishes
+        (a killed run leaves one) and is rewritten sorted at the end.
         """
         if self.output_dir is None:
             raise ValueError("BatchPredictor needs an output_dir to write files")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        check_output_folder(self.output_dir, files)
         remove_stale_temporaries(self.output_dir, depth=None)
         if root is None and files:
             root = Path(os.path.commonpath([f.parent.resolve() for f in files]))
-        in_place = root is not None and _same(root, self.output_dir)
-        suffix = MASK_SUFFIX_IN_PLACE if in_place else ""
-        inputs = {f.resolve() for f in files}
+        result = BatchResult(summary_csv=self.output_dir / summary_name)
+        summary = _SummaryWriter(result.summary_csv)
         claimed: dict[Path, Path] = {}
-        result = BatchResult()
         todo: list[tuple[Path, dict[str, Path]]] = []
         for source in files:
-            paths = self.outputs(source, suffix, root)
+            paths = self.outputs(source, root)
             mask = paths["mask"]
             if mask in claimed:
-                result.items.append(ItemResult(
-                    source, "failed", error=f"output {mask.name} is already written for "
-                    f"{claimed[mask].name} (same file stem)"))
-                continue
-            if any(p.resolve() in inputs for p in paths.values()):
-                result.items.append(ItemResult(source, "failed",
-                                               error="an output would overwrite an input"))
+                item = ItemResult(source, "failed", error=f"output {mask.name} is already "
+                                  f"written for {claimed[mask].name} (same file stem)")
+            elif not self.options.overwrite and all(p.exists() for p in paths.values()):
+                item = self._skipped(source, mask)
+            else:
+                claimed[mask] = source
+                todo.append((source, paths))
                 continue
             claimed[mask] = source
-            if not self.options.overwrite and all(p.exists() for p in paths.values()):
-                result.items.append(ItemResult(source, "skipped", mask=mask))
-                continue
-            todo.append((source, paths))
+            result.items.append(item)
+            summary.add(item)
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="read") as readers, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:
             def read(source: Path) -> np.ndarray:
-                return preprocess(read_raw(source), self.run.channels, source)
+                return read_raw(source, self.inference.max_pixels)
+
+            def write(item: ItemResult, *outputs) -> None:
+                try:
+                    self._write_outputs(*outputs)
+                except Exception as error:
+                    logger.error("%s: cannot write outputs: %s", item.file,
+                                 _one_line(error, item.file))
+                    item.status, item.mask = "failed", None
+                    item.error = f"writing: {_one_line(error, item.file)}"
+                summary.add(item)
 
             # Read one image ahead and write in the background: the model never waits on I/O.
             pending: Future | None = readers.submit(read, todo[0][0]) if todo else None
-            writes: list[tuple[ItemResult, Future]] = []
+            writes: list[Future] = []
             bar = tqdm(todo, desc="predicting", unit="image", disable=not progress)
             for index, (source, paths) in enumerate(bar):
                 current = pending
@@ -352,46 +428,43 @@ class BatchPredictor:
                     else None
                 started = time.perf_counter()
                 try:
-                    image = current.result()
-                    probabilities = self.predict_image(image)
-                    labels = probabilities_to_labels(probabilities, self.inference.threshold)
-                    attention = self.attention(image) if "attention" in paths else None
+                    image = current.result()  # as decoded: converted tile by tile
+                    labels, probabilities = self.predict_raw(
+                        image, source, keep_probabilities="probabilities" in paths)
+                    attention = self.attention(preprocess(
+                        self.attention_view(image), self.run.channels, source)) \
+                        if "attention" in paths else None
                 except Exception as error:  # a bad item must not stop the batch
-                    logger.error("%s: %s", source, error)
-                    result.items.append(ItemResult(source, "failed", error=_one_line(error)))
+                    message = _one_line(error, source)
+                    logger.error("%s: %s", source, message)
+                    item = ItemResult(source, "failed", error=message)
+                    result.items.append(item)
+                    summary.add(item)
                     continue
                 item = ItemResult(source, "ok", mask=paths["mask"], height=image.shape[0],
                                   width=image.shape[1],
-                                  foreground_fraction=float((labels > 0).mean()))
-                writes.append((item, writer.submit(
-                    self._write_outputs, image, probabilities, labels, paths, attention)))
-                item.seconds = time.perf_counter() - started
+                                  foreground_fraction=float((labels > 0).mean()),
+                                  seconds=time.perf_counter() - started)
                 result.items.append(item)
-            for item, future in writes:
-                try:
-                    future.result()
-                except Exception as error:
-                    logger.error("%s: cannot write outputs: %s", item.file, error)
-                    item.status, item.error = "failed", f"writing: {_one_line(error)}"
+                writes.append(writer.submit(write, item, image, probabilities, labels, paths,
+                                            attention))
+            for future in writes:
+                future.result()
         result.items.sort(key=lambda item: str(item.file))
-        result.summary_csv = self._write_summary(result.items, summary_name)
+        summary.rewrite(result.items)
         return result
 
-    def _write_summary(self, items: list[ItemResult], name: str) -> Path:
-        path = self.output_dir / name
-        columns = ["file", "status", "mask", "height", "width", "seconds",
-                   "foreground_fraction", "error"]
-        with atomic_write(path) as temporary, open(temporary, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for item in items:
-                writer.writerow([item.file, item.status, item.mask or "", item.height or "",
-                                 item.width or "",
-                                 "" if item.seconds is None else f"{item.seconds:.3f}",
-                                 "" if item.foreground_fraction is None
-                                 else f"{item.foreground_fraction:.6f}",
-                                 item.error or ""])
-        return path
+    def _skipped(self, source: Path, mask: Path) -> ItemResult:
+        """The row of an item done earlier, with its mask's size and foreground."""
+        item = ItemResult(source, "skipped", mask=mask)
+        try:
+            labels = read_mask(mask, self.run.codec)
+            item.height, item.width = labels.shape
+            item.foreground_fraction = float(((labels > 0) & (labels != IGNORE_LABEL)).mean())
+        except (ImageReadError, OSError) as error:
+            logger.warning("%s: existing mask not readable (%s); --overwrite predicts it again",
+                           mask, _one_line(error, mask))
+        return item
 
     def evaluate(self, result: BatchResult, truth_dir: str | Path) -> Evaluation:
         """Score this batch's masks (new and skipped) against ``truth_dir``."""
@@ -406,5 +479,55 @@ class BatchPredictor:
         return evaluation
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+class _SummaryWriter:
+    """summary.csv, a row appended as each item finishes, rewritten sorted at the end.
+
+    Rows are appended (one write and a flush each) so a killed run still
+    leaves a summary of what it finished; the final rewrite is atomic. A
+    summary that cannot be written is logged, never the end of the batch.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.broken = False
+        self._guard(lambda: write_text(path, ",".join(SUMMARY_COLUMNS) + "\n"))
+
+    def add(self, item: ItemResult) -> None:
+        def append():
+            with open(self.path, "a", newline="") as handle:
+                handle.write(_csv_line(item))
+        with self.lock:
+            if not self.broken:
+                self._guard(append)
+
+    def rewrite(self, items: list[ItemResult]) -> None:
+        text = ",".join(SUMMARY_COLUMNS) + "\n" + "".join(_csv_line(i) for i in items)
+        self.broken = False
+        self._guard(lambda: write_text(self.path, text))
+
+    def _guard(self, action) -> None:
+        try:
+            action()
+        except OSError as error:
+            self.broken = True
+            logger.error("%s: cannot write the summary (%s)", self.path,
+                         error.strerror or error)
+
+
+def _csv_line(item: ItemResult) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([
+        item.file, item.status, item.mask or "", item.height or "", item.width or "",
+        "" if item.seconds is None else f"{item.seconds:.3f}",
+        "" if item.foreground_fraction is None else f"{item.foreground_fraction:.6f}",
+        item.error or ""])
+    return buffer.getvalue()
+
+
+def _one_line(error: BaseException, path: str | Path | None = None) -> str:
+    """The error on one line, without a leading ``path: `` (callers name the file)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if path is not None and text.startswith(f"{path}: "):
+        text = text[len(f"{path}: "):]
+    return text

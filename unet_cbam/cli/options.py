@@ -9,8 +9,11 @@ and then type-checked like a config file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
 import logging
+import os
 import sys
 import types
 import typing
@@ -144,3 +147,42 @@ def setup_logging(arguments: argparse.Namespace) -> None:
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def import_tensorflow(arguments: argparse.Namespace) -> None:
+    """Import TensorFlow and find its devices without the native start-up lines.
+
+    TF_CPP_MIN_LOG_LEVEL (set by the package) hides TensorFlow's own INFO and
+    WARNING lines, but the lines absl writes before its logging is set up
+    ("All log messages before absl::InitializeLog() ...", "Could not find cuda
+    drivers ...") and the ERROR a machine without a GPU logs when devices are
+    first listed ("failed call to cuInit") ignore it. They go to file
+    descriptor 2, which points to /dev/null for the import and the device
+    listing only (not with ``--verbose``); a failing import still raises, with
+    its traceback, after it is restored. The devices found are logged.
+    """
+    def load():
+        tensorflow = importlib.import_module("tensorflow")
+        return tensorflow, tensorflow.config.list_physical_devices("GPU")
+
+    if arguments.verbose:
+        tensorflow, gpus = load()
+    else:
+        with _native_stderr_silenced():
+            tensorflow, gpus = load()
+    logging.getLogger("unet_cbam").debug("TensorFlow %s, %d GPU(s)", tensorflow.__version__,
+                                         len(gpus))
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

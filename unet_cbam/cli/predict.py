@@ -15,6 +15,7 @@ from unet_cbam.cli.options import (
     add_config_options,
     add_logging_options,
     apply_options,
+    import_tensorflow,
     setup_logging,
 )
 from unet_cbam.config import InferenceConfig
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of images (with its subfolders), one image, or a glob "
                              "such as 'scans/**/*.tif'; outputs mirror the folder tree")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR",
-                        help="folder for the masks (created if needed; inputs are never "
-                             "overwritten, even if it is the input folder)")
+                        help="folder for the masks (created if needed); it must not hold any "
+                             "input, so inputs are never overwritten or read back")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write probability maps to OUTPUT/probabilities/")
     parser.add_argument("--probability-format", choices=["png", "npy"], default="png",
@@ -65,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     setup_logging(arguments)
+    import_tensorflow(arguments)
     from unet_cbam.evaluate import format_summary, write_reports
     from unet_cbam.predict import (
         BatchPredictor,
         OutputOptions,
+        check_output_folder,
         input_root,
         list_inputs,
         load_run,
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             files = take_shard(files, *shard)
         if not files:
             raise FileNotFoundError(f"{arguments.input}: no images found")
+        if arguments.truth is not None and not arguments.truth.is_dir():
+            raise FileNotFoundError(f"{arguments.truth}: --truth folder not found")
+        check_output_folder(arguments.output, files)
         run = load_run(arguments.model)
         options = OutputOptions(
             save_probabilities=arguments.save_probabilities,
@@ -109,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if arguments.truth is not None:
         evaluation = predictor.evaluate(result, arguments.truth)
-        json_path, csv_path = write_reports(evaluation, arguments.output / "evaluation.json")
         print()
         print(format_summary(evaluation.summary()))
-        print(f"evaluation: {json_path}, {csv_path}")
+        try:
+            json_path, csv_path = write_reports(evaluation, arguments.output / "evaluation.json")
+            print(f"evaluation: {json_path}, {csv_path}")
+        except OSError as error:
+            print(f"predict.py: error: cannot write the evaluation in {arguments.output} "
+                  f"({error.strerror or error})", file=sys.stderr)
+            return 1
     return 1 if result.failed else 0
 
 

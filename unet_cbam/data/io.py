@@ -20,6 +20,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from unet_cbam.config import DEFAULT_MAX_PIXELS
 from unet_cbam.files import atomic_write
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 #: Float images may overshoot [0, 1] by this much (rounding in other tools).
 FLOAT_TOLERANCE = 1e-3
+# PIL's decompression-bomb check is replaced by check_pixels (a 1 MB PNG can declare
+# 32000x32000 pixels): the header is read, the limit applied, nothing decoded.
+Image.MAX_IMAGE_PIXELS = None
 #: Label of pixels excluded from loss and metrics (padding, ignore value).
 IGNORE_LABEL = np.iinfo(np.uint16).max
 
@@ -58,8 +62,11 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def read_raw(path: str | Path) -> np.ndarray:
+def read_raw(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a file as stored: ``(H, W)`` or ``(H, W, C)`` in RGB(A) order, any dtype.
+
+    A file whose header declares more than ``max_pixels`` pixels is refused
+    before anything is decoded.
 
     TIFF files are read with tifffile, which sees every page: a multi-page
     stack raises ``MultiPageError`` (naming the page count) instead of
@@ -73,13 +80,18 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read ({error.strerror})") from None
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
+    check_pixels(path, max_pixels)
     if path.suffix.lower() in TIFF_EXTENSIONS:
         array = _read_tiff(path)
         if array is not None:
             return array
     # imdecode instead of imread: imread fails silently on non-ASCII paths on some systems.
     data = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        reason = " ".join(str(error).split())[-200:]
+        raise ImageReadError(f"{path}: OpenCV cannot decode it ({reason})") from None
     if array is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
     if array.ndim == 3 and array.shape[2] == 3:
@@ -115,17 +127,35 @@ def _read_tiff(path: Path) -> np.ndarray | None:
     return np.ascontiguousarray(array)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` from the file header, without decoding the pixels."""
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file header, or None where it cannot be read."""
     try:
         if Path(path).suffix.lower() in TIFF_EXTENSIONS:
             with tifffile.TiffFile(path) as tiff:
-                return tuple(tiff.pages[0].shape[:2])
+                return tuple(int(v) for v in tiff.pages[0].shape[:2])
         with Image.open(path) as image:
             return image.height, image.width
-    except Exception:  # PIL does not know every flavour; fall back to decoding
-        array = read_raw(path)
-        return array.shape[0], array.shape[1]
+    except Exception:  # PIL does not know every flavour
+        return None
+
+
+def check_pixels(path: str | Path, max_pixels: int | None) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels."""
+    size = header_size(path) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(
+            f"{path}: {size[1]}x{size[0]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels) "
+            f"is over the limit of {max_pixels / 1e6:.0f} megapixels (--max-pixels); "
+            "it is not decoded")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` from the file header, else by decoding the pixels."""
+    size = header_size(path)
+    if size is not None:
+        return size
+    array = read_raw(path)
+    return array.shape[0], array.shape[1]
 
 
 def to_float(array: np.ndarray, path: str | Path = "") -> np.ndarray:
@@ -302,17 +332,19 @@ def _single_channel(raw: np.ndarray, path, encoding: str) -> np.ndarray:
         f"{path}: mask has colours; use mask_encoding rgb with class_colors for colour masks")
 
 
-def read_mask_raw(path: str | Path) -> tuple[np.ndarray, bool]:
+def read_mask_raw(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                  ) -> tuple[np.ndarray, bool]:
     """``(array, is_palette)``: palette PNGs as indices, anything else as decoded."""
     path = Path(path)
     if path.suffix.lower() == ".png" and path.stat().st_size > 0:
+        check_pixels(path, max_pixels)
         try:
             with Image.open(path) as image:
                 if image.mode == "P":
                     return np.asarray(image), True
         except Exception:
             pass  # read_raw below reports the problem with the file name
-    return read_raw(path), False
+    return read_raw(path, max_pixels), False
 
 
 def read_palette(path: str | Path) -> tuple[tuple[int, int, int], ...]:

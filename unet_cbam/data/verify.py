@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_cbam.config import DataConfig
+from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig
 from unet_cbam.data.io import (
     IGNORE_LABEL,
     IMAGE_EXTENSIONS,
@@ -60,6 +60,7 @@ class SampleInfo:
     bit_depth: int
     label_counts: np.ndarray  # pixels per class id, then ignored pixels
     mask_bit_depth: int = 8
+    mask_is_palette: bool = False
 
 
 @dataclass
@@ -76,6 +77,8 @@ class DatasetReport:
     #: Distinct raw values of binary masks (up to a few), to write masks alike.
     binary_raw_values: set[int] = field(default_factory=set)
     binary_bit_depth: int = 8
+    #: Distinct raw values over all binary masks (at most MAX_LISTED_VALUES + 1 kept).
+    binary_distinct: set[int] = field(default_factory=set)
 
     def binary_values(self) -> tuple[int, int]:
         """The (background, foreground) values to write for binary masks like these.
@@ -185,8 +188,8 @@ def _is_colour(raw: np.ndarray) -> bool:
 
 
 def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
-                 cache_bytes: float = 0, workers: int = 4, progress: bool = True
-                 ) -> DatasetReport:
+                 cache_bytes: float = 0, workers: int = 4, progress: bool = True,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DatasetReport:
     """Decode every pair once; collect problems, statistics and (optionally) the pixels.
 
     Each image must decode, have a mask of the same size, and convert to
@@ -204,7 +207,7 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def check(sample: Sample):
-        return sample, _check_pair(sample, codec, channels, keep)
+        return sample, _check_pair(sample, codec, channels, keep, max_pixels)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check, samples)
@@ -216,15 +219,55 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
                 continue
             report.samples.append(sample)
             report.info[sample.stem] = info
-            if raw_values is not None and len(report.binary_raw_values) <= 2:
-                report.binary_raw_values.update(raw_values)
-                report.binary_bit_depth = max(report.binary_bit_depth, info.mask_bit_depth)
+            if raw_values is not None:
+                if len(report.binary_raw_values) <= 2:
+                    report.binary_raw_values.update(sorted(raw_values)[:3])
+                    report.binary_bit_depth = max(report.binary_bit_depth, info.mask_bit_depth)
+                if len(report.binary_distinct) <= MAX_LISTED_VALUES:
+                    report.binary_distinct.update(sorted(raw_values)[:MAX_LISTED_VALUES + 1])
             if pixels is not None:
                 cache[sample.stem] = pixels
     report.cache = cache if keep else None
+    _check_mixed_palettes(report, codec)
+    if codec.encoding == "binary" and len(report.binary_distinct) > 2:
+        values = sorted(report.binary_distinct)
+        shown = ", ".join(map(str, values[:MAX_LISTED_VALUES]))
+        more = " ..." if len(values) > MAX_LISTED_VALUES else ""
+        report.warnings.append(
+            f"binary masks hold more than two values ({shown}{more}): every value above "
+            f"{codec.threshold} is foreground. If these are class ids, train with "
+            "--num-classes N (indexed masks); instance labels are fine as they are")
     for warning in report.warnings:
         logger.warning(warning)
     return report
+
+
+MAX_LISTED_VALUES = 10
+
+
+def _check_mixed_palettes(report: DatasetReport, codec: MaskCodec) -> None:
+    """Palette and plain masks mixed: read alike, one kind would mean other classes.
+
+    A palette PNG's pixels are palette indices; the same picture saved as a
+    plain PNG holds colour values. Mixed in one data set, one kind is read
+    wrongly (foreground inverted, in the case that prompted this check): the
+    files of the smaller kind are problems.
+    """
+    flags = {stem: info.mask_is_palette for stem, info in report.info.items()}
+    palettes = [stem for stem, is_palette in flags.items() if is_palette]
+    if not palettes or len(palettes) == len(flags) or codec.encoding == "palette":
+        return  # palette encoding: plain masks were refused one by one already
+    odd_palette = len(palettes) <= len(flags) - len(palettes)
+    odd = set(palettes) if odd_palette else set(flags) - set(palettes)
+    for sample in [s for s in report.samples if s.stem in odd]:
+        report.problems.append(
+            f"{sample.mask_path}: " + (
+                "a palette PNG among plain masks: its pixels are palette indices, not the "
+                "values the other masks hold; save it like the others" if odd_palette else
+                "a plain mask among palette PNGs: save it as a palette PNG like the others"))
+    report.samples = [s for s in report.samples if s.stem not in odd]
+    for stem in odd:
+        report.info.pop(stem, None)
 
 
 def _estimated_bytes(sample: Sample, channels: int) -> int:
@@ -235,16 +278,17 @@ def _estimated_bytes(sample: Sample, channels: int) -> int:
     return height * width * (channels * 4 + 2)
 
 
-def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool):
+def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool,
+                max_pixels: int | None):
     problems = []
     image = labels = None
     try:
-        raw = read_raw(sample.image_path)
+        raw = read_raw(sample.image_path, max_pixels)
         image = preprocess(raw, channels, sample.image_path)
     except ImageReadError as error:
         problems.append(str(error))
     try:
-        raw_mask, is_palette = read_mask_raw(sample.mask_path)
+        raw_mask, is_palette = read_mask_raw(sample.mask_path, max_pixels)
         if codec.encoding == "palette" and not is_palette:
             raise ImageReadError(f"{sample.mask_path}: not a palette PNG like the other masks")
         if image is not None and raw_mask.shape[:2] != image.shape[:2]:
@@ -261,9 +305,9 @@ def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool):
     counts[codec.num_labels] = int((labels == IGNORE_LABEL).sum())
     info = SampleInfo(image.shape[0], image.shape[1], 1 if raw.ndim == 2 else raw.shape[2],
                       raw.dtype.itemsize * 8, counts.astype(np.int64),
-                      raw_mask.dtype.itemsize * 8)
+                      raw_mask.dtype.itemsize * 8, is_palette)
     raw_values = None
     if codec.encoding == "binary":
         flat = raw_mask if raw_mask.ndim == 2 else raw_mask.max(axis=-1)
-        raw_values = set(np.unique(flat[:: max(1, flat.shape[0] // 256)]).tolist()[:3])
+        raw_values = set(np.unique(flat).tolist())
     return [], info, ((image, labels) if keep else None), raw_values
