@@ -30,6 +30,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> list[str]:
+    """The vector and matrix extensions that decide TensorFlow's CPU speed."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [flag for flag in wanted if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
 def git_commit() -> str:
     """HEAD's hash, with ``-dirty`` when tracked files differ from it."""
     def git(*args: str) -> str:
@@ -59,6 +72,7 @@ def machine() -> dict:
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_cores": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "packages": versions,
@@ -66,7 +80,7 @@ def machine() -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux: ru_maxrss in KB)."""
+    """Peak resident memory of this process so far, in MiB (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -212,7 +212,7 @@ def markdown(rows: list[dict], budget: dict, info: dict) -> str:
     from unet_cbam.tables import markdown_table
 
     headers = ["model", "params", "membrane Dice", "cell Dice", "mean IoU", "pixel error",
-               "train patches/s", "predict 512² images/s", "peak memory MB"]
+               "train patches/s", "predict 512² images/s", "peak memory MiB"]
     table = [[row["model"], f"{row['params'] / 1e6:.2f} M", pm(row, "membrane_dice"),
               pm(row, "cell_dice"), pm(row, "mean_iou"), pm(row, "pixel_error"),
               f"{row['train_patches_per_s']:.1f}", f"{row['predict_images_per_s']:.2f}",
