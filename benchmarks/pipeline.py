@@ -45,6 +45,7 @@ def main() -> None:
     from unet_cbam.models import build_unet
     from unet_cbam.training import prepare_data
 
+    info = machine()  # before the measurement: the commit it ran on
     model_config = ModelConfig(input_channels=1)
     config = RunConfig(model=model_config,
                        data=DataConfig(data=str(arguments.data), patch_size=arguments.patch_size))
@@ -80,7 +81,7 @@ def main() -> None:
         "model params": model.count_params(),
     }
     print_table([row], list(row))
-    path = write_json("pipeline.json", {"machine": machine(), "batch_size": batch,
+    path = write_json("pipeline.json", {"machine": info, "batch_size": batch,
                                         "steps": arguments.steps, "result": row,
                                         "keras": keras.__version__})
     print(f"\nwritten to {path}")

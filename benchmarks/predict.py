@@ -120,6 +120,7 @@ def main() -> None:
         single(*(Path(p) for p in arguments.single))
         return
 
+    info = machine()  # before the runs: the commit they ran on
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
@@ -144,7 +145,7 @@ def main() -> None:
                              "peak memory MiB": measured["peak_rss_mb"]})
     columns = ["case", "images/s", "vs raw", "seconds", "peak memory MiB"]
     print_table(rows, columns)
-    path = write_json("predict.json", {"machine": machine(), "tile_size": 512,
+    path = write_json("predict.json", {"machine": info, "tile_size": 512,
                                        "overlap": 0.25, "rounds": arguments.rounds,
                                        "rows": rows})
     print(f"\nwritten to {path}")

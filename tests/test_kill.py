@@ -133,6 +133,9 @@ def test_predict_killed_while_writing_a_mask_resumes_to_identical_outputs(tmp_pa
                str(images), "--output", str(killed), "--quiet"]
     _kill_inside(command, "img2.png", tmp_path / "paused")
     assert not (killed / "img2.png").exists() and _temporaries(killed)
+    finished = [line.split(",")[:2] for line in
+                (killed / "summary.csv").read_text().splitlines()[1:]]
+    assert finished == [[str(images / "img0.png"), "ok"], [str(images / "img1.png"), "ok"]]
     assert predict_main(["--model", str(run), "--input", str(images), "--output", str(killed),
                          "--quiet"]) == 0
     assert _digests(killed) == _digests(clean)

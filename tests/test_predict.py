@@ -436,3 +436,60 @@ def test_streamed_prediction_equals_whole_image_prediction(tmp_path):
     np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
     assert labels.dtype == np.uint8
     assert predictor.predict_raw(raw)[1] is None
+
+
+def test_a_full_disk_fails_the_items_it_hits_and_the_batch_reports_them(tmp_path, monkeypatch,
+                                                                        capsys):
+    import errno
+
+    import unet_cbam.predict as predict_module
+
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in")
+    out = tmp_path / "out"
+    original = predict_module.write_mask
+
+    def full_disk(path, labels, codec):
+        if path.name == "img1.png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, labels, codec)
+
+    monkeypatch.setattr(predict_module, "write_mask", full_disk)
+    previous = os.umask(0o022)
+    try:
+        code = predict_main(["--model", str(run), "--input", str(images), "--output", str(out),
+                             "--quiet"])
+    finally:
+        os.umask(previous)
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"failed: {images / 'img1.png'}: writing: [Errno 28] No space left on device" in error
+    rows = {row["file"]: row for row in csv.DictReader(open(out / "summary.csv"))}
+    assert rows[str(images / "img1.png")]["status"] == "failed"
+    assert rows[str(images / "img1.png")]["mask"] == ""
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img2.png"]
+    assert not [p for p in out.rglob("*") if is_temporary(p)]
+    # files get the mode the umask gives, like any file a user's program writes
+    for path in (out / "img0.png", out / "summary.csv"):
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_summary_that_cannot_be_written_is_reported(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import unet_cbam.predict as predict_module
+
+    run = _make_run(tmp_path / "run")
+    images = _images(tmp_path / "in", sizes=((16, 16),))
+
+    def refuse(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict_module, "write_text", refuse)
+    code = predict_main(["--model", str(run), "--input", str(images), "--output",
+                         str(tmp_path / "out"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "summary.csv: cannot write the summary (No space left on device)" in captured.err
+    assert "summary: not written" in captured.out
+    assert (tmp_path / "out" / "img0.png").is_file()

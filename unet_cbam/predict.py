@@ -226,7 +226,7 @@ class ItemResult:
 @dataclass
 class BatchResult:
     items: list[ItemResult] = field(default_factory=list)
-    summary_csv: Path | None = None
+    summary_csv: Path | None = None  # None when it could not be written
     evaluation: Evaluation | None = None
 
     @property
@@ -452,6 +452,8 @@ class BatchPredictor:
                 future.result()
         result.items.sort(key=lambda item: str(item.file))
         summary.rewrite(result.items)
+        if summary.broken:
+            result.summary_csv = None
         return result
 
     def _skipped(self, source: Path, mask: Path) -> ItemResult:

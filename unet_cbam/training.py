@@ -313,10 +313,9 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     check_patch_size(config)
     augmentation_pipeline(config.data.augmentation, config.data.augmentations)  # fail early
     resuming = check_run_dir(run, resume)
-    if resuming:
-        remove_stale_temporaries(run.path, depth=None)  # a killed run's half-written files
     split = None
     if resuming:
+        remove_stale_temporaries(run.path, depth=None)  # a killed run's half-written files
         config = resume_config(run.config, config)
         split = run.read_split()
     policy = keras.config.dtype_policy()
@@ -369,7 +368,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     initial_epoch, best = 0, None
     if resuming:
         with strategy.scope():
-            initial_epoch = restore_checkpoint(model, run, train_ds)
+            initial_epoch = restore_checkpoint(model, run)
         best = run.best_score(train_cfg.monitor)
         values = run.read_history().get(train_cfg.monitor, [])
         if values and best == values[-1]:
@@ -400,22 +399,16 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     return TrainResult(run.path, run.read_history(), metrics)
 
 
-def restore_checkpoint(model: keras.Model, run: RunFolder, train_ds: tf.data.Dataset) -> int:
+def restore_checkpoint(model: keras.Model, run: RunFolder) -> int:
     """Load the newest readable checkpoint into ``model``; return its completed epochs.
 
     A damaged newest checkpoint is skipped with a warning for the previous
     one; with none readable, the error says so and how to start again.
     History is aligned with the checkpoint used (``RunFolder.align_history``).
+    (A run without any checkpoint is never resumed: ``check_run_dir``.)
     """
     checkpoints = run.checkpoints()
-    if not checkpoints:
-        logger.warning("%s: no checkpoint yet; the run starts from its first epoch",
-                       run.checkpoint_dir)
-        run.write_history([])
-        return 0
-    if not model.built:
-        model.build(next(iter(train_ds))[0].shape)
-    model.optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.trainable_variables)  # its variables are in the checkpoint
     for index, checkpoint in enumerate(checkpoints):
         try:
             model.load_weights(checkpoint.weights_path)

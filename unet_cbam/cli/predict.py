@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                                  root=input_root(arguments.input))
     counts = {status: sum(item.status == status for item in result.items)
               for status in ("ok", "skipped", "failed")}
+    summary = result.summary_csv or "not written, see the error above"
     print(f"\n{counts['ok']} predicted, {counts['skipped']} already done, "
-          f"{counts['failed']} failed -> {arguments.output}  (summary: {result.summary_csv})")
+          f"{counts['failed']} failed -> {arguments.output}  (summary: {summary})")
     for item in result.failed:
         print(f"  failed: {item.file}: {item.error}", file=sys.stderr)
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict.py: error: cannot write the evaluation in {arguments.output} "
                   f"({error.strerror or error})", file=sys.stderr)
             return 1
-    return 1 if result.failed else 0
+    return 1 if result.failed or result.summary_csv is None else 0
 
 
 @dataclasses.dataclass

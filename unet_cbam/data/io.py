@@ -312,12 +312,17 @@ class MaskCodec:
         """Class ids ``(H, W)`` -> the array to write (palette indices, colours, ...)."""
         labels = np.asarray(labels)
         if self.encoding == "binary":
-            return np.where(labels > 0, self.values[1], self.values[0]).astype(
-                np.uint16 if max(self.values) > 255 else np.uint8)
+            # Built in the written type: np.where with Python ints makes an int64 array,
+            # 8 bytes a pixel (2 GiB for a 16384^2 mask).
+            dtype = np.uint16 if max(self.values) > 255 else np.uint8
+            encoded = np.full(labels.shape, self.values[0], dtype)
+            encoded[labels > 0] = self.values[1]
+            return encoded
         if self.encoding == "rgb":
             colors = np.asarray(self.colors, dtype=np.uint8)
             return colors[labels]
-        return labels.astype(np.uint8 if self.num_classes <= 256 else np.uint16)
+        dtype = np.uint8 if self.num_classes <= 256 else np.uint16
+        return labels if labels.dtype == dtype else labels.astype(dtype)
 
 
 def _single_channel(raw: np.ndarray, path, encoding: str) -> np.ndarray:
