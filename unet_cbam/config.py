@@ -132,6 +132,7 @@ class ModelConfig:
 
 
 MaskEncoding = Literal["auto", "binary", "indexed", "palette", "rgb"]
+NormalizeMode = Literal["auto", "bitdepth", "percentile", "zscore"]
 AugmentationPreset = Literal["none", "light", "default", "heavy"]
 
 
@@ -153,8 +154,11 @@ class DataConfig:
         "auto",
         "auto (detected from the masks and saved with the run), binary, indexed (class id "
         "per pixel), palette (PNG palette indices) or rgb (colours, see class_colors)")
-    binary_threshold: int = option(
-        0, "binary masks: foreground is any value above this (covers 0/1, 0/255, instances)")
+    binary_threshold: int | Literal["auto"] = option(
+        "auto",
+        "binary masks: foreground is any value above this. auto: from the mask histogram "
+        "(clean masks such as 0/1, 0/255 or instance labels: above the background value; "
+        "JPEG masks or two noisy modes: the middle between the modes)")
     class_colors: list[list[int]] | None = option(
         None, "rgb masks: [r, g, b] of each class, in class order")
     ignore_value: int | None = option(
@@ -169,9 +173,24 @@ class DataConfig:
         "(detected from the training masks when none)")
     palette: list[list[int]] | None = option(
         None, "palette masks: the RGB palette written by predict (read from the masks)")
-    patch_size: int = option(256, "side of the square training patches, in pixels")
-    foreground_oversampling: float = option(
-        0.33, "probability that a training patch is centred on foreground (0 disables)")
+    patch_size: int | None = option(
+        None,
+        "side of the square training patches, in pixels; none: planned from the median image "
+        "size (see unet_cbam.plan)")
+    normalize: NormalizeMode = option(
+        "auto",
+        "intensity normalisation: bitdepth (divide by 255 or 65535), percentile (clip to the "
+        "data's 0.5-99.5th percentiles, scale to [0, 1]), zscore (clip, then subtract the mean "
+        "and divide by the standard deviation) or auto (percentile for float data and for data "
+        "that uses a small part of its bit depth's range, else bitdepth)")
+    normalization: dict[str, Any] | None = option(
+        None,
+        "the frozen statistics of the normalisation (mode, low, high, mean, std), written by "
+        "training and applied by predict.py; none: bitdepth")
+    foreground_oversampling: float | None = option(
+        None,
+        "probability that a training patch is centred on foreground (0 disables); none: "
+        "planned from the class frequencies (1/3, or 1/2 for a class under 1% of the pixels)")
     augmentation: AugmentationPreset = option(
         "default", "augmentation preset: none, light, default or heavy")
     augmentations: list[dict[str, Any]] | None = option(
@@ -189,9 +208,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
                  "must be in [0, 1)")
-        _require(0.0 <= self.foreground_oversampling <= 1.0, "foreground_oversampling",
+        _require(self.foreground_oversampling is None
+                 or 0.0 <= self.foreground_oversampling <= 1.0, "foreground_oversampling",
                  self.foreground_oversampling, "must be in [0, 1]")
-        _require(self.patch_size >= 8, "patch_size", self.patch_size, "must be >= 8")
+        _require(self.patch_size is None or self.patch_size >= 8, "patch_size",
+                 self.patch_size, "must be >= 8")
+        _require(self.binary_threshold == "auto" or self.binary_threshold >= 0,
+                 "binary_threshold", self.binary_threshold, "must be >= 0 or auto")
         _require(self.cache_gb >= 0, "cache_gb", self.cache_gb, "must be >= 0")
         _require(1 <= self.max_pixels <= DEFAULT_MAX_PIXELS, "max_pixels", self.max_pixels,
                  f"must be between 1 and {DEFAULT_MAX_PIXELS} (OpenCV's limit)")
@@ -221,7 +244,8 @@ class TrainConfig:
     epochs: int = option(100, "number of epochs")
     steps_per_epoch: int | None = option(
         None, "training batches per epoch; none: about one pass over the training pixels")
-    batch_size: int = option(8, "patches per batch (over all replicas)")
+    batch_size: int | None = option(
+        None, "patches per batch (over all replicas); none: planned with the patch size")
     optimizer: Optimizer = option("adam", "adam, adamw or sgd (with Nesterov momentum 0.9)")
     learning_rate: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(1e-4, "adamw only: decoupled weight decay")
@@ -247,8 +271,9 @@ class TrainConfig:
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _require(self.batch_size is None or self.batch_size >= 1, "batch_size",
+                 self.batch_size, "must be >= 1")
         _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
                  self.steps_per_epoch, "must be >= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
@@ -300,6 +325,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: What the automatic configuration decided, and why: {setting: {value, reason}}.
+    plan: dict[str, Any] | None = None
 
 
 def _require(condition: bool, name: str, value: Any, problem: str) -> None:

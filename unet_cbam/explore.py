@@ -15,9 +15,18 @@ from typing import Any
 import numpy as np
 
 from unet_cbam.config import DataConfig, ModelConfig, to_dict
-from unet_cbam.data.io import MaskCodec, read_image, read_mask
-from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
+from unet_cbam.data.io import BITDEPTH, MaskCodec, Normalization, read_image, read_mask
+from unet_cbam.data.verify import (
+    DataError,
+    DatasetReport,
+    data_folders,
+    detect_codec,
+    find_pairs,
+    resolve_binary_threshold,
+    verify_pairs,
+)
 from unet_cbam.evaluate import confusion_matrix, scores
+from unet_cbam.fingerprint import fingerprint_from_report
 from unet_cbam.run import RunFolder, class_names
 from unet_cbam.tables import markdown_table  # noqa: F401 (the notebooks' table writer)
 
@@ -32,6 +41,15 @@ class DataOverview:
     class_names: list[str]
     report: DatasetReport
     problems: list[str]
+    #: Why binary masks are thresholded where they are (``binary_threshold: auto``).
+    threshold_reason: str | None = None
+
+    @property
+    def fingerprint(self) -> dict | None:
+        """The data set's fingerprint (``unet_cbam.fingerprint``); None without usable pairs."""
+        if not self.report.samples or self.codec is None:
+            return None
+        return fingerprint_from_report(self.report, self.class_names, self.threshold_reason)
 
     @property
     def class_fractions(self) -> dict[str, float]:
@@ -71,30 +89,31 @@ def _counts(counter: Counter) -> str:
 def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
                  ) -> DataOverview:
     """Pair and verify a data folder like train.py does, but report instead of raising."""
-    from unet_cbam.training import data_folders
-
     images_dir, masks_dir = data_folders(data)
     samples, problems = find_pairs(images_dir, masks_dir)
+    data, threshold_reason = resolve_binary_threshold(samples, data, model.num_classes)
     try:
         codec = detect_codec(samples, data, model.num_classes)
     except DataError as error:
         return DataOverview(images_dir, masks_dir, None, [],
                             DatasetReport(samples=[], codec=None), problems + error.problems)
     report = verify_pairs(samples, codec, model.input_channels, progress=progress,
-                          max_pixels=data.max_pixels)
+                          max_pixels=data.max_pixels, explain_values=threshold_reason is None)
     names = class_names(data, codec)
     return DataOverview(images_dir, masks_dir, codec, names, report,
-                        problems + report.problems + report.warnings)
+                        problems + report.problems + report.warnings, threshold_reason)
 
 
-def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0
+def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0,
+               normalization: Normalization = BITDEPTH
                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Up to ``count`` (stem, image, labels) pairs, chosen reproducibly."""
+    """Up to ``count`` (stem, image, labels) pairs, chosen reproducibly; images are
+    preprocessed with ``normalization`` (a run's: ``LoadedRun.normalization``)."""
     samples = overview.report.samples
     order = np.random.default_rng(seed).permutation(len(samples))[:count]
     chosen = [samples[i] for i in sorted(order)]
-    return [(s.stem, read_image(s.image_path, channels), read_mask(s.mask_path, overview.codec))
-            for s in chosen]
+    return [(s.stem, read_image(s.image_path, channels, normalization),
+             read_mask(s.mask_path, overview.codec)) for s in chosen]
 
 
 def config_rows(config: Any) -> list[tuple[str, str, Any]]:

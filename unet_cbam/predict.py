@@ -35,6 +35,7 @@ from unet_cbam.data.io import (
     IGNORE_LABEL,
     ImageReadError,
     MaskCodec,
+    Normalization,
     is_image_file,
     preprocess,
     read_mask,
@@ -76,6 +77,16 @@ class LoadedRun:
     @property
     def channels(self) -> int:
         return self.config.model.input_channels
+
+    @property
+    def normalization(self) -> Normalization:
+        """The run's frozen intensity normalisation (bit depth for older runs)."""
+        return Normalization.from_config(self.config.data.normalization)
+
+    def preprocess(self, raw: np.ndarray, path: str | Path = "", standardize: bool = True
+                   ) -> np.ndarray:
+        """What training fed the model, for an image as stored (see ``io.preprocess``)."""
+        return preprocess(raw, self.channels, path, self.normalization, standardize)
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -273,17 +284,17 @@ class BatchPredictor:
         ``keep_probabilities``, the ``(H, W, K)`` float32 probabilities.
         Labels and probabilities equal ``predict_image(preprocess(raw))``.
         """
-        if raw.dtype.kind == "f":
+        if raw.dtype.kind == "f" and self.run.normalization.mode == "bitdepth":
             to_float(raw, path)  # the range check applies to the whole image
         image = raw if raw.ndim == 3 else raw[..., None]
-        channels = self.run.channels
+        run = self.run
         dtype = np.uint8 if self.run.codec.num_labels <= 256 else np.uint16
         labels = np.empty(raw.shape[:2], dtype)
         probabilities = None
         for top, rows in sliding_window_rows(
                 image, self.predictor, tile_size=self.inference.tile_size,
                 overlap=self.inference.overlap, batch_size=self.inference.batch_size,
-                divisor=self.divisor, convert=lambda tile: preprocess(tile, channels, path)):
+                divisor=self.divisor, convert=lambda tile: run.preprocess(tile, path)):
             labels[top:top + len(rows)] = probabilities_to_labels(rows, self.inference.threshold)
             if keep_probabilities:
                 if probabilities is None:
@@ -316,7 +327,7 @@ class BatchPredictor:
             self._write_probabilities(probabilities, paths["probabilities"])
         if "overlay" in paths:
             colors = class_colors(self.run.codec.num_labels)
-            picture = overlay(preprocess(raw, self.run.channels), labels, colors)
+            picture = overlay(self.run.preprocess(raw, standardize=False), labels, colors)
             if self.run.codec.num_labels > 2:
                 picture = add_legend(picture, self.run.class_names, colors)
             write_image(paths["overlay"], picture)
@@ -431,9 +442,8 @@ class BatchPredictor:
                     image = current.result()  # as decoded: converted tile by tile
                     labels, probabilities = self.predict_raw(
                         image, source, keep_probabilities="probabilities" in paths)
-                    attention = self.attention(preprocess(
-                        self.attention_view(image), self.run.channels, source)) \
-                        if "attention" in paths else None
+                    attention = self.attention(self.run.preprocess(
+                        self.attention_view(image), source)) if "attention" in paths else None
                 except Exception as error:  # a bad item must not stop the batch
                     message = _one_line(error, source)
                     logger.error("%s: %s", source, message)

@@ -19,13 +19,22 @@ import tensorflow as tf
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, monitor_mode
 from unet_cbam.data.augment import augmentation_pipeline
 from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
-from unet_cbam.data.demo import ensure_demo
-from unet_cbam.data.io import MaskCodec
-from unet_cbam.data.verify import DataError, DatasetReport, detect_codec, find_pairs, verify_pairs
+from unet_cbam.data.io import MaskCodec, Normalization
+from unet_cbam.data.verify import (
+    DataError,
+    DatasetReport,
+    data_folders,
+    detect_codec,
+    find_pairs,
+    resolve_binary_threshold,
+    verify_pairs,
+)
 from unet_cbam.files import atomic_write, remove_stale_temporaries
+from unet_cbam.fingerprint import fingerprint_from_report
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
+from unet_cbam.plan import plan_rows, plan_run
 from unet_cbam.run import RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
 
@@ -40,30 +49,26 @@ logger = logging.getLogger(__name__)
 class PreparedData:
     """Verified data, ready for the pipelines."""
 
-    config: DataConfig          # with the mask encoding resolved
+    config: RunConfig           # with the mask encoding and the plan resolved
     codec: MaskCodec
     train: PairSource
     val: PairSource
     report: DatasetReport       # of every verified pair, training and validation
+    fingerprint: dict
 
     @property
     def class_names(self) -> list[str]:
-        return class_names(self.config, self.codec)
-
-
-def data_folders(data: DataConfig) -> tuple[Path, Path]:
-    """(images, masks) folders: --images/--masks, --data, or the demo set."""
-    if data.images is not None:
-        return Path(data.images), Path(data.masks)
-    root = Path(data.data) if data.data is not None else ensure_demo()
-    return root / "images", root / "masks"
+        return class_names(self.config.data, self.codec)
 
 
 def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = True
                  ) -> PreparedData:
-    """Pair, verify and split the data; raise ``DataError`` listing every problem.
+    """Pair, verify, fingerprint, plan and split; raise ``DataError`` listing every problem.
 
     ``split`` (from a run's split.json) pins which stems train and validate.
+    The returned config has every automatic setting decided (``plan_run``),
+    from the fingerprint of all pairs (training and validation: never a test
+    set, which train.py does not see).
     """
     data, model = config.data, config.model
     images_dir, masks_dir = data_folders(data)
@@ -75,10 +80,12 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
         problems += val_problems
     if not samples + val_samples:
         raise DataError(problems)
+    data, threshold_reason = resolve_binary_threshold(samples + val_samples, data,
+                                                      model.num_classes)
     codec = detect_codec(samples + val_samples, data, model.num_classes)
     report = verify_pairs(samples + val_samples, codec, model.input_channels,
                           cache_bytes=data.cache_gb * 1e9, progress=progress,
-                          max_pixels=data.max_pixels)
+                          max_pixels=data.max_pixels, explain_values=threshold_reason is None)
     report.problems = problems + report.problems  # every problem at once, pairing first
     report.raise_for_problems()
 
@@ -104,9 +111,14 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
         palette=[list(c) for c in codec.palette] if codec.palette else None)
     codec = dataclasses.replace(codec, values=tuple(resolved.mask_values or codec.values))
     report.codec = codec
+    fingerprint = fingerprint_from_report(report, class_names(resolved, codec), threshold_reason)
+    config = plan_run(dataclasses.replace(config, data=resolved), fingerprint)
+    normalization = Normalization.from_config(config.data.normalization)
     channels = model.input_channels
-    return PreparedData(resolved, codec, PairSource.from_report(train, report, channels),
-                        PairSource.from_report(val, report, channels), report)
+    sources = [PairSource.from_report(part, report, channels, normalization)
+               for part in (train, val)]
+    report.cache = None  # the sources hold the preprocessed pixels now
+    return PreparedData(config, codec, *sources, report, fingerprint)
 
 
 # --------------------------------------------------------------------------
@@ -268,16 +280,25 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
     changed += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)
                 if getattr(requested.data, f.name) != getattr(saved.data, f.name)
                 and f.name not in ("mask_encoding", "mask_values", "palette", "cache_gb",
-                                   "max_pixels")]
+                                   "max_pixels")
+                and getattr(requested.data, f.name) != PLANNED.get(f.name, f)]
     if changed:
         raise ValueError("a resumed run keeps its model and data; these differ from the saved "
                          f"config: {', '.join(changed)}")
-    return dataclasses.replace(saved, train=requested.train)
+    train = requested.train
+    if train.batch_size is None:  # planned: the saved run's
+        train = dataclasses.replace(train, batch_size=saved.train.batch_size)
+    return dataclasses.replace(saved, train=train)
+
+
+#: Data settings whose automatic value (planned from the data) a resumed run keeps as saved.
+PLANNED = {"binary_threshold": "auto", "normalization": None, "patch_size": None,
+           "foreground_oversampling": None}
 
 
 def check_patch_size(config: RunConfig) -> None:
     divisor = config.model.divisor
-    if config.data.patch_size % divisor:
+    if config.data.patch_size is not None and config.data.patch_size % divisor:
         raise ValueError(
             f"patch_size {config.data.patch_size} is not divisible by {divisor} (2**depth with "
             f"depth {config.model.resolved_depth}); use a multiple of {divisor}, e.g. "
@@ -335,7 +356,10 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     data = prepare_data(config, split=split, progress=progress)
     check_monitor(config.train.monitor, data.class_names)
-    config = dataclasses.replace(config, data=data.config)
+    config = data.config
+    check_patch_size(config)
+    for name, value, reason in plan_rows(config.plan):
+        logger.info("plan: %s = %s (%s)", name, value, reason)
 
     train_cfg = config.train
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
@@ -362,6 +386,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     # leaves no run folder (or one the next attempt replaces, see check_run_dir).
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(config)
+    run.write_fingerprint(data.fingerprint)
     run.write_split([s.stem for s in data.train.samples], [s.stem for s in data.val.samples])
 
     mode = train_cfg.monitor_mode

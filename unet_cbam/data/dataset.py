@@ -21,7 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from unet_cbam.data.augment import augmentation_pipeline, patch_sampler
-from unet_cbam.data.io import IGNORE_LABEL, MaskCodec, read_image, read_mask
+from unet_cbam.data.io import (
+    BITDEPTH,
+    IGNORE_LABEL,
+    MaskCodec,
+    Normalization,
+    preprocess,
+    read_mask,
+    read_raw,
+)
 from unet_cbam.data.verify import Sample
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -42,12 +50,19 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int
 
 
 class PairSource:
-    """(image, labels) for each sample, from the in-memory cache or from disk."""
+    """(image, labels) for each sample, from the in-memory cache or from disk.
+
+    Images come preprocessed up to augmentation (``preprocess(...,
+    standardize=False)``: in [0, 1]); ``normalization.standardize`` is the
+    pipelines' last step.
+    """
 
     def __init__(self, samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],
                  codec: MaskCodec, channels: int,
-                 cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
-        """``sizes``: (height, width) of each sample, as verification found them."""
+                 cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 normalization: Normalization = BITDEPTH):
+        """``sizes``: (height, width) of each sample, as verification found them;
+        ``cache``: (preprocessed image, labels) by stem."""
         if len(sizes) != len(samples):
             raise ValueError(f"{len(samples)} samples but {len(sizes)} sizes")
         self.samples = list(samples)
@@ -55,12 +70,21 @@ class PairSource:
         self.codec = codec
         self.channels = channels
         self.cache = cache or {}
+        self.normalization = normalization
 
     @classmethod
-    def from_report(cls, samples: Sequence[Sample], report, channels: int) -> PairSource:
-        """Samples that passed ``verify_pairs``, with its sizes, codec and cache."""
+    def from_report(cls, samples: Sequence[Sample], report, channels: int,
+                    normalization: Normalization = BITDEPTH) -> PairSource:
+        """Samples that passed ``verify_pairs``, with its sizes and codec, and its cached
+        raw pixels preprocessed."""
         sizes = [(report.info[s.stem].height, report.info[s.stem].width) for s in samples]
-        return cls(samples, sizes, report.codec, channels, report.cache)
+        cache = {}
+        for sample in samples:
+            if report.cache and sample.stem in report.cache:
+                raw, labels = report.cache[sample.stem]
+                cache[sample.stem] = (preprocess(raw, channels, sample.image_path, normalization,
+                                                 standardize=False), labels)
+        return cls(samples, sizes, report.codec, channels, cache, normalization)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -73,8 +97,9 @@ class PairSource:
     @functools.lru_cache(maxsize=8)  # noqa: B019 (one source per pipeline; bounded)
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        return (read_image(sample.image_path, self.channels),
-                read_mask(sample.mask_path, self.codec))
+        image = preprocess(read_raw(sample.image_path), self.channels, sample.image_path,
+                           self.normalization, standardize=False)
+        return image, read_mask(sample.mask_path, self.codec)
 
 
 def to_targets(labels: tf.Tensor, num_labels: int) -> tf.Tensor:
@@ -91,7 +116,7 @@ def training_dataset(source: PairSource, *, patch_size: int, batch_size: int,
                      foreground_oversampling: float = 0.33, seed: int = 0) -> tf.data.Dataset:
     """Endless batches of augmented patches: ``(images, targets)``.
 
-    images: ``(batch_size, patch_size, patch_size, channels)`` float32 in [0, 1];
+    images: ``(batch_size, patch_size, patch_size, channels)`` float32, preprocessed;
     targets: ``(batch_size, patch_size, patch_size, num_labels + 1)``.
     """
     if len(source) == 0:
@@ -111,7 +136,8 @@ def training_dataset(source: PairSource, *, patch_size: int, batch_size: int,
         local.augment.set_random_seed(element_seed + 1)
         patch = local.crop(image=image, mask=labels)
         patch = local.augment(image=patch["image"], mask=patch["mask"])
-        return (np.ascontiguousarray(patch["image"], dtype=np.float32),
+        image = source.normalization.standardize(patch["image"])
+        return (np.ascontiguousarray(image, dtype=np.float32),
                 np.ascontiguousarray(patch["mask"], dtype=np.uint16))
 
     channels = source.channels
@@ -152,7 +178,7 @@ def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int
         image, labels = source.get(index)
         patch = np.zeros((patch_size, patch_size, channels), np.float32)
         target = np.full((patch_size, patch_size), IGNORE_LABEL, np.uint16)
-        window = image[y:y + patch_size, x:x + patch_size]
+        window = source.normalization.standardize(image[y:y + patch_size, x:x + patch_size])
         patch[:window.shape[0], :window.shape[1]] = window
         target[:window.shape[0], :window.shape[1]] = labels[y:y + patch_size, x:x + patch_size]
         return patch, target

@@ -7,25 +7,29 @@ time from deep inside tf.data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import zlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig
+from unet_cbam.data.demo import ensure_demo
 from unet_cbam.data.io import (
     IGNORE_LABEL,
     IMAGE_EXTENSIONS,
     LOSSY_EXTENSIONS,
     ImageReadError,
     MaskCodec,
+    convert_channels,
     image_size,
     is_image_file,
-    preprocess,
     read_mask_raw,
     read_palette,
     read_raw,
@@ -61,6 +65,12 @@ class SampleInfo:
     label_counts: np.ndarray  # pixels per class id, then ignored pixels
     mask_bit_depth: int = 8
     mask_is_palette: bool = False
+    dtype: str = "uint8"
+    #: A random sample of the raw pixels ``(n, channels)``, and of those under foreground.
+    pixels: np.ndarray | None = None
+    foreground_pixels: np.ndarray | None = None
+    #: Areas of the connected components (8-connected) of each foreground label.
+    object_areas: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +82,7 @@ class DatasetReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     info: dict[str, SampleInfo] = field(default_factory=dict)
-    #: Decoded (image, labels) per stem when they fit the cache budget.
+    #: (raw image as stored, labels) per stem when they fit the cache budget.
     cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     #: Distinct raw values of binary masks (up to a few), to write masks alike.
     binary_raw_values: set[int] = field(default_factory=set)
@@ -103,6 +113,14 @@ class DatasetReport:
     def raise_for_problems(self) -> None:
         if self.problems:
             raise DataError(self.problems)
+
+
+def data_folders(data: DataConfig) -> tuple[Path, Path]:
+    """(images, masks) folders: --images/--masks, --data, or the demo set."""
+    if data.images is not None:
+        return Path(data.images), Path(data.masks)
+    root = Path(data.data) if data.data is not None else ensure_demo()
+    return root / "images", root / "masks"
 
 
 def find_pairs(images_dir: str | Path, masks_dir: str | Path
@@ -142,6 +160,80 @@ def _by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
             problems.append(f"{paths[0]}: several files share the stem {stem!r}: "
                             f"{', '.join(p.name for p in paths)}")
     return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
+
+
+#: Masks read to choose the binary threshold (evenly spread over the data set).
+THRESHOLD_SAMPLE = 32
+
+
+def choose_binary_threshold(samples: list[Sample], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                            limit: int = THRESHOLD_SAMPLE) -> tuple[int, str]:
+    """``binary_threshold: auto``: the threshold and its reason, from the masks' histogram."""
+    picked = samples if len(samples) <= limit else \
+        [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
+    counts: dict[int, int] = defaultdict(int)
+    top = 255
+    for sample in picked:
+        try:
+            raw, _ = read_mask_raw(sample.mask_path, max_pixels)
+        except (ImageReadError, OSError):
+            continue  # verification reports it
+        if raw.dtype.kind == "f":
+            continue
+        flat = raw if raw.ndim == 2 else raw[..., :3].max(axis=-1)
+        values, numbers = np.unique(flat, return_counts=True)
+        for value, number in zip(values.tolist(), numbers.tolist(), strict=True):
+            counts[int(value)] += int(number)
+        top = max(top, int(np.iinfo(raw.dtype).max))
+    lossy = any(s.mask_path.suffix.lower() in LOSSY_EXTENSIONS for s in picked)
+    values = np.array(sorted(counts), dtype=np.int64)
+    return binary_threshold_from_histogram(
+        values, np.array([counts[v] for v in values.tolist()], dtype=np.int64), lossy, top)
+
+
+def binary_threshold_from_histogram(values: np.ndarray, counts: np.ndarray, lossy: bool,
+                                    top: int = 255) -> tuple[int, str]:
+    """The rule behind ``binary_threshold: auto``.
+
+    Clean masks (two values such as 0/1 or 0/255, or many values that are
+    instance labels): foreground is any value above the background (the
+    smallest value). JPEG masks, or masks whose values gather around two
+    modes far apart with a little noise between (resampled or compressed
+    0/255 masks): the middle between the two modes.
+    """
+    if len(values) == 0:
+        return 0, "no readable mask values: foreground is any value above 0"
+    low = int(values[0])
+    if len(values) <= 2:
+        shown = "/".join(str(int(v)) for v in values)
+        return low, f"clean masks (values {shown}): foreground is any value above {low}"
+    middle = (int(values[0]) + int(values[-1])) / 2
+    below = values <= middle
+    low_mode = int(values[below][np.argmax(counts[below])])
+    high_mode = int(values[~below][np.argmax(counts[~below])])
+    band = (int(values[-1]) - int(values[0])) / 8
+    near = (np.abs(values - low_mode) <= band) | (np.abs(values - high_mode) <= band)
+    near_fraction = float(counts[near].sum() / counts.sum())
+    two_modes = near_fraction >= 0.99 and high_mode - low_mode >= top / 2
+    if lossy or two_modes:
+        threshold = (low_mode + high_mode) // 2
+        why = "JPEG masks" if lossy else f"{len(values)} mask values"
+        return threshold, (f"{why} gather around two modes, {low_mode} and {high_mode} "
+                           f"({near_fraction:.1%} of the pixels within {band:.0f} of one); "
+                           f"foreground is any value above the middle, {threshold}")
+    return low, (f"{len(values)} distinct mask values that do not form two noisy modes "
+                 f"(instance labels or ids): foreground is any value above {low}")
+
+
+def resolve_binary_threshold(samples: list[Sample], data: DataConfig, num_classes: int
+                             ) -> tuple[DataConfig, str | None]:
+    """``data`` with ``binary_threshold: auto`` replaced by its value, and the reason."""
+    if data.binary_threshold != "auto":
+        return data, None
+    if num_classes != 1 or data.mask_encoding not in ("auto", "binary"):
+        return dataclasses.replace(data, binary_threshold=0), None
+    threshold, reason = choose_binary_threshold(samples, data.max_pixels)
+    return dataclasses.replace(data, binary_threshold=threshold), reason
 
 
 def detect_codec(samples: list[Sample], data: DataConfig, num_classes: int) -> MaskCodec:
@@ -189,12 +281,17 @@ def _is_colour(raw: np.ndarray) -> bool:
 
 def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
                  cache_bytes: float = 0, workers: int = 4, progress: bool = True,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DatasetReport:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, explain_values: bool = True
+                 ) -> DatasetReport:
     """Decode every pair once; collect problems, statistics and (optionally) the pixels.
 
     Each image must decode, have a mask of the same size, and convert to
-    ``channels`` channels; each mask's values must fit ``codec``.
-    Decoded pairs are kept in ``report.cache`` while they fit ``cache_bytes``.
+    ``channels`` channels; each mask's values must fit ``codec``. ``explain_values``:
+    warn when binary masks hold more than two values (off when the threshold
+    was chosen from the masks, ``resolve_binary_threshold``, which says why).
+    Pairs (the image as stored, the labels) are kept in ``report.cache`` while
+    they fit ``cache_bytes``; each pair's ``SampleInfo`` holds pixel samples
+    and object sizes for the fingerprint (``unet_cbam.fingerprint``).
     """
     report = DatasetReport(samples=[], codec=codec)
     lossy = [s.mask_path for s in samples if s.mask_path.suffix.lower() in LOSSY_EXTENSIONS]
@@ -205,9 +302,10 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
     expected = sum(_estimated_bytes(s, channels) for s in samples)
     keep = 0 < expected <= cache_bytes
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    budget = int(np.clip(PIXEL_SAMPLE_BUDGET // max(1, len(samples)), 64, PIXELS_PER_IMAGE))
 
     def check(sample: Sample):
-        return sample, _check_pair(sample, codec, channels, keep, max_pixels)
+        return sample, _check_pair(sample, codec, channels, keep, max_pixels, budget)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check, samples)
@@ -229,7 +327,7 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
                 cache[sample.stem] = pixels
     report.cache = cache if keep else None
     _check_mixed_palettes(report, codec)
-    if codec.encoding == "binary" and len(report.binary_distinct) > 2:
+    if explain_values and codec.encoding == "binary" and len(report.binary_distinct) > 2:
         values = sorted(report.binary_distinct)
         shown = ", ".join(map(str, values[:MAX_LISTED_VALUES]))
         more = " ..." if len(values) > MAX_LISTED_VALUES else ""
@@ -243,6 +341,10 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
 
 
 MAX_LISTED_VALUES = 10
+#: Raw pixels sampled for the fingerprint: at most this many over the data set ...
+PIXEL_SAMPLE_BUDGET = 2_000_000
+#: ... and at most this many (and at least 64) per image, under foreground as well.
+PIXELS_PER_IMAGE = 5_000
 
 
 def _check_mixed_palettes(report: DatasetReport, codec: MaskCodec) -> None:
@@ -279,22 +381,23 @@ def _estimated_bytes(sample: Sample, channels: int) -> int:
 
 
 def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool,
-                max_pixels: int | None):
+                max_pixels: int | None, pixel_budget: int = PIXELS_PER_IMAGE):
     problems = []
-    image = labels = None
+    raw = labels = None
     try:
         raw = read_raw(sample.image_path, max_pixels)
-        image = preprocess(raw, channels, sample.image_path)
+        _check_image(raw, channels, sample.image_path)
     except ImageReadError as error:
         problems.append(str(error))
+        raw = None
     try:
         raw_mask, is_palette = read_mask_raw(sample.mask_path, max_pixels)
         if codec.encoding == "palette" and not is_palette:
             raise ImageReadError(f"{sample.mask_path}: not a palette PNG like the other masks")
-        if image is not None and raw_mask.shape[:2] != image.shape[:2]:
+        if raw is not None and raw_mask.shape[:2] != raw.shape[:2]:
             raise ImageReadError(
                 f"{sample.mask_path}: mask is {raw_mask.shape[1]}x{raw_mask.shape[0]} pixels but "
-                f"its image {sample.image_path.name} is {image.shape[1]}x{image.shape[0]}")
+                f"its image {sample.image_path.name} is {raw.shape[1]}x{raw.shape[0]}")
         labels = codec.decode(raw_mask, sample.mask_path)
     except ImageReadError as error:
         problems.append(str(error))
@@ -303,11 +406,40 @@ def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool,
     counts = np.bincount(np.minimum(labels.ravel(), codec.num_labels),
                          minlength=codec.num_labels + 1)
     counts[codec.num_labels] = int((labels == IGNORE_LABEL).sum())
-    info = SampleInfo(image.shape[0], image.shape[1], 1 if raw.ndim == 2 else raw.shape[2],
+    info = SampleInfo(raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else raw.shape[2],
                       raw.dtype.itemsize * 8, counts.astype(np.int64),
-                      raw_mask.dtype.itemsize * 8, is_palette)
+                      raw_mask.dtype.itemsize * 8, is_palette, dtype=str(raw.dtype))
+    _sample_statistics(info, sample.stem, raw, labels, codec.num_labels, pixel_budget)
     raw_values = None
     if codec.encoding == "binary":
         flat = raw_mask if raw_mask.ndim == 2 else raw_mask.max(axis=-1)
         raw_values = set(np.unique(flat).tolist())
-    return [], info, ((image, labels) if keep else None), raw_values
+    return [], info, ((raw, labels) if keep else None), raw_values
+
+
+def _check_image(raw: np.ndarray, channels: int, path: Path) -> None:
+    """What every normalisation needs: a known type, finite values, usable channels."""
+    if raw.dtype.kind not in "uif":
+        raise ImageReadError(f"{path}: unsupported pixel type {raw.dtype}")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise ImageReadError(f"{path}: float image with NaN or infinite values")
+    convert_channels(raw[:1, :1], channels, path)
+
+
+def _sample_statistics(info: SampleInfo, stem: str, raw: np.ndarray, labels: np.ndarray,
+                       num_labels: int, budget: int) -> None:
+    """Pixel samples and object sizes for the fingerprint (seeded by the file stem)."""
+    rng = np.random.default_rng(zlib.crc32(stem.encode()))
+    flat = raw.reshape(raw.shape[0] * raw.shape[1], -1)
+    count = flat.shape[0]
+    info.pixels = flat[rng.choice(count, budget, replace=False)] if count > budget \
+        else flat.copy()
+    foreground = np.flatnonzero((labels.ravel() > 0) & (labels.ravel() != IGNORE_LABEL))
+    if len(foreground) > budget:
+        foreground = rng.choice(foreground, budget, replace=False)
+    info.foreground_pixels = flat[foreground]
+    for label in range(1, num_labels):
+        if info.label_counts[label]:
+            _, _, stats, _ = cv2.connectedComponentsWithStats(
+                (labels == label).astype(np.uint8), connectivity=8)
+            info.object_areas[label] = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)

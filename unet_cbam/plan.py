@@ -1,0 +1,184 @@
+"""The automatic configuration: settings chosen from the data's fingerprint.
+
+nnU-Net's lesson is that a pipeline configured from the data itself beats a
+fixed recipe. Every setting left to ``auto`` (or none) is decided here by a
+rule written in terms of the fingerprint (``unet_cbam.fingerprint``), never
+of a particular data set, and recorded with its reason in the run's
+``config.yaml`` (its ``plan`` section). A value given on the command line
+or in ``--config`` is kept as it is.
+
+The rules:
+
+- normalisation (``normalize: auto``): float images, and integer images
+  whose intensity range covers less than ``NARROW_RANGE`` of their bit
+  depth's range, are clipped to that range and scaled to [0, 1]
+  (``percentile``); otherwise the bit depth is kept (``bitdepth``). The
+  range is from the 0.5th to the 99.5th percentile of all pixels, widened to
+  those of the foreground pixels.
+- patch size (``patch_size: none``): the median image's shorter side,
+  rounded down to the model's divisor, at most ``MAX_PATCH_SIDE`` rounded
+  likewise: small images are not padded into huge patches, large ones are
+  not cut into tiny ones.
+- batch size (``batch_size: none``): ``BATCH_PIXELS`` pixels per batch, at
+  least ``MIN_BATCH`` and at most ``MAX_BATCH`` patches.
+- foreground oversampling (``foreground_oversampling: none``): nnU-Net's
+  one third; one half when the rarest foreground class covers less than
+  ``RARE_CLASS`` of the pixels.
+
+The binary mask threshold is chosen from the masks' histogram before the
+masks are decoded (``verify.resolve_binary_threshold``); the fingerprint
+carries it and its reason into the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from unet_cbam.config import RunConfig
+
+#: Data using less than this share of its bit depth's range is rescaled by percentiles.
+NARROW_RANGE = 0.25
+#: Training pixels per batch: 8 patches of 256 x 256, the measured CPU default.
+BATCH_PIXELS = 8 * 256 * 256
+MIN_BATCH = 4
+MAX_BATCH = 32
+#: The largest patch side that keeps MIN_BATCH patches within BATCH_PIXELS.
+MAX_PATCH_SIDE = math.isqrt(BATCH_PIXELS // MIN_BATCH)
+#: A foreground class below this share of the pixels is rare.
+RARE_CLASS = 0.01
+DEFAULT_OVERSAMPLING = 1 / 3
+RARE_OVERSAMPLING = 0.5
+
+
+def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
+    """``config`` with every automatic setting decided, and ``config.plan`` saying why."""
+    data, train = config.data, config.train
+    plan: dict[str, dict[str, Any]] = dict(config.plan or {})
+
+    def decide(name: str, value: Any, reason: str) -> Any:
+        plan[name] = {"value": value, "reason": reason}
+        return value
+
+    threshold = fingerprint.get("binary_threshold")
+    if threshold is not None and data.binary_threshold in ("auto", threshold["value"]) \
+            and threshold["reason"] != "given":
+        data = dataclasses.replace(data, binary_threshold=decide(
+            "binary_threshold", threshold["value"], threshold["reason"]))
+    if data.normalization is None:
+        normalization, reason = choose_normalization(data.normalize, fingerprint)
+        data = dataclasses.replace(data, normalization=decide("normalization", normalization,
+                                                              reason))
+    if data.patch_size is None:
+        patch, reason = choose_patch_size(fingerprint, config.model.divisor)
+        data = dataclasses.replace(data, patch_size=decide("patch_size", patch, reason))
+    if train.batch_size is None:
+        batch, reason = choose_batch_size(data.patch_size)
+        train = dataclasses.replace(train, batch_size=decide("batch_size", batch, reason))
+    if data.foreground_oversampling is None:
+        value, reason = choose_oversampling(fingerprint)
+        data = dataclasses.replace(data, foreground_oversampling=decide(
+            "foreground_oversampling", value, reason))
+    return dataclasses.replace(config, data=data, train=train, plan=plan or None)
+
+
+def choose_normalization(mode: str, fingerprint: dict[str, Any]
+                         ) -> tuple[dict[str, Any], str]:
+    """The frozen ``normalization`` for ``mode`` (auto, bitdepth, percentile, zscore)."""
+    stats = fingerprint["intensity"]["all"]
+    foreground = fingerprint["intensity"]["foreground"]
+    is_float = any(dtype.startswith("float") for dtype in fingerprint["dtype"])
+    # The 0.5-99.5th percentiles of all pixels, widened to those of the foreground: a small
+    # bright foreground (nuclei) must not be clipped with the background's top.
+    low, high = stats["p0.5"], stats["p99.5"]
+    if foreground.get("pixels"):
+        low = [min(a, b) for a, b in zip(low, foreground["p0.5"], strict=True)]
+        high = [max(a, b) for a, b in zip(high, foreground["p99.5"], strict=True)]
+    top = 1.0 if is_float else float(2 ** fingerprint["bit_depth"] - 1)
+    used = (max(high) - min(low)) / top
+    where = (f"the 0.5-99.5th percentiles of all and of foreground pixels span "
+             f"{_values(low)} to {_values(high)}")
+    if mode == "auto":
+        if is_float:
+            mode, reason = "percentile", f"float images ({where})"
+        elif used < NARROW_RANGE:
+            mode = "percentile"
+            reason = (f"{where}: {used:.1%} of the {fingerprint['bit_depth']}-bit range "
+                      f"(under {NARROW_RANGE:.0%})")
+        else:
+            return {"mode": "bitdepth"}, (
+                f"{where}: {used:.0%} of the {fingerprint['bit_depth']}-bit range; "
+                "dividing by the bit depth keeps the contrast")
+    else:
+        reason = "asked for"
+    if mode == "bitdepth":
+        if is_float and (min(stats["min"]) < 0 or max(stats["max"]) > 1):
+            raise ValueError(
+                f"normalize bitdepth: the float images hold values from {min(stats['min']):.4g} "
+                f"to {max(stats['max']):.4g}, and float images are taken as they are; use "
+                "normalize auto, percentile or zscore")
+        return {"mode": "bitdepth"}, reason
+    step = 1e-6 if is_float else 1.0  # a constant channel: any positive span
+    high = [h if h > lo else lo + step for lo, h in zip(low, high, strict=True)]
+    normalization: dict[str, Any] = {"mode": mode, "low": low, "high": high}
+    if mode == "zscore":
+        spans = [h - lo for lo, h in zip(low, high, strict=True)]
+        means = [(m - lo) / s for m, lo, s in zip(stats["mean"], low, spans, strict=True)]
+        stds = [max(sd / s, 1e-6) for sd, s in zip(stats["std"], spans, strict=True)]
+        normalization.update(mean=sum(means) / len(means), std=sum(stds) / len(stds))
+        reason += "; mean and standard deviation of the sampled pixels, after scaling"
+    return normalization, f"{mode}: {reason}"
+
+
+def choose_patch_size(fingerprint: dict[str, Any], divisor: int) -> tuple[int, str]:
+    height, width = fingerprint["image_size"]["median"]
+    side = min(height, width)
+    limit = max(divisor, MAX_PATCH_SIDE // divisor * divisor)
+    patch = max(divisor, min(int(side) // divisor * divisor, limit))
+    if side > limit:
+        reason = (f"median image {width:g}x{height:g} is larger than {limit} (the largest side "
+                  f"with {MIN_BATCH} patches in {BATCH_PIXELS} pixels a batch)")
+    else:
+        reason = (f"median image {width:g}x{height:g}: its shorter side, rounded down to a "
+                  f"multiple of {divisor} (the model's divisor)")
+    return patch, reason
+
+
+def choose_batch_size(patch_size: int) -> tuple[int, str]:
+    batch = min(MAX_BATCH, max(MIN_BATCH, BATCH_PIXELS // (patch_size * patch_size)))
+    return batch, (f"{BATCH_PIXELS} pixels a batch ({MIN_BATCH} to {MAX_BATCH} patches) "
+                   f"with {patch_size}x{patch_size} patches")
+
+
+def choose_oversampling(fingerprint: dict[str, Any]) -> tuple[float, str]:
+    frequencies = list(fingerprint["class_frequency"].items())[1:]
+    if not frequencies:
+        return DEFAULT_OVERSAMPLING, "no foreground class"
+    name, rarest = min(frequencies, key=lambda item: item[1])
+    if rarest < RARE_CLASS:
+        return RARE_OVERSAMPLING, (f"class {name} covers {rarest:.2%} of the pixels (under "
+                                   f"{RARE_CLASS:.0%}): half the patches centred on foreground")
+    return DEFAULT_OVERSAMPLING, (f"the rarest class, {name}, covers {rarest:.1%} of the "
+                                  "pixels: a third of the patches centred on foreground "
+                                  "(nnU-Net's rate)")
+
+
+def plan_rows(plan: dict[str, dict[str, Any]] | None) -> list[tuple[str, str, str]]:
+    """``(setting, value, reason)`` rows of a run's plan, for the log and notebooks."""
+    return [(name, _show(entry["value"]), entry["reason"]) for name, entry in (plan or {}).items()]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_values(v) if isinstance(v, list) else _number(v)}"
+                         for k, v in value.items())
+    return _number(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _values(values: list[float]) -> str:
+    return "/".join(f"{v:.4g}" for v in values)
