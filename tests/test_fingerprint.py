@@ -300,3 +300,82 @@ def test_training_saves_fingerprint_and_plan_and_predict_applies_the_normalisati
         raw, keep_probabilities=True)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
+
+
+def test_time_budget_plans_epochs_and_steps_from_the_measured_step_time():
+    from unet_cbam.plan import plan_time_budget
+
+    config = RunConfig(train=TrainConfig(time_budget="20m"))
+    planned = plan_time_budget(config, step_seconds=1.5, pass_steps=100, spent_seconds=30)
+    # (1200 - 30) / 1.5 = 780 steps: 7 passes of ~100 steps -> 7 epochs of 111 steps.
+    assert (planned.train.epochs, planned.train.steps_per_epoch) == (7, 111)
+    assert planned.plan["epochs"]["reason"].startswith("time_budget 20m: 1.5 s a step")
+    long_passes = plan_time_budget(config, step_seconds=1.5, pass_steps=600)
+    assert (long_passes.train.epochs, long_passes.train.steps_per_epoch) == (5, 160)
+    given = RunConfig(train=TrainConfig(time_budget="10m", steps_per_epoch=40))
+    planned = plan_time_budget(given, step_seconds=0.5, pass_steps=40)
+    assert (planned.train.epochs, planned.train.steps_per_epoch) == (30, 40)
+    assert planned.plan["steps_per_epoch"]["reason"] == "as given"
+    tiny = plan_time_budget(RunConfig(train=TrainConfig(time_budget="2s")), 5.0, 100)
+    assert (tiny.train.epochs, tiny.train.steps_per_epoch) == (1, 1)
+
+
+def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
+    from unet_cbam.training import TimeBudget
+
+    class Model:
+        stop_training = False
+    now = [0.0]
+    guard = TimeBudget(100.0, clock=lambda: now[0])
+    guard.set_model(Model())
+    for _ in range(11):  # 11 batches of 10 s: 110 s, within 15 % of 100 s
+        guard.on_train_batch_begin(0)
+        now[0] += 10.0
+        guard.on_train_batch_end(0)
+        now[0] += 5.0  # validation and the data pipeline between batches: not counted
+    assert not guard.model.stop_training
+    guard.on_train_batch_begin(0)
+    now[0] += 10.0
+    guard.on_train_batch_end(0)  # 120 s > 115 s
+    assert guard.model.stop_training
+
+
+def test_measure_step_seconds_times_only_the_steps_after_warm_up():
+    from unet_cbam.training import measure_step_seconds
+
+    calls, now = [], [0.0]
+
+    class Model:
+        def train_on_batch(self, x, y):
+            calls.append(x)
+            now[0] += 2.0 if len(calls) <= 2 else 0.5  # tracing makes the first steps slow
+    seconds = measure_step_seconds(Model(), [(i, i) for i in range(10)], warmup=2, timed=4,
+                                   clock=lambda: now[0])
+    assert seconds == 0.5 and calls == list(range(6))
+
+
+@pytest.mark.parametrize("value", ["soon", "20 minutes", "0s", "1x"])
+def test_bad_time_budget_is_refused_before_training(tmp_path, capsys, value):
+    from unet_cbam.cli.train import main as train_main
+
+    code = train_main(["--data", str(tmp_path), "--time-budget", value,
+                       "--output", str(tmp_path / "run")])
+    assert code == 2
+    assert f"time_budget {value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
+    from unet_cbam.run import RunFolder
+    from unet_cbam.training import train
+
+    root = _nuclei(tmp_path / "data", count=4)
+    config = RunConfig(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+                       data=DataConfig(data=str(root), val_fraction=0.25, augmentation="none"),
+                       train=TrainConfig(time_budget="8s", batch_size=4, warmup_epochs=0))
+    result = train(config, tmp_path / "run", progress=False)
+    saved = RunFolder(tmp_path / "run").config
+    assert saved.plan["epochs"]["value"] == saved.train.epochs
+    assert saved.plan["steps_per_epoch"]["value"] == saved.train.steps_per_epoch
+    assert saved.train.epochs * saved.train.steps_per_epoch >= 1
+    assert len(result.history["loss"]) <= saved.train.epochs

@@ -9,6 +9,7 @@ own ranges in ``__post_init__``; errors name the field and the bad value.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -269,8 +270,15 @@ class TrainConfig:
     strategy: Strategy = option(
         "default", "tf.distribute strategy: default (one device) or mirrored (all GPUs)")
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
+    time_budget: str | None = option(
+        None,
+        "training time, e.g. 20m, 1h30m, 90s: the step time is measured after warm-up and the "
+        "epochs and steps (given steps_per_epoch: the epochs) are planned to fill it; "
+        "validation comes on top. none: epochs and steps_per_epoch as given")
 
     def __post_init__(self) -> None:
+        if self.time_budget is not None:
+            parse_duration(self.time_budget, "time_budget")
         _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         _require(self.batch_size is None or self.batch_size >= 1, "batch_size",
                  self.batch_size, "must be >= 1")
@@ -286,6 +294,24 @@ class TrainConfig:
     @property
     def monitor_mode(self) -> Literal["min", "max"]:
         return monitor_mode(self.monitor)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([hms])")
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """Seconds in ``90``, ``90s``, ``20m``, ``1.5h`` or ``1h30m``; an error names the value."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d*)?", value):
+        seconds = float(value)
+    elif value and re.fullmatch(rf"(?:{_DURATION.pattern}\s*)+", value):
+        factor = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        seconds = sum(float(number) * factor[unit] for number, unit in _DURATION.findall(value))
+    else:
+        raise ValueError(f"{name} {text!r} is not a duration such as 90s, 20m, 1.5h or 1h30m")
+    if seconds <= 0:
+        raise ValueError(f"{name} {text!r} must be longer than 0 seconds")
+    return seconds
 
 
 def monitor_mode(metric: str) -> Literal["min", "max"]:

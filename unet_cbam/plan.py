@@ -36,7 +36,7 @@ import dataclasses
 import math
 from typing import Any
 
-from unet_cbam.config import RunConfig
+from unet_cbam.config import RunConfig, parse_duration
 
 #: Data using less than this share of its bit depth's range is rescaled by percentiles.
 NARROW_RANGE = 0.25
@@ -162,6 +162,47 @@ def choose_oversampling(fingerprint: dict[str, Any]) -> tuple[float, str]:
     return DEFAULT_OVERSAMPLING, (f"the rarest class, {name}, covers {rarest:.1%} of the "
                                   "pixels: a third of the patches centred on foreground "
                                   "(nnU-Net's rate)")
+
+
+#: With --time-budget and no steps_per_epoch: this many epochs at least (validations, best
+#: model picks) and at most, around one pass over the training pixels per epoch.
+MIN_BUDGET_EPOCHS = 5
+MAX_BUDGET_EPOCHS = 50
+
+
+def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
+                     spent_seconds: float = 0.0) -> RunConfig:
+    """Epochs and steps per epoch that fill ``config.train.time_budget``.
+
+    ``step_seconds``: one training step, measured after warm-up;
+    ``pass_steps``: steps of about one pass over the training pixels;
+    ``spent_seconds``: budget already used (the measurement). Given
+    ``steps_per_epoch``, only the epochs are planned; otherwise as many
+    epochs as passes fit, between ``MIN_BUDGET_EPOCHS`` and
+    ``MAX_BUDGET_EPOCHS``. The learning-rate schedule spans the result.
+    """
+    train = config.train
+    budget = parse_duration(train.time_budget, "time_budget")
+    remaining = max(0.0, budget - spent_seconds)
+    total = max(1, int(remaining // step_seconds))
+    if train.steps_per_epoch is not None:
+        steps = min(train.steps_per_epoch, total)
+    else:
+        epochs = min(MAX_BUDGET_EPOCHS, max(MIN_BUDGET_EPOCHS, total // max(1, pass_steps)))
+        steps = max(1, total // epochs)
+    epochs = max(1, total // steps)
+    reason = (f"time_budget {train.time_budget}: {step_seconds:.3g} s a step (measured after "
+              f"warm-up), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring: "
+              f"{epochs} x {steps} = {epochs * steps} steps")
+    plan = dict(config.plan or {})
+    plan["epochs"] = {"value": epochs, "reason": reason}
+    plan["steps_per_epoch"] = {"value": steps, "reason": (
+        "as given" if train.steps_per_epoch is not None else
+        f"{total} steps over {epochs} epochs ({MIN_BUDGET_EPOCHS} to {MAX_BUDGET_EPOCHS}; "
+        f"a pass over the training pixels is {pass_steps} steps)")}
+    return dataclasses.replace(
+        config, train=dataclasses.replace(train, epochs=epochs, steps_per_epoch=steps),
+        plan=plan)
 
 
 def plan_rows(plan: dict[str, dict[str, Any]] | None) -> list[tuple[str, str, str]]:

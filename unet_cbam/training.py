@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, monitor_mode
+from unet_cbam.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    monitor_mode,
+    parse_duration,
+)
 from unet_cbam.data.augment import augmentation_pipeline
 from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
 from unet_cbam.data.io import MaskCodec, Normalization
@@ -34,7 +42,7 @@ from unet_cbam.fingerprint import fingerprint_from_report
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
-from unet_cbam.plan import plan_rows, plan_run
+from unet_cbam.plan import plan_rows, plan_run, plan_time_budget
 from unet_cbam.run import RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
 
@@ -364,8 +372,6 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     train_cfg = config.train
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
         data.train, config.data.patch_size, train_cfg.batch_size)
-    logger.info("training on %d pairs, validating on %d; %d steps of %d patches per epoch",
-                len(data.train), len(data.val), steps, train_cfg.batch_size)
     train_ds = training_dataset(
         data.train, patch_size=config.data.patch_size, batch_size=train_cfg.batch_size,
         augmentation=config.data.augmentation, augmentations=config.data.augmentations,
@@ -374,14 +380,31 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                                 batch_size=train_cfg.batch_size)
 
     strategy = make_strategy(train_cfg)
-    with strategy.scope():
-        model = build_model(config.model)
-        model.compile(
-            optimizer=make_optimizer(train_cfg, steps),
-            loss=SegmentationLoss(resolve_loss_name(train_cfg.loss, config.model.num_classes),
-                                  train_cfg.class_weights),
-            metrics=segmentation_metrics(data.class_names),
-        )
+
+    def compiled(optimizer: keras.optimizers.Optimizer) -> keras.Model:
+        with strategy.scope():
+            model = build_model(config.model)
+            model.compile(
+                optimizer=optimizer,
+                loss=SegmentationLoss(resolve_loss_name(train_cfg.loss,
+                                                        config.model.num_classes),
+                                      train_cfg.class_weights),
+                metrics=segmentation_metrics(data.class_names))
+        return model
+
+    budget_started = time.perf_counter()
+    if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
+        with strategy.scope():
+            step_seconds = measure_step_seconds(compiled(keras.optimizers.Adam()), train_ds)
+        config = plan_time_budget(config, step_seconds, steps,
+                                  time.perf_counter() - budget_started)
+        train_cfg, steps = config.train, config.train.steps_per_epoch
+        for name in ("epochs", "steps_per_epoch"):
+            logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
+                        config.plan[name]["reason"])
+    logger.info("training on %d pairs, validating on %d; %d epochs of %d steps of %d patches",
+                len(data.train), len(data.val), train_cfg.epochs, steps, train_cfg.batch_size)
+    model = compiled(make_optimizer(train_cfg, steps))
     # Written only now that everything that can be checked has been: a failed start
     # leaves no run folder (or one the next attempt replaces, see check_run_dir).
     run.path.mkdir(parents=True, exist_ok=True)
@@ -410,6 +433,10 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     if train_cfg.lr_schedule == "plateau":
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
             train_cfg.monitor, mode=mode, factor=0.5, patience=max(2, train_cfg.epochs // 20)))
+    if train_cfg.time_budget is not None:  # resumed: the share of the epochs still to run
+        left = (train_cfg.epochs - initial_epoch) / train_cfg.epochs
+        callbacks.append(TimeBudget(left * parse_duration(train_cfg.time_budget)
+                                    - (time.perf_counter() - budget_started)))
     if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             train_cfg.monitor, mode=mode, patience=train_cfg.early_stopping_patience))
@@ -422,6 +449,45 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     metrics = final_metrics(run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
     return TrainResult(run.path, run.read_history(), metrics)
+
+
+def measure_step_seconds(model: keras.Model, dataset: tf.data.Dataset, warmup: int = 2,
+                         timed: int = 5, clock: Callable[[], float] = time.perf_counter
+                         ) -> float:
+    """Seconds of one training step of ``model`` on ``dataset``, after ``warmup`` steps
+    (the first traces the graph). ``model`` is a throwaway copy: its weights change."""
+    batches = iter(dataset)
+    for _ in range(warmup):
+        model.train_on_batch(*next(batches))
+    start = clock()
+    for _ in range(timed):
+        model.train_on_batch(*next(batches))
+    return max((clock() - start) / timed, 1e-6)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once its batches took more than ``OVERRUN`` x ``seconds``.
+
+    The plan sizes the run to the budget from a measured step time; this is
+    the guard for a machine that slows down afterwards. Validation time is
+    not counted (the budget is for training).
+    """
+
+    OVERRUN = 1.15
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
+        super().__init__()
+        self.seconds, self.clock, self.spent, self.started = seconds, clock, 0.0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.spent += self.clock() - self.started
+        if self.spent > self.OVERRUN * self.seconds and not self.model.stop_training:
+            logger.warning("time budget: training took %.0f s of %.0f s planned; stopping",
+                           self.spent, self.seconds)
+            self.model.stop_training = True
 
 
 def restore_checkpoint(model: keras.Model, run: RunFolder) -> int:
