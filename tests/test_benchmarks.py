@@ -158,3 +158,15 @@ def test_committed_results_record_their_provenance():
         machine = json.loads(path.read_text())["machine"]
         for key in ("commit", "date", "cpu", "packages"):
             assert machine.get(key), f"{path.name} lacks machine.{key}"
+
+
+def test_datasets_benchmark_splits_isbi_by_its_readme_with_links(tmp_path, isbi_dir):
+    datasets = load_script("datasets")
+    train, test = datasets.isbi_split(tmp_path)
+    assert sorted(p.name for p in (train / "images").iterdir()) == \
+        [f"slice{i:02d}.png" for i in range(24)]
+    assert sorted(p.name for p in (test / "masks").iterdir()) == \
+        [f"slice{i:02d}.png" for i in range(24, 30)]
+    assert all(p.is_symlink() for p in (test / "images").iterdir())
+    assert datasets.isbi_split(tmp_path) == (train, test)  # again: links already there
+    assert set(datasets.DATA_SETS) == {"ctc", "kvasir", "isbi"}

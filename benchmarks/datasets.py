@@ -1,0 +1,135 @@
+"""Accuracy on the three shared data sets, run as a user runs the tool.
+
+For each data set: ``train.py`` on its training split (with the options
+given, by default none but ``--time-budget``), then ``predict.py --truth`` on
+its test split, and the pooled test Dice of the class of interest (CTC
+nuclei and Kvasir-SEG: the foreground; ISBI 2012: the membrane, mask value
+0). Test splits are only predicted and scored, never used for a choice.
+Prints a table and writes ``benchmarks/results/datasets-<label>.json``
+(commit, date, CPU and versions recorded first).
+
+    python benchmarks/datasets.py --time-budget 20m                       # auto-configured
+    python benchmarks/datasets.py --label old --train-options "--epochs 10 --steps-per-epoch 40
+        --batch-size 8 --patch-size 128 --normalize bitdepth --binary-threshold 0"
+    python benchmarks/datasets.py --quick                                 # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, print_table, write_json  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "datasets"
+#: name: (train folder, test folder, input channels, class scored)
+DATA_SETS = {
+    "ctc": ("ctc-sim-nuclei/train", "ctc-sim-nuclei/test", 1, "foreground"),
+    "kvasir": ("kvasir-seg/train", "kvasir-seg/test", 3, "foreground"),
+    "isbi": (None, None, 1, "background"),  # split by slice number below
+}
+ISBI_TRAIN, ISBI_TEST = range(0, 24), range(24, 30)
+
+
+def isbi_split(work: Path) -> tuple[Path, Path]:
+    """ISBI 2012's fixed split (README): slices 0-23 train, 24-29 test, as links."""
+    source = SHARED / "isbi2012-membrane"
+    folders = []
+    for name, stems in (("train", ISBI_TRAIN), ("test", ISBI_TEST)):
+        for kind in ("images", "masks"):
+            (work / name / kind).mkdir(parents=True, exist_ok=True)
+            for index in stems:
+                link = work / name / kind / f"slice{index:02d}.png"
+                if not link.exists():
+                    link.symlink_to(source / kind / f"slice{index:02d}.png")
+        folders.append(work / name)
+    return folders[0], folders[1]
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run ``command`` (output to ``log``); its wall-clock seconds; raise on failure."""
+    started = time.perf_counter()
+    with log.open("a") as stream:
+        stream.write("$ " + shlex.join(command) + "\n")
+        stream.flush()
+        result = subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def measure(name: str, work: Path, train_options: list[str], seed: int) -> dict:
+    train_dir, test_dir, channels, scored = DATA_SETS[name]
+    if name == "isbi":
+        train_path, test_path = isbi_split(work / "isbi-data")
+    else:
+        train_path, test_path = SHARED / train_dir, SHARED / test_dir
+    run_dir, predictions = work / f"{name}-seed{seed}", work / f"{name}-seed{seed}-test"
+    log = work / f"{name}-seed{seed}.log"
+    train_seconds = run([sys.executable, "train.py", "--data", str(train_path),
+                         "--input-channels", str(channels), "--seed", str(seed),
+                         "--output", str(run_dir), "--quiet", *train_options], log)
+    predict_seconds = run([sys.executable, "predict.py", "--model", str(run_dir),
+                           "--input", str(test_path / "images"), "--output", str(predictions),
+                           "--truth", str(test_path / "masks"), "--quiet"], log)
+    summary = json.loads((predictions / "evaluation.json").read_text())
+    config = (run_dir / "config.yaml").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = (run_dir / "history.csv").read_text().strip().splitlines()
+    return {
+        "data_set": name, "seed": seed, "class": scored,
+        "test_dice": summary["classes"][scored]["pooled_dice"],
+        "test_images": summary["images"],
+        "val_dice": metrics["classes"][scored]["dice"],
+        "epochs_run": len(history) - 1,
+        "train_s": round(train_seconds, 1), "predict_s": round(predict_seconds, 1),
+        "config": config,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-sets", nargs="+", default=list(DATA_SETS),
+                        choices=list(DATA_SETS))
+    parser.add_argument("--time-budget", default="20m",
+                        help="train.py --time-budget (none: leave it out)")
+    parser.add_argument("--train-options", default="",
+                        help="more train.py options, one string")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--label", default="auto", help="results file: datasets-LABEL.json")
+    parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1-minute budget, one seed, CTC only: checks the script")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.time_budget, arguments.seeds, arguments.data_sets = "1m", [42], ["ctc"]
+        arguments.label = f"{arguments.label}-quick"
+    options = shlex.split(arguments.train_options)
+    if arguments.time_budget.lower() != "none":
+        options = ["--time-budget", arguments.time_budget, *options]
+    info = machine()  # before measuring: the commit measured, not a later one
+    work = arguments.work or Path(tempfile.mkdtemp(prefix="unet_cbam-datasets-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in arguments.data_sets:
+        for seed in arguments.seeds:
+            row = measure(name, work, options, seed)
+            rows.append(row)
+            print(f"{name} seed {seed}: test Dice {row['test_dice']:.3f} "
+                  f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)", flush=True)
+    print_table(rows, ["data_set", "seed", "class", "test_dice", "val_dice", "epochs_run",
+                       "train_s", "predict_s"])
+    path = write_json(f"datasets-{arguments.label}.json", {
+        "machine": info, "train_options": options, "work": str(work), "runs": rows})
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
