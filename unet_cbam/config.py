@@ -275,8 +275,21 @@ class TrainConfig:
         "training time, e.g. 20m, 1h30m, 90s: the step time is measured after warm-up and the "
         "epochs and steps (given steps_per_epoch: the epochs) are planned to fill it; "
         "validation comes on top. none: epochs and steps_per_epoch as given")
+    folds: int | None = option(
+        None,
+        "k-fold cross-validation: train k models (fold_0 ... fold_k-1 in the run folder), each "
+        "validating on its own disjoint 1/k of the pairs; predict.py averages them. With "
+        "time_budget, each fold gets 1/k of it. none: one model")
+    fold: int | None = option(
+        None, "with folds: train only this fold (0 ... folds-1), e.g. one per machine")
 
     def __post_init__(self) -> None:
+        _require(self.folds is None or self.folds >= 2, "folds", self.folds,
+                 "must be >= 2 (or none for a single model)")
+        if self.fold is not None:
+            _require(self.folds is not None, "fold", self.fold, "needs folds (the fold count)")
+            _require(0 <= self.fold < self.folds, "fold", self.fold,
+                     f"must be between 0 and {(self.folds or 1) - 1} (folds {self.folds})")
         if self.time_budget is not None:
             parse_duration(self.time_budget, "time_budget")
         _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")

@@ -205,6 +205,21 @@ def with_tta(predictor: Predictor) -> Predictor:
     return predict
 
 
+def ensemble_predictor(predictors: list[Predictor]) -> Predictor:
+    """The mean of several predictors' probabilities (cross-validation folds); one
+    predictor is returned as it is."""
+    if len(predictors) == 1:
+        return predictors[0]
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        total = None
+        for predictor in predictors:
+            prediction = np.asarray(predictor(tiles), np.float32)
+            total = prediction if total is None else total + prediction
+        return total / len(predictors)
+    return predict
+
+
 def keras_predictor(model) -> Predictor:
     """A ``Predictor`` running a Keras model on a batch of tiles.
 

@@ -48,6 +48,7 @@ from unet_cbam.data.verify import Sample
 from unet_cbam.evaluate import Evaluation, evaluate_pairs
 from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.inference import (
+    ensemble_predictor,
     keras_predictor,
     probabilities_to_labels,
     round_up,
@@ -73,6 +74,13 @@ class LoadedRun:
     codec: MaskCodec
     class_names: list[str]
     path: Path
+    #: Every model whose probabilities are averaged: the folds of a cross-validation run,
+    #: or just ``model``. ``model`` is the first (attention maps come from it).
+    members: list[keras.Model] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [self.model]
 
     @property
     def channels(self) -> int:
@@ -90,8 +98,12 @@ class LoadedRun:
 
 
 def load_run(path: str | Path) -> LoadedRun:
-    """A run folder, or a ``.keras`` file with the run's config.yaml beside it."""
+    """A run folder, or a ``.keras`` file with the run's config.yaml beside it, or a
+    cross-validation folder (``fold_0`` ... from ``train.py --folds``): its folds'
+    models, averaged."""
     path = Path(path)
+    if path.is_dir() and not (path / MODEL_FILE).exists() and RunFolder(path).folds():
+        return _load_folds(RunFolder(path))
     model_path = path / MODEL_FILE if path.is_dir() else path
     run = RunFolder(model_path.parent)
     if not model_path.is_file():
@@ -109,6 +121,33 @@ def load_run(path: str | Path) -> LoadedRun:
         raise ValueError(f"{model_path}: cannot load the model in safe mode: "
                          f"{_one_line(error)}") from None
     return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
+
+
+def _load_folds(run: RunFolder) -> LoadedRun:
+    """The folds of a cross-validation run, checked to share their preprocessing."""
+    folds = run.folds()
+    expected = folds[0].config.train.folds or len(folds)
+    numbers = [int(fold.path.name.rsplit("_", 1)[1]) for fold in folds]
+    missing = [index for index in range(expected) if index not in numbers
+               or not run.fold(index).model_path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run.path}: fold(s) {', '.join(map(str, missing))} of {expected} have no "
+            f"{MODEL_FILE} yet; train them (train.py --output {run.path} --folds {expected} "
+            f"--fold K), or predict with one fold's folder")
+    loaded = [load_run(fold.path) for fold in folds]
+    first = loaded[0]
+    for fold, other in zip(folds[1:], loaded[1:], strict=True):
+        for what, mine, theirs in (
+                ("model", first.config.model, other.config.model),
+                ("normalization", first.config.data.normalization,
+                 other.config.data.normalization),
+                ("mask encoding", first.codec, other.codec)):
+            if mine != theirs:
+                raise ValueError(f"{fold.path}: its {what} differs from {folds[0].path.name}'s; "
+                                 "the folds of one run must share it to be averaged")
+    return LoadedRun(first.model, first.config, first.codec, first.class_names, run.path,
+                     members=[other.model for other in loaded])
 
 
 def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
@@ -260,7 +299,7 @@ class BatchPredictor:
                              f"got {self.options.probability_format!r}")
         if self.options.save_attention and not attention_layers(run.model):
             raise ValueError(f"{run.path}: the model has no attention layers to save")
-        predictor = keras_predictor(run.model)
+        predictor = ensemble_predictor([keras_predictor(model) for model in run.members])
         self.predictor = with_tta(predictor) if inference.tta else predictor
         self.divisor = run.config.model.divisor
 

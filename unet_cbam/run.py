@@ -48,6 +48,8 @@ from unet_cbam.files import atomic_write, write_text
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"
 FINGERPRINT_FILE = "fingerprint.json"
+FOLD_PREFIX = "fold_"
+CV_METRICS_FILE = "cv_metrics.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
@@ -124,6 +126,27 @@ class RunFolder:
     def exists(self) -> bool:
         """Whether the folder holds a run (its config has been written)."""
         return self.config_path.is_file()
+
+    # -- cross-validation folds ------------------------------------------------
+
+    def fold(self, index: int) -> RunFolder:
+        """The run folder of fold ``index`` (``fold_<index>``): an ordinary run."""
+        return RunFolder(self.path / f"{FOLD_PREFIX}{index}")
+
+    def folds(self) -> list[RunFolder]:
+        """The fold runs inside this folder, by fold number (empty for a single run)."""
+        if not self.path.is_dir():
+            return []
+        found = []
+        for child in self.path.iterdir():
+            suffix = child.name[len(FOLD_PREFIX):]
+            if child.is_dir() and child.name.startswith(FOLD_PREFIX) and suffix.isdigit():
+                found.append((int(suffix), RunFolder(child)))
+        return [run for _, run in sorted(found, key=lambda item: item[0])]
+
+    @property
+    def cv_metrics_path(self) -> Path:
+        return self.path / CV_METRICS_FILE
 
     def clear(self) -> None:
         """Remove this tool's files of the run (nothing else in the folder)."""

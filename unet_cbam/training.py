@@ -6,6 +6,7 @@ predict.py, the notebooks and the benchmarks use.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -26,7 +27,13 @@ from unet_cbam.config import (
     parse_duration,
 )
 from unet_cbam.data.augment import augmentation_pipeline
-from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
+from unet_cbam.data.dataset import (
+    PairSource,
+    kfold_split,
+    split_samples,
+    training_dataset,
+    validation_dataset,
+)
 from unet_cbam.data.io import MaskCodec, Normalization
 from unet_cbam.data.verify import (
     DataError,
@@ -37,13 +44,13 @@ from unet_cbam.data.verify import (
     resolve_binary_threshold,
     verify_pairs,
 )
-from unet_cbam.files import atomic_write, remove_stale_temporaries
+from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.fingerprint import fingerprint_from_report
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
 from unet_cbam.plan import plan_rows, plan_run, plan_time_budget
-from unet_cbam.run import RunFolder, class_names, read_history
+from unet_cbam.run import CV_METRICS_FILE, FOLD_PREFIX, RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
 
 logger = logging.getLogger(__name__)
@@ -105,6 +112,15 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
                              for stem in missing])
         train = [by_stem[stem] for stem in split["train"]]
         val = [by_stem[stem] for stem in split["val"]]
+    elif config.train.folds is not None:
+        if val_samples:
+            raise DataError([f"{data.val_data}: val_data cannot be combined with folds (each "
+                             "fold validates on its own part of the data)"])
+        try:
+            train, val = kfold_split(samples, config.train.folds, config.train.fold or 0,
+                                     config.train.seed)
+        except ValueError as error:
+            raise DataError([f"{images_dir}: {error}"]) from None
     elif val_samples:
         train, val = samples, val_samples
     else:
@@ -488,6 +504,68 @@ class TimeBudget(keras.callbacks.Callback):
             logger.warning("time budget: training took %.0f s of %.0f s planned; stopping",
                            self.spent, self.seconds)
             self.model.stop_training = True
+
+
+def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = False,
+                progress: bool = True, **kwargs) -> list[TrainResult]:
+    """k-fold cross-validation: fold k trains into ``run_dir/fold_k`` (an ordinary run).
+
+    All folds one after the other, or only ``config.train.fold``. With a
+    time budget and all folds, each fold gets its share. ``cv_metrics.json``
+    is written once every fold has its metrics (also when the last of
+    several machines, each training one fold, finishes). ``kwargs`` go to
+    ``train``.
+    """
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    train_cfg = config.train
+    if train_cfg.folds is None:
+        raise ValueError("train_folds needs train.folds (the fold count)")
+    if run.exists():
+        raise FileExistsError(f"{run.path}: holds a single run; choose another --output for "
+                              "cross-validation")
+    if run.path.is_dir():
+        others = sorted(p.name for p in run.path.iterdir()
+                        if not p.name.startswith(FOLD_PREFIX) and p.name != CV_METRICS_FILE)
+        if others:
+            raise FileExistsError(f"{run.path}: holds other files ({', '.join(others[:3])}); "
+                                  "choose another --output for cross-validation")
+    indices = [train_cfg.fold] if train_cfg.fold is not None else list(range(train_cfg.folds))
+    if train_cfg.time_budget is not None and train_cfg.fold is None:
+        share = parse_duration(train_cfg.time_budget) / train_cfg.folds
+        train_cfg = dataclasses.replace(train_cfg, time_budget=f"{share:g}s")
+    results = []
+    for index in indices:
+        logger.info("fold %d of %d -> %s", index, train_cfg.folds, run.fold(index).path)
+        fold_config = dataclasses.replace(config, train=dataclasses.replace(train_cfg,
+                                                                            fold=index))
+        results.append(train(fold_config, run.fold(index), resume=resume, progress=progress,
+                             **kwargs))
+    write_cv_metrics(run, train_cfg.folds)
+    return results
+
+
+def write_cv_metrics(run: RunFolder, folds: int) -> dict | None:
+    """``cv_metrics.json``: each fold's validation scores, and their mean and standard
+    deviation; None (nothing written) while a fold has no metrics yet."""
+    metrics = []
+    for index in range(folds):
+        fold = run.fold(index)
+        if not fold.metrics_path.is_file():
+            logger.info("cv_metrics.json waits for %s", fold.path)
+            return None
+        metrics.append(fold.read_metrics())
+    summary: dict = {"folds": folds, "per_fold": metrics, "classes": {}}
+    for name in metrics[0]["classes"]:
+        summary["classes"][name] = {
+            f"{score}_{stat}": float(function([m["classes"][name][score] for m in metrics]))
+            for score in ("dice", "iou") for stat, function in (("mean", np.mean),
+                                                                ("std", np.std))}
+    for score in ("mean_dice", "mean_iou"):
+        values = [m[score] for m in metrics]
+        summary[score] = float(np.mean(values))
+        summary[f"{score}_std"] = float(np.std(values))
+    write_text(run.cv_metrics_path, json.dumps(summary, indent=2))
+    return summary
 
 
 def restore_checkpoint(model: keras.Model, run: RunFolder) -> int:

@@ -70,9 +70,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import_tensorflow(arguments)
     from unet_cbam.data.verify import DataError
-    from unet_cbam.training import train
+    from unet_cbam.training import train, train_folds
 
     try:
+        if config.train.folds is not None:
+            results = train_folds(config, run, resume=arguments.resume,
+                                  progress=not arguments.quiet)
+            _print_folds(run, results)
+            return 0
         result = train(config, run, resume=arguments.resume, progress=not arguments.quiet)
     except DataError as error:
         print(f"train.py: {error}", file=sys.stderr)
@@ -97,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
           f"  history:         {run.history_path}\n"
           f"  TensorBoard:     tensorboard --logdir {run.logs_dir}")
     return 0
+
+
+def _print_folds(run: RunFolder, results) -> None:
+    for result in results:
+        scores = ", ".join(f"{name} Dice {value['dice']:.3f}"
+                           for name, value in result.metrics["classes"].items())
+        print(f"{result.run_dir}: validation {scores}")
+    if run.cv_metrics_path.is_file():
+        print(f"\ncross-validation: {run.cv_metrics_path}\n"
+              f"predict with all folds averaged: predict.py --model {run.path} ...")
+    else:
+        print(f"\n{run.cv_metrics_path.name} follows once every fold is trained "
+              "(--fold K for the others)")
 
 
 def entry() -> None:

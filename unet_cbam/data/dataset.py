@@ -49,6 +49,22 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int
     return train, val
 
 
+def kfold_split(samples: Sequence[Sample], folds: int, fold: int, seed: int
+                ) -> tuple[list[Sample], list[Sample]]:
+    """Fold ``fold`` of ``folds``: (train, val). The folds' validation sets are disjoint
+    and together cover every sample; the same samples, count and seed give the same folds.
+    """
+    if len(samples) < folds:
+        raise ValueError(f"folds {folds} is more than the {len(samples)} pairs; use at most "
+                         f"{len(samples)} folds")
+    samples = sorted(samples, key=lambda s: s.stem)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    val_ids = set(np.array_split(order, folds)[fold].tolist())
+    train = [s for i, s in enumerate(samples) if i not in val_ids]
+    val = [s for i, s in enumerate(samples) if i in val_ids]
+    return train, val
+
+
 class PairSource:
     """(image, labels) for each sample, from the in-memory cache or from disk.
 
