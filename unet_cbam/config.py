@@ -342,7 +342,14 @@ class InferenceConfig:
     batch_size: int = option(4, "tiles per forward pass")
     tta: bool = option(
         False, "test-time augmentation: average the 8 flips/90-degree rotations (8x slower)")
-    threshold: float = option(0.5, "binary models: foreground where probability > threshold")
+    threshold: float | None = option(
+        None,
+        "binary models: foreground where probability > threshold; none: the run's threshold "
+        "tuned on validation (its inference section), else 0.5")
+    postprocess: bool = option(
+        True,
+        "apply the run's post-processing and threshold chosen on validation (its inference "
+        "section); --no-postprocess: plain argmax / threshold 0.5")
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS,
         "images whose header declares more pixels (height x width) are reported and skipped, "
@@ -352,7 +359,8 @@ class InferenceConfig:
         _require(self.tile_size >= 1, "tile_size", self.tile_size, "must be >= 1")
         _require(0.0 <= self.overlap < 1.0, "overlap", self.overlap, "must be in [0, 1)")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _require(0.0 < self.threshold < 1.0, "threshold", self.threshold, "must be in (0, 1)")
+        _require(self.threshold is None or 0.0 < self.threshold < 1.0, "threshold",
+                 self.threshold, "must be in (0, 1)")
         _require(1 <= self.max_pixels <= DEFAULT_MAX_PIXELS, "max_pixels", self.max_pixels,
                  f"must be between 1 and {DEFAULT_MAX_PIXELS} (OpenCV's limit)")
 
@@ -366,6 +374,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: What the automatic configuration decided, and why: {setting: {value, reason}}.
     plan: dict[str, Any] | None = None
+    #: Threshold and post-processing chosen on validation (``unet_cbam.postprocess``).
+    inference: dict[str, Any] | None = None
 
 
 def _require(condition: bool, name: str, value: Any, problem: str) -> None:

@@ -14,7 +14,9 @@ and ``b/x.png`` under the input folder become ``OUTPUT/a/x.png`` and
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import logging
 import os
 import tempfile
@@ -56,6 +58,7 @@ from unet_cbam.inference import (
     sliding_window_rows,
     with_tta,
 )
+from unet_cbam.postprocess import postprocess
 from unet_cbam.run import MODEL_FILE, RunFolder
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
@@ -146,7 +149,12 @@ def _load_folds(run: RunFolder) -> LoadedRun:
             if mine != theirs:
                 raise ValueError(f"{fold.path}: its {what} differs from {folds[0].path.name}'s; "
                                  "the folds of one run must share it to be averaged")
-    return LoadedRun(first.model, first.config, first.codec, first.class_names, run.path,
+    # The ensemble's threshold and post-processing were chosen on the folds' out-of-fold
+    # predictions (cv_metrics.json); a single fold's own choice does not carry over.
+    tuned = (json.loads(run.cv_metrics_path.read_text()).get("inference")
+             if run.cv_metrics_path.is_file() else None)
+    config = dataclasses.replace(first.config, inference=tuned)
+    return LoadedRun(first.model, config, first.codec, first.class_names, run.path,
                      members=[other.model for other in loaded])
 
 
@@ -299,6 +307,11 @@ class BatchPredictor:
                              f"got {self.options.probability_format!r}")
         if self.options.save_attention and not attention_layers(run.model):
             raise ValueError(f"{run.path}: the model has no attention layers to save")
+        tuned = run.config.inference if inference.postprocess else None
+        #: The threshold applied: given, else tuned on validation, else 0.5.
+        self.threshold = inference.threshold if inference.threshold is not None else \
+            float((tuned or {}).get("threshold", 0.5))
+        self.postprocessing = tuned if tuned and tuned.get("classes") else None
         predictor = ensemble_predictor([keras_predictor(model) for model in run.members])
         self.predictor = with_tta(predictor) if inference.tta else predictor
         self.divisor = run.config.model.divisor
@@ -321,7 +334,9 @@ class BatchPredictor:
         of rows is thresholded at once, so memory beyond the decoded image is
         the labels (1 byte a pixel), one tile-high band and, only when
         ``keep_probabilities``, the ``(H, W, K)`` float32 probabilities.
-        Labels and probabilities equal ``predict_image(preprocess(raw))``.
+        Labels and probabilities equal ``predict_image(preprocess(raw))``; the labels
+        are then post-processed as the run's ``inference`` section says (whole image),
+        unless ``InferenceConfig.postprocess`` is off.
         """
         if raw.dtype.kind == "f" and self.run.normalization.mode == "bitdepth":
             to_float(raw, path)  # the range check applies to the whole image
@@ -334,11 +349,13 @@ class BatchPredictor:
                 image, self.predictor, tile_size=self.inference.tile_size,
                 overlap=self.inference.overlap, batch_size=self.inference.batch_size,
                 divisor=self.divisor, convert=lambda tile: run.preprocess(tile, path)):
-            labels[top:top + len(rows)] = probabilities_to_labels(rows, self.inference.threshold)
+            labels[top:top + len(rows)] = probabilities_to_labels(rows, self.threshold)
             if keep_probabilities:
                 if probabilities is None:
                     probabilities = np.empty(raw.shape[:2] + rows.shape[2:], np.float32)
                 probabilities[top:top + len(rows)] = rows
+        if self.postprocessing is not None:  # connected components need the whole image
+            labels = postprocess(labels, self.postprocessing, self.run.class_names)
         return labels, probabilities
 
     def outputs(self, source: Path, root: Path | None = None) -> dict[str, Path]:

@@ -18,8 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from unet_cbam import postprocess as postprocessing
 from unet_cbam.config import (
     DataConfig,
+    InferenceConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -46,6 +48,7 @@ from unet_cbam.data.verify import (
 )
 from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.fingerprint import fingerprint_from_report
+from unet_cbam.inference import keras_predictor, sliding_window_predict
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
@@ -464,7 +467,45 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     metrics = final_metrics(run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
+    best = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    tuned = postprocessing.tune(validation_predictions(best, data.val, config.model.divisor),
+                                data.class_names, data.fingerprint)
+    log_inference(tuned)
+    run.write_config(dataclasses.replace(config, inference=tuned))
     return TrainResult(run.path, run.read_history(), metrics)
+
+
+def validation_predictions(model: keras.Model, source: PairSource, divisor: int,
+                           limit: int = postprocessing.MAX_IMAGES
+                           ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(probabilities, labels) of up to ``limit`` validation images (evenly spread), whole,
+    with predict.py's default tiling: what the post-processing is chosen on."""
+    inference = InferenceConfig()
+    predictor = keras_predictor(model)
+    count = len(source)
+    indices = range(count) if count <= limit else \
+        np.linspace(0, count - 1, limit).round().astype(int).tolist()
+    pairs = []
+    for index in indices:
+        image, labels = source.get(index)
+        probabilities = sliding_window_predict(
+            source.normalization.standardize(image), predictor,
+            tile_size=inference.tile_size, overlap=inference.overlap,
+            batch_size=inference.batch_size, divisor=divisor)
+        pairs.append((probabilities, labels))
+    return pairs
+
+
+def log_inference(tuned: dict) -> None:
+    if "threshold" in tuned:
+        logger.info("validation: threshold %.2f (Dice %s)", tuned["threshold"],
+                    ", ".join(f"{k}: {v:.4f}" for k, v in tuned["threshold_dice"].items()))
+    for name, steps in tuned["classes"].items():
+        chosen = [f"min_size {steps['min_size']}" if steps["min_size"] else ""]
+        chosen += [key for key in ("largest_only", "fill_holes") if steps[key]]
+        before, after = steps["validation_dice"]
+        logger.info("validation: post-processing of %s: %s (Dice %.4f -> %.4f)", name,
+                    ", ".join(c for c in chosen if c) or "none helps", before, after)
 
 
 def measure_step_seconds(model: keras.Model, dataset: tf.data.Dataset, warmup: int = 2,
@@ -540,8 +581,26 @@ def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool
                                                                             fold=index))
         results.append(train(fold_config, run.fold(index), resume=resume, progress=progress,
                              **kwargs))
-    write_cv_metrics(run, train_cfg.folds)
+    summary = write_cv_metrics(run, train_cfg.folds)
+    if summary is not None:
+        summary["inference"] = tune_folds(run, train_cfg.folds)
+        write_text(run.cv_metrics_path, json.dumps(summary, indent=2))
     return results
+
+
+def tune_folds(run: RunFolder, folds: int) -> dict:
+    """Threshold and post-processing for the fold ensemble, chosen on the out-of-fold
+    predictions: each fold's best model on its own validation pairs."""
+    pairs, per_fold = [], max(1, postprocessing.MAX_IMAGES // folds)
+    for index in range(folds):
+        fold = run.fold(index)
+        data = prepare_data(fold.config, split=fold.read_split(), progress=False)
+        model = keras.saving.load_model(fold.model_path, safe_mode=True, compile=False)
+        pairs += validation_predictions(model, data.val, fold.config.model.divisor, per_fold)
+    names = class_names(run.fold(0).config.data, run.fold(0).codec)
+    tuned = postprocessing.tune(pairs, names, run.fold(0).read_fingerprint())
+    log_inference(tuned)
+    return tuned
 
 
 def write_cv_metrics(run: RunFolder, folds: int) -> dict | None:

@@ -1,0 +1,155 @@
+"""Post-processing chosen on validation data, nnU-Net style.
+
+For each foreground class, three steps are tried on the validation
+predictions: removing connected components smaller than a size derived from
+the fingerprint's object sizes, keeping only the largest component, and
+filling holes (background enclosed by the class). A step is kept only if it
+raises the class's Dice pooled over the validation images; for binary models
+the probability threshold is tuned first. The result is the run's
+``inference`` section (``config.yaml``), which predict.py applies unless
+``--no-postprocess``.
+
+numpy and OpenCV only (connected components: ``cv2.connectedComponentsWithStats``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from unet_cbam.data.io import IGNORE_LABEL
+from unet_cbam.inference import probabilities_to_labels
+
+#: Probability thresholds tried for binary models.
+THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2).tolist())
+#: A change must raise the pooled validation Dice by more than this to be kept.
+MIN_GAIN = 1e-4
+#: Validation images used for the choice at most (evenly spread), for bounded time.
+MAX_IMAGES = 64
+
+Pairs = Sequence[tuple[np.ndarray, np.ndarray]]  # (probabilities (H, W, K), truth (H, W))
+
+
+def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """``mask`` without its 8-connected components of fewer than ``min_size`` pixels."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_size
+    keep[0] = False  # the background component
+    return keep[components]
+
+
+def keep_largest(mask: np.ndarray) -> np.ndarray:
+    """Only the largest 8-connected component of ``mask`` (nothing if it is empty)."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros_like(mask, dtype=bool)
+    return components == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every 4-connected region of non-mask pixels that does not reach the
+    image border filled."""
+    outside = (~mask.astype(bool)).astype(np.uint8)
+    count, components = cv2.connectedComponents(outside, connectivity=4)
+    border = np.unique(np.concatenate([components[0], components[-1], components[:, 0],
+                                       components[:, -1]]))
+    holes = (components > 0) & ~np.isin(components, border)
+    return mask.astype(bool) | holes
+
+
+def apply_steps(labels: np.ndarray, label: int, steps: dict[str, Any]) -> np.ndarray:
+    """Class ``label``'s post-processing on a label image (removed pixels become 0;
+    only background is filled)."""
+    mask = labels == label
+    kept = mask
+    if steps.get("min_size"):
+        kept = remove_small(kept, int(steps["min_size"]))
+    if steps.get("largest_only"):
+        kept = keep_largest(kept)
+    result = labels.copy()
+    result[mask & ~kept] = 0
+    if steps.get("fill_holes"):
+        result[fill_holes(kept) & (labels == 0)] = label
+    return result
+
+
+def postprocess(labels: np.ndarray, inference: dict[str, Any] | None,
+                class_names: Sequence[str]) -> np.ndarray:
+    """A run's chosen post-processing (its ``inference`` section) on a label image."""
+    for name, steps in ((inference or {}).get("classes") or {}).items():
+        if name in class_names and any(steps.get(k) for k in ("min_size", "largest_only",
+                                                                "fill_holes")):
+            labels = apply_steps(labels, list(class_names).index(name), steps)
+    return labels
+
+
+def pooled_dice(pairs: Sequence[tuple[np.ndarray, np.ndarray]], label: int) -> float:
+    """Dice of ``label`` over all (prediction, truth) label pairs; ignored pixels left out."""
+    overlap = predicted = true = 0
+    for prediction, truth in pairs:
+        valid = truth != IGNORE_LABEL
+        hit, want = (prediction == label) & valid, (truth == label) & valid
+        overlap += int(np.count_nonzero(hit & want))
+        predicted += int(np.count_nonzero(hit))
+        true += int(np.count_nonzero(want))
+    return 2 * overlap / (predicted + true) if predicted + true else 1.0
+
+
+def size_candidates(fingerprint: dict[str, Any] | None, name: str) -> list[int]:
+    """Minimum component sizes to try for class ``name``: half the 5th percentile and a
+    tenth of the median of its objects' areas in the fingerprint (at least 2 pixels)."""
+    objects = ((fingerprint or {}).get("objects") or {}).get(name) or {}
+    sizes = {int(round(objects[key] * factor)) for key, factor in
+             (("p5_area", 0.5), ("median_area", 0.1)) if objects.get(key)}
+    return sorted(size for size in sizes if size >= 2)
+
+
+def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    """The ``inference`` section: threshold (binary) and per-class steps, each kept only
+    where it raises the pooled validation Dice, with the Dice before and after."""
+    binary = pairs[0][0].shape[-1] == 1
+    truths = [truth for _, truth in pairs]
+    result: dict[str, Any] = {"validation_images": len(pairs), "classes": {}}
+    threshold = 0.5
+    if binary:
+        def labels_at(t):
+            return [probabilities_to_labels(p, t) for p, _ in pairs]
+        scores = {t: pooled_dice(list(zip(labels_at(t), truths, strict=True)), 1)
+                  for t in THRESHOLDS}
+        best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
+        if scores[best] > scores[0.5] + MIN_GAIN:
+            threshold = best
+        result["threshold"] = threshold
+        result["threshold_dice"] = {"0.5": scores[0.5], f"{threshold:g}": scores[threshold]}
+    labels = [probabilities_to_labels(p, threshold) for p, _ in pairs]
+    for label, name in enumerate(class_names):
+        if label == 0:
+            continue
+        steps: dict[str, Any] = {}
+        before = best_score = pooled_dice(list(zip(labels, truths, strict=True)), label)
+
+        def score(candidate: dict[str, Any], label: int = label) -> float:
+            return pooled_dice([(apply_steps(p, label, candidate), t)
+                                for p, t in zip(labels, truths, strict=True)], label)
+        sizes = [(score({"min_size": size}), size)
+                 for size in size_candidates(fingerprint, name)]
+        if sizes:
+            value, size = max(sizes, key=lambda item: (item[0], -item[1]))  # ties: smaller
+            if value > best_score + MIN_GAIN:
+                best_score, steps["min_size"] = value, size
+        for key in ("largest_only", "fill_holes"):
+            candidate = {**steps, key: True}
+            value = score(candidate)
+            if value > best_score + MIN_GAIN:
+                steps, best_score = candidate, value
+        result["classes"][name] = {
+            "min_size": steps.get("min_size"), "largest_only": bool(steps.get("largest_only")),
+            "fill_holes": bool(steps.get("fill_holes")),
+            "validation_dice": [round(before, 6), round(best_score, 6)]}
+    return result
