@@ -237,6 +237,17 @@ def keras_predictor(model) -> Predictor:
     return predict
 
 
+def predictive_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """``(H, W, K)`` probabilities -> ``(H, W)`` entropy in [0, 1] (divided by its maximum,
+    log 2 for a sigmoid, log K for a softmax): 0 certain, 1 undecided."""
+    p = np.clip(probabilities.astype(np.float64), 1e-12, 1.0)
+    if p.shape[-1] == 1:
+        q = np.clip(1.0 - p, 1e-12, 1.0)
+        entropy = -(p * np.log(p) + q * np.log(q))[..., 0]
+        return (entropy / np.log(2)).astype(np.float32)
+    return (-(p * np.log(p)).sum(axis=-1) / np.log(p.shape[-1])).astype(np.float32)
+
+
 def probabilities_to_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """``(H, W, K)`` -> uint16 ``(H, W)``: threshold a sigmoid (K = 1), argmax otherwise."""
     if probabilities.shape[-1] == 1:

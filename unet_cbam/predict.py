@@ -41,6 +41,7 @@ from unet_cbam.data.io import (
     is_image_file,
     preprocess,
     read_mask,
+    read_mask_raw,
     read_raw,
     to_float,
     write_image,
@@ -52,12 +53,14 @@ from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.inference import (
     ensemble_predictor,
     keras_predictor,
+    predictive_entropy,
     probabilities_to_labels,
     round_up,
     sliding_window_predict,
     sliding_window_rows,
     with_tta,
 )
+from unet_cbam.instances import as_instances, label_instances, min_distance_for, object_scores
 from unet_cbam.postprocess import postprocess
 from unet_cbam.run import MODEL_FILE, RunFolder
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
@@ -266,6 +269,8 @@ class OutputOptions:
     probability_format: str = "png"   # png (16-bit) or npy (float16)
     save_overlays: bool = False
     save_attention: bool = False
+    save_uncertainty: bool = False    # predictive entropy as a 16-bit PNG
+    instances: str | None = None      # binary models: components or watershed
     overwrite: bool = False
 
 
@@ -307,6 +312,16 @@ class BatchPredictor:
                              f"got {self.options.probability_format!r}")
         if self.options.save_attention and not attention_layers(run.model):
             raise ValueError(f"{run.path}: the model has no attention layers to save")
+        if self.options.instances not in (None, "components", "watershed"):
+            raise ValueError(f"instances must be components or watershed, "
+                             f"got {self.options.instances!r}")
+        if self.options.instances and run.codec.num_labels != 2:
+            raise ValueError(f"{run.path}: --instances needs a binary model; this one has "
+                             f"{run.codec.num_labels} classes")
+        folds = RunFolder(run.path).folds()
+        #: Watershed seed spacing, from the training data's object sizes.
+        self.min_distance = min_distance_for((folds[0] if folds else RunFolder(run.path))
+                                             .read_fingerprint())
         tuned = run.config.inference if inference.postprocess else None
         #: The threshold applied: given, else tuned on validation, else 0.5.
         self.threshold = inference.threshold if inference.threshold is not None else \
@@ -375,12 +390,23 @@ class BatchPredictor:
             paths["overlay"] = self.output_dir / "overlays" / f"{stem}.png"
         if self.options.save_attention:
             paths["attention"] = self.output_dir / "attention" / f"{stem}.png"
+        if self.options.save_uncertainty:
+            paths["uncertainty"] = self.output_dir / "uncertainty" / f"{stem}.png"
+        if self.options.instances:
+            paths["instances"] = self.output_dir / "instances" / f"{stem}.png"
         return paths
 
     def _write_outputs(self, raw, probabilities, labels, paths, attention=None) -> None:
         """Extras first, the mask last: an existing mask means a finished item."""
         if "probabilities" in paths:
             self._write_probabilities(probabilities, paths["probabilities"])
+        if "uncertainty" in paths:
+            entropy = predictive_entropy(probabilities)
+            write_image(paths["uncertainty"], np.round(entropy * 65535).astype(np.uint16))
+        if "instances" in paths:
+            write_image(paths["instances"], label_instances(
+                labels == 1, split=self.options.instances == "watershed",
+                min_distance=self.min_distance))
         if "overlay" in paths:
             colors = class_colors(self.run.codec.num_labels)
             picture = overlay(self.run.preprocess(raw, standardize=False), labels, colors)
@@ -497,7 +523,8 @@ class BatchPredictor:
                 try:
                     image = current.result()  # as decoded: converted tile by tile
                     labels, probabilities = self.predict_raw(
-                        image, source, keep_probabilities="probabilities" in paths)
+                        image, source,
+                        keep_probabilities="probabilities" in paths or "uncertainty" in paths)
                     attention = self.attention(self.run.preprocess(
                         self.attention_view(image), source)) if "attention" in paths else None
                 except Exception as error:  # a bad item must not stop the batch
@@ -533,6 +560,23 @@ class BatchPredictor:
             logger.warning("%s: existing mask not readable (%s); --overwrite predicts it again",
                            mask, _one_line(error, mask))
         return item
+
+    def evaluate_instances(self, result: BatchResult, truth_dir: str | Path) -> dict:
+        """Object-level precision, recall and F1 (IoU > 0.5) of this batch's instances
+        against the true masks in ``truth_dir`` (instance labels, or binary masks
+        numbered by connected components)."""
+        truths = {p.stem: p for p in Path(truth_dir).iterdir()
+                  if p.is_file() and is_image_file(p)}
+        pairs = []
+        for item in result.items:
+            if item.status in ("ok", "skipped") and item.file.stem in truths and item.mask:
+                instances = (self.output_dir / "instances"
+                             / item.mask.relative_to(self.output_dir))
+                if instances.is_file():
+                    predicted, _ = read_mask_raw(instances)
+                    true, _ = read_mask_raw(truths[item.file.stem])
+                    pairs.append((predicted, as_instances(true)))
+        return {"images": len(pairs), **object_scores(pairs)}
 
     def evaluate(self, result: BatchResult, truth_dir: str | Path) -> Evaluation:
         """Score this batch's masks (new and skipped) against ``truth_dir``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the mask over the image to OUTPUT/overlays/")
     parser.add_argument("--save-attention", action="store_true",
                         help="also write each skip level's CBAM attention to OUTPUT/attention/")
+    parser.add_argument("--save-uncertainty", action="store_true",
+                        help="also write the per-pixel predictive entropy of the (fold- and "
+                             "TTA-averaged) probabilities, 0-65535 for 0-1, to "
+                             "OUTPUT/uncertainty/")
+    parser.add_argument("--instances", nargs="?", const="components",
+                        choices=["components", "watershed"],
+                        help="binary models: also write 16-bit instance labels to "
+                             "OUTPUT/instances/: connected components, or 'watershed' to split "
+                             "touching objects (nuclei); with --truth, object-level F1 at "
+                             "IoU 0.5 too")
     parser.add_argument("--overwrite", action="store_true",
                         help="predict again even where outputs exist")
     parser.add_argument("--shard", default=None, metavar="I/N",
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(arguments)
     import_tensorflow(arguments)
     from unet_cbam.evaluate import format_summary, write_reports
+    from unet_cbam.files import write_text
     from unet_cbam.predict import (
         BatchPredictor,
         OutputOptions,
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             save_probabilities=arguments.save_probabilities,
             probability_format=arguments.probability_format,
             save_overlays=arguments.save_overlays, save_attention=arguments.save_attention,
+            save_uncertainty=arguments.save_uncertainty, instances=arguments.instances,
             overwrite=arguments.overwrite)
         predictor = BatchPredictor(run, inference, arguments.output, options)
     except (ValueError, FileNotFoundError) as error:
@@ -121,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             json_path, csv_path = write_reports(evaluation, arguments.output / "evaluation.json")
             print(f"evaluation: {json_path}, {csv_path}")
+            if arguments.instances:
+                objects = predictor.evaluate_instances(result, arguments.truth)
+                path = arguments.output / "instance_evaluation.json"
+                write_text(path, json.dumps(objects, indent=2))
+                print(f"objects (IoU > 0.5) over {objects['images']} image(s): F1 "
+                      f"{objects['f1']:.4f}, precision {objects['precision']:.4f}, recall "
+                      f"{objects['recall']:.4f}\ninstance evaluation: {path}")
         except OSError as error:
             print(f"predict.py: error: cannot write the evaluation in {arguments.output} "
                   f"({error.strerror or error})", file=sys.stderr)
