@@ -150,3 +150,16 @@ def test_attention_factory_names_and_table():
         create_attention("cbma")
     # The config's choices and the factory's table are the same set.
     assert set(typing.get_args(AttentionKind)) == {"none", *ATTENTION_LAYERS}
+
+
+def test_models_saved_before_the_faster_cbam_load_and_give_the_same_outputs():
+    """tests/data/cbam_skip_v1.keras was saved by the CBAM before the batched MLP."""
+    from pathlib import Path
+
+    import unet_cbam  # noqa: F401 (registers the layers)
+
+    data = Path(__file__).parent / "data"
+    model = keras.saving.load_model(data / "cbam_skip_v1.keras", safe_mode=True, compile=False)
+    x = np.random.default_rng(0).random((2, 32, 40, 1)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               np.load(data / "cbam_skip_v1_output.npy"), rtol=0, atol=1e-6)

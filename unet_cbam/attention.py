@@ -1,4 +1,5 @@
-"""What a trained model attends to: the CBAM gates on each skip connection."""
+"""What a trained model attends to: the CBAM gates at each level where the model has them
+(on the skips, after the decoder stages or after the encoder stages)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import numpy as np
 
 from unet_cbam.layers import CBAM, ChannelAttention, SpatialAttention
 
-_SKIP_NAME = re.compile(r"^skip(\d+)_")
+_ATTENTION_NAME = re.compile(r"^(?:skip|decoder|encoder)(\d+)_")
 # Sub-models reading the skip tensors, built once per model (building one per call retraces).
 _SKIP_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
-    """The model's attention layers keyed by skip level (stride ``2**level``)."""
+    """The model's attention layers keyed by level (stride ``2**level``)."""
     found = {}
     for layer in model.layers:
-        match = _SKIP_NAME.match(layer.name)
+        match = _ATTENTION_NAME.match(layer.name)
         if match and isinstance(layer, (CBAM, ChannelAttention, SpatialAttention)):
             found[int(match.group(1))] = layer
     return dict(sorted(found.items()))
@@ -27,7 +28,7 @@ def attention_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
 
 def attention_maps(model: keras.Model, images: np.ndarray, batch_size: int = 4
                    ) -> dict[int, dict[str, np.ndarray]]:
-    """Attention of ``model`` on ``images``, for each skip level.
+    """Attention of ``model`` on ``images``, for each level that has it.
 
     Args:
         model: a model from ``build_unet`` (or loaded from a ``.keras`` file)

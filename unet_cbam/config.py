@@ -30,6 +30,7 @@ DEFAULT_MAX_PIXELS = 2**30
 AttentionKind = Literal["none", "channel", "spatial", "cbam"]
 CbamVariant = Literal["paper", "blog"]
 Upsampling = Literal["transpose", "bilinear", "nearest"]
+AttentionPosition = Literal["skip", "decoder", "encoder"]
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -69,6 +70,16 @@ class ModelConfig:
         None, "fixed [height, width] of the input, or none for any size divisible by 2**depth")
     attention: AttentionKind = option(
         "cbam", "attention on each skip connection: none, channel, spatial or cbam")
+    attention_levels: list[int] | None = option(
+        None,
+        "levels (stride 2**level) that get attention, e.g. [2, 3] for the deep ones; none: "
+        "every level the position has (skip and encoder: 0..depth-1 for the plain encoder, "
+        "1..depth-1 for a backbone; decoder: 0..depth-1)")
+    attention_position: AttentionPosition = option(
+        "skip",
+        "where attention sits: skip (on the skip connections), decoder (after each decoder "
+        "stage's convolutions) or encoder (after each encoder stage, before it is passed on "
+        "and skipped, as Woo et al. place CBAM in a block)")
     cbam_variant: CbamVariant = option(
         "paper",
         "'paper' (Woo et al. 2018) or 'blog' (the original Keras snippet, whose channel "
@@ -105,6 +116,14 @@ class ModelConfig:
                         f"input_size {self.input_size} is not divisible by {divisor} "
                         f"(2**depth with depth {self.resolved_depth}); use a multiple of "
                         f"{divisor}, or none to accept any divisible size")
+        if self.attention_levels is not None:
+            levels = self.attention_levels_available
+            unknown = [lv for lv in self.attention_levels if lv not in levels]
+            _require(not unknown and len(set(self.attention_levels)) == len(self.attention_levels),
+                     "attention_levels", self.attention_levels,
+                     f"must be distinct levels of {levels} (attention_position "
+                     f"{self.attention_position!r}, depth {self.resolved_depth}, encoder "
+                     f"{self.encoder!r})")
         if self.encoder_weights in ("none", "None", ""):
             self.encoder_weights = None
         if self.is_plain_unet and self.encoder_weights is not None:
@@ -125,6 +144,22 @@ class ModelConfig:
         if self.depth is not None:
             return self.depth
         return 4 if self.is_plain_unet else 5
+
+    @property
+    def attention_levels_available(self) -> list[int]:
+        """The levels ``attention_position`` offers: skips and encoder stages (1.. for a
+        backbone, whose first skip has stride 2), decoder stages (0..depth-1)."""
+        first = 0 if self.is_plain_unet or self.attention_position == "decoder" else 1
+        return list(range(first, self.resolved_depth))
+
+    @property
+    def attended_levels(self) -> list[int]:
+        """The levels that get attention (none for attention 'none')."""
+        if self.attention == "none":
+            return []
+        if self.attention_levels is None:
+            return self.attention_levels_available
+        return sorted(self.attention_levels)
 
     @property
     def divisor(self) -> int:

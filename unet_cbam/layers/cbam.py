@@ -44,6 +44,18 @@ def _check_kernel_size(kernel_size: int) -> int:
     return int(kernel_size)
 
 
+def _float32(tensor):
+    """``tensor`` in float32, without a cast op when it already is (the default policy)."""
+    return tensor if keras.backend.standardize_dtype(tensor.dtype) == "float32" \
+        else ops.cast(tensor, "float32")
+
+
+def _like(gate, inputs):
+    """The float32 ``gate`` in the dtype of ``inputs`` (no cast op under float32)."""
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    return gate if dtype == "float32" else ops.cast(gate, dtype)
+
+
 @keras.saving.register_keras_serializable(package="unet_cbam")
 class ChannelAttention(keras.layers.Layer):
     """Channel attention: which feature maps matter.
@@ -95,17 +107,21 @@ class ChannelAttention(keras.layers.Layer):
         return self.output_dense(self.hidden_dense(descriptor))
 
     def gate(self, inputs):
-        """Channel weights in (0, 1), float32, shape ``(batch, 1, 1, channels)``."""
+        """Channel weights in (0, 1), float32, shape ``(batch, 1, 1, channels)``.
+
+        The two descriptors go through the shared MLP together, stacked as
+        ``(batch, 2, channels)``: one pair of matrix products instead of two.
+        """
         if not self.built:
             self.build(inputs.shape)
-        features = ops.cast(inputs, "float32")
-        average = ops.mean(features, axis=(1, 2))
-        maximum = ops.max(features, axis=(1, 2))
-        weights = ops.sigmoid(self._mlp(average) + self._mlp(maximum))
+        features = _float32(inputs)
+        descriptors = ops.stack([ops.mean(features, axis=(1, 2)),
+                                 ops.max(features, axis=(1, 2))], axis=1)
+        weights = ops.sigmoid(ops.sum(self._mlp(descriptors), axis=1))
         return weights[:, None, None, :]
 
     def call(self, inputs):
-        return inputs * ops.cast(self.gate(inputs), inputs.dtype)
+        return inputs * _like(self.gate(inputs), inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -151,7 +167,7 @@ class SpatialAttention(keras.layers.Layer):
         """Spatial weights in (0, 1), float32, shape ``(batch, height, width, 1)``."""
         if not self.built:
             self.build(inputs.shape)
-        features = ops.cast(inputs, "float32")
+        features = _float32(inputs)
         descriptor = ops.concatenate(
             [ops.mean(features, axis=-1, keepdims=True), ops.max(features, axis=-1, keepdims=True)],
             axis=-1,
@@ -159,7 +175,7 @@ class SpatialAttention(keras.layers.Layer):
         return ops.sigmoid(self.conv(descriptor))
 
     def call(self, inputs):
-        return inputs * ops.cast(self.gate(inputs), inputs.dtype)
+        return inputs * _like(self.gate(inputs), inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

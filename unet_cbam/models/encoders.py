@@ -115,11 +115,21 @@ def conv_block(x: keras.KerasTensor, filters: int, config: ModelConfig, name: st
     return x
 
 
+def _encoder_attention(config: ModelConfig) -> set[int]:
+    """Levels whose encoder stage output gets attention (``attention_position: encoder``)."""
+    return set(config.attended_levels) if config.attention_position == "encoder" else set()
+
+
 def _plain_encoder(image, config):
+    from unet_cbam.models.unet import attention_block
+
     skips = {}
     x = image
+    attended = _encoder_attention(config)
     for level in range(config.resolved_depth):
         x = conv_block(x, config.base_filters * 2**level, config, f"encoder_stage{level}")
+        if level in attended:
+            x = attention_block(x, config, f"encoder{level}")
         skips[level] = x
         x = keras.layers.MaxPooling2D(2, name=f"encoder_stage{level}_pool")(x)
     bottleneck = conv_block(x, config.base_filters * 2**config.resolved_depth, config,
@@ -150,8 +160,39 @@ def _backbone_encoder(image, config):
         reverse_channels=input_range.reverse_channels and config.input_channels == 3,
         name="input_normalization",
     )(image)
-    outputs = encoder(x)
+    attended = _encoder_attention(config)
+    if attended:
+        outputs = _with_stage_attention(encoder, x, {
+            id(features[level]): level for level in attended}, config)
+    else:
+        outputs = encoder(x)
     return outputs[0], dict(zip(levels, outputs[1:], strict=True))
+
+
+def _with_stage_attention(encoder: keras.Model, x: keras.KerasTensor,
+                          targets: dict[int, int], config: ModelConfig) -> list:
+    """The encoder's graph called on ``x`` layer by layer, with attention applied to the
+    stage outputs in ``targets`` (tensor id -> level) before anything uses them: the
+    deeper stages and the skip see the attended features. The backbone's layers (and
+    weights) are reused; they become layers of the UNet itself rather than of a nested
+    ``encoder`` model."""
+    from unet_cbam.models.unet import attention_block
+
+    # Which operation produces each target tensor (a backbone layer is called once).
+    produced_by = {}
+    for node_list in encoder._nodes_by_depth.values():  # Keras' Functional graph
+        for node in node_list:
+            for tensor in node.outputs:
+                if id(tensor) in targets:
+                    produced_by[id(node.operation)] = targets[id(tensor)]
+
+    def operation_fn(operation):
+        level = produced_by.get(id(operation))
+        if level is None:
+            return operation
+        return lambda *args, **kwargs: attention_block(operation(*args, **kwargs), config,
+                                                       f"encoder{level}")
+    return encoder._run_through_graph(x, operation_fn)
 
 
 def _per_channel(values: tuple[float, ...], channels: int) -> list[float]:

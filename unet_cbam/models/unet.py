@@ -10,6 +10,11 @@ Layout (level ``l`` = stride ``2**l``; the plain encoder has skips at levels
         x = concat(x, attention(skip[level]))  skip{level}_{cbam|channel_attention|...}
         x = conv_block(x)                      decoder_stage{s}_conv1, _conv2
     head: 1x1 conv -> sigmoid (1 class) or softmax (N classes), always float32
+
+Attention goes where ``attention_position`` says, at ``attention_levels``:
+on the skips (``skip{level}_cbam``, the default), after each decoder stage
+(``decoder{level}_cbam``) or after each encoder stage, before it is pooled and
+skipped (``encoder{level}_cbam``; inside the backbone's graph for backbones).
 """
 
 from __future__ import annotations
@@ -36,14 +41,19 @@ def build_unet(config: ModelConfig) -> keras.Model:
         x = keras.layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
 
     depth = config.resolved_depth
+    attended = set(config.attended_levels)
     for stage, level in enumerate(reversed(range(depth))):
         filters = config.base_filters * 2**level
         name = f"decoder_stage{stage}"
         x = _upsample(x, filters, config.upsampling, f"{name}_upsample")
         if level in skips:
-            skip = attention_block(skips[level], config, f"skip{level}")
+            skip = skips[level]
+            if config.attention_position == "skip" and level in attended:
+                skip = attention_block(skip, config, f"skip{level}")
             x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
         x = conv_block(x, filters, config, name)
+        if config.attention_position == "decoder" and level in attended:
+            x = attention_block(x, config, f"decoder{level}")
 
     binary = config.num_classes == 1
     x = keras.layers.Conv2D(config.num_classes, 1, name="head_conv")(x)

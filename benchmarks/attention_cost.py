@@ -1,0 +1,104 @@
+"""What attention costs: the default model with attention none against CBAM placements.
+
+In one process, interleaved, best of --rounds after a warm-up of each
+variant: ``model.predict`` of 4 images of 512x512, and ``train_on_batch`` of
+8 patches of 256x256 and of 128x128, for the default model for 1-channel
+images (untrained: speed does not depend on the weights). The overhead is
+each variant's time over attention none's. Target (issue 10): CBAM on the
+skips at most 5 % slower in all three.
+
+    python benchmarks/attention_cost.py [--rounds 6] [--variants none cbam cbam-deep ...]
+
+Prints a Markdown table and writes benchmarks/results/attention_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, print_table, write_json  # noqa: E402
+
+#: name: ModelConfig fields
+VARIANTS = {
+    "none": {"attention": "none"},
+    "cbam": {},
+    "cbam-deep": {"attention_levels": [2, 3]},
+    "cbam-decoder": {"attention_position": "decoder"},
+    "cbam-encoder": {"attention_position": "encoder"},
+}
+#: name: (what, batch, side)
+WORKLOADS = {"predict 4x512": ("predict", 4, 512), "train 8x256": ("train", 8, 256),
+             "train 8x128": ("train", 8, 128)}
+
+
+def build(fields: dict):
+    import keras
+
+    from unet_cbam.config import ModelConfig
+    from unet_cbam.models import build_unet
+
+    keras.utils.set_random_seed(0)
+    model = build_unet(ModelConfig(input_channels=1, **fields))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+def step(model, what: str, x, y) -> float:
+    started = time.perf_counter()
+    if what == "predict":
+        model.predict(x, batch_size=len(x), verbose=0)
+    else:
+        model.train_on_batch(x, y)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    arguments = parser.parse_args()
+    info = machine()
+    rng = np.random.default_rng(0)
+    data = {name: (rng.random((batch, side, side, 1), dtype=np.float32),
+                   (rng.random((batch, side, side, 1)) > 0.5).astype(np.float32))
+            for name, (_, batch, side) in WORKLOADS.items()}
+    models = {name: build(VARIANTS[name]) for name in arguments.variants}
+    best = {(v, w): float("inf") for v in models for w in WORKLOADS}
+    for model in models.values():  # warm-up: traces every graph once
+        for workload, (what, _, _) in WORKLOADS.items():
+            step(model, what, *data[workload])
+            step(model, what, *data[workload])
+    for _ in range(arguments.rounds):
+        for workload, (what, _, _) in WORKLOADS.items():
+            for name, model in models.items():
+                best[name, workload] = min(best[name, workload],
+                                           step(model, what, *data[workload]))
+    rows = []
+    for name, model in models.items():
+        row = {"variant": name, "params": model.count_params()}
+        for workload in WORKLOADS:
+            seconds = best[name, workload]
+            row[f"{workload} s"] = round(seconds, 4)
+            if "none" in models:
+                row[f"{workload} overhead %"] = round(
+                    100 * (seconds / best["none", workload] - 1), 1)
+        rows.append(row)
+    columns = ["variant", "params"] + [c for c in rows[0] if c not in ("variant", "params")]
+    print_table(rows, columns)
+    path = write_json("attention_cost.json", {"machine": info, "rounds": arguments.rounds,
+                                              "variants": {n: VARIANTS[n] for n in models},
+                                              "results": rows})
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

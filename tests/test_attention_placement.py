@@ -1,0 +1,102 @@
+"""Where attention goes: attention_position and attention_levels."""
+
+import keras
+import numpy as np
+import pytest
+
+from unet_cbam.attention import attention_layers, attention_maps
+from unet_cbam.cli.options import add_config_options, apply_options
+from unet_cbam.config import ModelConfig, RunConfig, from_dict, to_dict
+from unet_cbam.models import build_unet
+
+PLACEMENTS = [
+    ("skip", None, [0, 1, 2]),
+    ("skip", [2], [2]),
+    ("decoder", None, [0, 1, 2]),
+    ("decoder", [0, 2], [0, 2]),
+    ("encoder", None, [0, 1, 2]),
+    ("encoder", [1], [1]),
+]
+
+
+@pytest.mark.parametrize("position, levels, expected", PLACEMENTS)
+def test_every_placement_builds_trains_saves_and_loads(tmp_path, position, levels, expected):
+    config = ModelConfig(depth=3, base_filters=4, input_channels=1,
+                         attention_position=position, attention_levels=levels)
+    model = build_unet(config)
+    found = attention_layers(model)
+    assert sorted(found) == expected
+    assert all(layer.name == f"{position}{level}_cbam" for level, layer in found.items())
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    y = (x > 0.5).astype("float32")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.train_on_batch(x, y)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    maps = attention_maps(loaded, x)
+    assert sorted(maps) == expected
+    for level in expected:
+        assert maps[level]["spatial"].shape == (2, 32 // 2**level, 32 // 2**level)
+        assert maps[level]["channel"].shape == (2, 4 * 2**level)
+
+
+def test_encoder_attention_is_seen_by_the_deeper_stages():
+    """Encoder placement changes what the next stage receives, skip placement does not."""
+    base = dict(depth=2, base_filters=4, input_channels=1, attention_levels=[0])
+    encoder = build_unet(ModelConfig(attention_position="encoder", **base))
+    attended = encoder.get_layer("encoder0_cbam").output
+    assert encoder.get_layer("encoder_stage0_pool").input is attended
+    skip = build_unet(ModelConfig(attention_position="skip", **base))
+    assert skip.get_layer("encoder_stage0_pool").input is not skip.get_layer("skip0_cbam").output
+
+
+def test_backbone_encoder_attention_sits_inside_the_backbone_graph():
+    config = ModelConfig(encoder="resnet18", input_channels=3, attention_position="encoder",
+                         attention_levels=[2, 3], base_filters=8)
+    model = build_unet(config)
+    assert sorted(attention_layers(model)) == [2, 3]
+    attended = model.get_layer("encoder2_cbam").output
+    consumers = [layer for layer in model.layers if any(
+        node_input is attended for node in layer._inbound_nodes
+        for node_input in node.input_tensors)]
+    # The deeper backbone stage and the skip's concatenation both read the attended tensor.
+    assert len(consumers) >= 2
+    x = np.random.default_rng(0).random((1, 64, 64, 3)).astype("float32")
+    assert sorted(attention_maps(model, x)) == [2, 3]
+
+
+def test_backbone_skip_levels_start_at_one_and_none_means_no_layers():
+    config = ModelConfig(encoder="resnet18", input_channels=3, attention_levels=[1])
+    assert config.attention_levels_available == [1, 2, 3, 4]
+    assert ModelConfig(encoder="resnet18", attention_position="decoder"
+                       ).attention_levels_available == [0, 1, 2, 3, 4]
+    assert ModelConfig(attention="none", attention_levels=[1]).attended_levels == []
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"attention_levels": [7]}, "attention_levels [7] must be distinct levels of [0, 1, 2, 3]"),
+    ({"attention_levels": [1, 1]}, "attention_levels [1, 1] must be distinct"),
+    ({"encoder": "resnet18", "attention_levels": [0]},
+     "attention_levels [0] must be distinct levels of [1, 2, 3, 4]"),
+    ({"attention_position": "middle"}, "attention_position: 'middle' is not one of"),
+])
+def test_unknown_levels_and_positions_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_dict(ModelConfig, fields)
+
+
+def test_placement_round_trips_in_yaml_and_on_the_command_line():
+    import argparse
+
+    config = ModelConfig(attention_position="decoder", attention_levels=[2, 3])
+    assert from_dict(ModelConfig, to_dict(config)) == config
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, {"model": ModelConfig})
+    arguments = parser.parse_args(["--attention-position", "encoder",
+                                   "--attention-levels", "1", "3"])
+
+    run = apply_options(RunConfig(), argparse.Namespace(**vars(arguments)))
+    assert run.model.attention_position == "encoder"
+    assert run.model.attention_levels == [1, 3]
