@@ -122,3 +122,28 @@ def test_instances_need_a_binary_model(tmp_path):
     with pytest.raises(ValueError, match="--instances needs a binary model; this one has 3"):
         BatchPredictor(load_run(run), InferenceConfig(), tmp_path / "out",
                        OutputOptions(instances="components"))
+
+
+def test_evaluate_command_scores_instance_folders(tmp_path, capsys):
+    from unet_cbam.cli.evaluate import main as evaluate_main
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    true = np.zeros((20, 20), np.uint16)
+    true[0:5, 0:5], true[10:14, 10:14], true[0:3, 15:18] = 1, 2, 7
+    predicted = np.zeros_like(true)
+    predicted[0:5, 0:5], predicted[10:14, 10:13], predicted[17:19, 0:2] = 3, 1, 9
+    cv2.imwrite(str(tmp_path / "pred" / "a.png"), predicted)
+    cv2.imwrite(str(tmp_path / "truth" / "a.png"), true)
+    binary = (true > 0).astype(np.uint8) * 255  # numbered by connected components
+    cv2.imwrite(str(tmp_path / "pred" / "b.png"), predicted)
+    cv2.imwrite(str(tmp_path / "truth" / "b.png"), binary)
+    assert evaluate_main(["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                          "--instances"]) == 0
+    assert "F1 0.6667" in capsys.readouterr().out  # 4 matched, 2 false, 2 missed
+    saved = json.loads((tmp_path / "pred" / "instance_evaluation.json").read_text())
+    assert (saved["true_positives"], saved["false_positives"], saved["false_negatives"]) \
+        == (4, 2, 2)
+    (tmp_path / "truth" / "c.png").write_bytes((tmp_path / "truth" / "a.png").read_bytes())
+    assert evaluate_main(["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                          "--instances"]) == 1  # c has no prediction

@@ -254,6 +254,29 @@ def evaluate_arrays(items: list[tuple[str, np.ndarray, np.ndarray]], class_names
     return result
 
 
+def evaluate_instances(pairs: list[Sample]) -> dict:
+    """Object-level precision, recall and F1 (IoU > 0.5, ``unet_cbam.instances``) of
+    predicted instance label images (``image_path``) against true masks (``mask_path``:
+    instance labels, or binary masks numbered by connected components)."""
+    from unet_cbam.instances import as_instances, object_scores
+
+    def read(path: Path) -> np.ndarray:
+        raw, _ = read_mask_raw(path)
+        if raw.ndim == 3:
+            raise ImageReadError(f"{path}: an instance mask must have one channel")
+        return raw
+    return {"images": len(pairs), **object_scores(
+        (read(s.image_path), as_instances(read(s.mask_path))) for s in pairs)}
+
+
+def evaluate_instance_folders(pred_dir: str | Path, truth_dir: str | Path) -> dict:
+    """``evaluate_instances`` of two folders paired by stem, with the unpaired stems."""
+    pairs, missing_predictions, missing_truths = pair_predictions(Path(pred_dir),
+                                                                  Path(truth_dir))
+    return {**evaluate_instances(pairs), "missing_predictions": missing_predictions,
+            "missing_truths": missing_truths}
+
+
 def write_reports(evaluation: Evaluation, json_path: str | Path) -> tuple[Path, Path]:
     """Write ``FILE.json`` (summary) and ``FILE.csv`` (per image and class) atomically."""
     json_path = Path(json_path)

@@ -41,14 +41,13 @@ from unet_cbam.data.io import (
     is_image_file,
     preprocess,
     read_mask,
-    read_mask_raw,
     read_raw,
     to_float,
     write_image,
     write_mask,
 )
 from unet_cbam.data.verify import Sample
-from unet_cbam.evaluate import Evaluation, evaluate_pairs
+from unet_cbam.evaluate import Evaluation, evaluate_instances, evaluate_pairs
 from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.inference import (
     ensemble_predictor,
@@ -60,7 +59,7 @@ from unet_cbam.inference import (
     sliding_window_rows,
     with_tta,
 )
-from unet_cbam.instances import as_instances, label_instances, min_distance_for, object_scores
+from unet_cbam.instances import label_instances, min_distance_for
 from unet_cbam.postprocess import postprocess
 from unet_cbam.run import MODEL_FILE, RunFolder
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
@@ -563,8 +562,7 @@ class BatchPredictor:
 
     def evaluate_instances(self, result: BatchResult, truth_dir: str | Path) -> dict:
         """Object-level precision, recall and F1 (IoU > 0.5) of this batch's instances
-        against the true masks in ``truth_dir`` (instance labels, or binary masks
-        numbered by connected components)."""
+        against the true masks in ``truth_dir`` (``evaluate.evaluate_instances``)."""
         truths = {p.stem: p for p in Path(truth_dir).iterdir()
                   if p.is_file() and is_image_file(p)}
         pairs = []
@@ -573,10 +571,8 @@ class BatchPredictor:
                 instances = (self.output_dir / "instances"
                              / item.mask.relative_to(self.output_dir))
                 if instances.is_file():
-                    predicted, _ = read_mask_raw(instances)
-                    true, _ = read_mask_raw(truths[item.file.stem])
-                    pairs.append((predicted, as_instances(true)))
-        return {"images": len(pairs), **object_scores(pairs)}
+                    pairs.append(Sample(item.file.stem, instances, truths[item.file.stem]))
+        return evaluate_instances(pairs)
 
     def evaluate(self, result: BatchResult, truth_dir: str | Path) -> Evaluation:
         """Score this batch's masks (new and skipped) against ``truth_dir``."""

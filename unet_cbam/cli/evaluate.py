@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-colors", nargs="+", type=_color, metavar="R,G,B",
                         help="rgb masks: the colour of each class, in class order")
     parser.add_argument("--class-names", nargs="+", help="a name per class")
+    parser.add_argument("--instances", action="store_true",
+                        help="PRED holds instance label images (predict.py --instances): "
+                             "object-level precision, recall and F1 at IoU > 0.5 instead "
+                             "(true masks: instance labels, or binary masks numbered by "
+                             "connected components); the report defaults to "
+                             "PRED/instance_evaluation.json")
     add_logging_options(parser)
     return parser
 
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from unet_cbam.run import RunFolder, class_names, codec_from_config
 
+    if arguments.instances:
+        return _instances(arguments)
     names = arguments.class_names
     try:
         if arguments.config is not None:
@@ -88,6 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nper image: {csv_path}\nsummary:   {json_path}")
     problems = evaluation.missing_predictions or evaluation.missing_truths or evaluation.errors
     return 1 if problems else 0
+
+
+def _instances(arguments) -> int:
+    import json
+
+    from unet_cbam.data.io import ImageReadError
+    from unet_cbam.evaluate import evaluate_instance_folders
+    from unet_cbam.files import write_text
+
+    try:
+        scores = evaluate_instance_folders(arguments.pred, arguments.truth)
+    except (ValueError, FileNotFoundError, ImageReadError) as error:
+        print(f"unet-cbam-evaluate: error: {error}", file=sys.stderr)
+        return 2
+    report = arguments.report or arguments.pred / "instance_evaluation.json"
+    write_text(report, json.dumps(scores, indent=2))
+    print(f"objects (IoU > 0.5) over {scores['images']} image(s): F1 {scores['f1']:.4f}, "
+          f"precision {scores['precision']:.4f}, recall {scores['recall']:.4f} "
+          f"({scores['true_positives']} matched, {scores['false_positives']} false, "
+          f"{scores['false_negatives']} missed)\nsummary: {report}")
+    return 1 if scores["missing_predictions"] or scores["missing_truths"] else 0
 
 
 if __name__ == "__main__":
