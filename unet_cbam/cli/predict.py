@@ -33,13 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
                "and on request probabilities/, overlays/, attention/. Existing outputs are "
                "kept, so an interrupted run resumes; the exit status is 1 if any input "
                "failed.")
-    parser.add_argument("--model", required=True, type=Path, metavar="RUN_DIR|FILE.keras",
+    parser.add_argument("--model", type=Path, metavar="RUN_DIR|FILE.keras",
                         help="a run folder from train.py, or its model.keras "
                              "(config.yaml must be beside it)")
-    parser.add_argument("--input", required=True, metavar="DIR|FILE|GLOB",
+    parser.add_argument("--input", metavar="DIR|FILE|GLOB",
                         help="a folder of images (with its subfolders), one image, or a glob "
                              "such as 'scans/**/*.tif'; outputs mirror the folder tree")
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR",
+    parser.add_argument("--output", type=Path, metavar="DIR",
                         help="folder for the masks (created if needed); it must not hold any "
                              "input, so inputs are never overwritten or read back")
     parser.add_argument("--save-probabilities", action="store_true",
@@ -62,9 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "IoU 0.5 too")
     parser.add_argument("--overwrite", action="store_true",
                         help="predict again even where outputs exist")
-    parser.add_argument("--shard", default=None, metavar="I/N",
+    parser.add_argument("--shard", default=None, metavar="I/N|auto",
                         help="only the I-th of N interleaved parts of the sorted file list "
-                             "(1-based), to split a folder over N machines")
+                             "(1-based), to split a folder over N machines; auto: from a "
+                             "SLURM job array or a Kubernetes Indexed Job. Each shard writes "
+                             "summary-shardIofN.csv; --merge-summaries joins them")
+    parser.add_argument("--shard-count", type=int, default=None, metavar="N",
+                        help="--shard auto in a Kubernetes Indexed Job: the number of shards "
+                             "(its completions; or set UNET_CBAM_SHARD_COUNT)")
+    parser.add_argument("--merge-summaries", type=Path, default=None, metavar="OUTPUT",
+                        help="after the shards: join OUTPUT/summary-shard*.csv into "
+                             "OUTPUT/summary.csv and check that every input (of --input, "
+                             "when given) was predicted exactly once; exit status 1 if not")
     parser.add_argument("--truth", type=Path, default=None, metavar="DIR",
                         help="score the masks against the true masks in DIR afterwards "
                              "(OUTPUT/evaluation.json and .csv)")
@@ -75,8 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
     setup_logging(arguments)
+    if arguments.merge_summaries is not None:
+        return _merge(arguments)
+    missing = [f"--{name}" for name in ("model", "input", "output")
+               if getattr(arguments, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     import_tensorflow(arguments)
     from unet_cbam.evaluate import format_summary, write_reports
     from unet_cbam.files import write_text
@@ -88,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         list_inputs,
         load_run,
         parse_shard,
+        shard_from_environment,
+        shard_summary_name,
         take_shard,
     )
 
     try:
         inference = apply_options(_Holder(), arguments).inference
-        shard = parse_shard(arguments.shard) if arguments.shard else None
+        if arguments.shard == "auto":
+            shard = shard_from_environment(count=arguments.shard_count)
+        else:
+            shard = parse_shard(arguments.shard) if arguments.shard else None
         files = list_inputs(arguments.input, arguments.output)
         if shard:
             files = take_shard(files, *shard)
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 2
 
-    summary_name = f"summary-shard{shard[0]}of{shard[1]}.csv" if shard else "summary.csv"
+    summary_name = shard_summary_name(*shard) if shard else "summary.csv"
     logger.info("%d image(s) with %s (tile %d, overlap %.2f%s)", len(files), run.path,
                 inference.tile_size, inference.overlap, ", TTA" if inference.tta else "")
     result = predictor.run_files(files, progress=not arguments.quiet, summary_name=summary_name,
@@ -146,6 +167,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"({error.strerror or error})", file=sys.stderr)
             return 1
     return 1 if result.failed or result.summary_csv is None else 0
+
+
+def _merge(arguments) -> int:
+    """--merge-summaries: join the shard summaries; status 1 unless all is well."""
+    from unet_cbam.predict import list_inputs, merge_summaries
+
+    try:
+        inputs = list_inputs(arguments.input, arguments.merge_summaries) \
+            if arguments.input else None
+        report = merge_summaries(arguments.merge_summaries, inputs)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{report.rows} input(s) from {report.shards} shard(s) -> {report.summary}")
+    for label, values in (("missing shard summaries", report.missing_shards),
+                          ("predicted by more than one shard", report.duplicates),
+                          ("failed", report.failed),
+                          ("in --input but in no shard's summary", report.not_predicted)):
+        if values:
+            shown = ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else "")
+            print(f"  {label} ({len(values)}): {shown}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 @dataclasses.dataclass
