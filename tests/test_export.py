@@ -1,0 +1,131 @@
+"""Exports: SavedModel, ONNX and TFLite, their parity, preprocessing.json, and use
+without unet_cbam."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import make_untrained_run
+from unet_cbam.cli.export import main as export_main
+from unet_cbam.export import PREPROCESSING_FILE, export_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_untrained_run(tmp_path_factory.mktemp("export") / "run", channels=1)
+
+
+@pytest.fixture(scope="module")
+def exports(run_dir):
+    return {fmt: export_run(run_dir, fmt) for fmt in ("onnx", "savedmodel", "tflite")}
+
+
+def test_every_format_exports_with_parity_and_its_preprocessing(exports, run_dir):
+    assert exports["onnx"] == run_dir / "export" / "onnx" / "model.onnx"
+    assert (exports["savedmodel"] / "saved_model.pb").is_file()
+    for fmt, path in exports.items():
+        spec_path = (path if fmt == "savedmodel" else path.parent) / PREPROCESSING_FILE
+        spec = json.loads(spec_path.read_text())
+        assert spec["format"] == fmt and spec["parity_max_abs_difference"] <= 1e-4
+        assert spec["input"] == {**spec["input"], "channels": 1, "divisor": 4, "size": None}
+        assert spec["normalization"]["mode"] == "bitdepth"
+        assert spec["output"] == {"activation": "sigmoid",
+                                  "classes": ["background", "foreground"]}
+        assert spec["labels"]["threshold"] == 0.5
+        assert spec["mask_encoding"]["values"] == [0, 255]
+
+
+def test_exports_take_any_divisible_size(exports, run_dir):
+    from unet_cbam.export import run_exported
+    from unet_cbam.predict import load_run
+
+    model = load_run(run_dir).model
+    images = np.random.default_rng(1).random((1, 36, 52, 1), dtype=np.float32)
+    expected = model.predict(images, verbose=0)
+    for fmt, path in exports.items():
+        np.testing.assert_allclose(run_exported(path, fmt, images), expected, atol=1e-4)
+
+
+def test_nothing_is_overwritten_and_bad_sizes_are_refused(exports, run_dir, capsys, tmp_path):
+    before = exports["onnx"].read_bytes()
+    assert export_main([str(run_dir), "--format", "onnx"]) == 2
+    assert "model.onnx: exists" in capsys.readouterr().err
+    assert exports["onnx"].read_bytes() == before
+    assert export_main([str(run_dir), "--format", "tflite", "--input-size", "30", "32",
+                        "--output", str(tmp_path / "t.tflite")]) == 2
+    assert "input_size [30, 32] must be [height, width], each a positive multiple of 4" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "t.tflite").exists()
+
+
+def test_fixed_size_tflite(run_dir, tmp_path):
+    path = export_run(run_dir, "tflite", tmp_path / "fixed" / "m.tflite", input_size=[32, 48])
+    spec = json.loads((path.parent / PREPROCESSING_FILE).read_text())
+    assert spec["input"]["size"] == [32, 48]
+
+
+def test_export_refuses_to_finish_when_parity_fails(run_dir, tmp_path, monkeypatch):
+    import unet_cbam.export as export
+
+    monkeypatch.setattr(export, "check_parity", lambda *args, **kwargs: 0.5)
+    with pytest.raises(ValueError, match="differs from Keras by up to 0.5"):
+        export_run(run_dir, "onnx", tmp_path / "bad" / "model.onnx")
+    assert not (tmp_path / "bad" / "model.onnx").exists()
+    assert not (tmp_path / "bad" / PREPROCESSING_FILE).exists()
+
+
+def test_a_cross_validation_run_is_exported_fold_by_fold(tmp_path):
+    for index in range(2):
+        make_untrained_run(tmp_path / "cv" / f"fold_{index}", channels=1)
+    with pytest.raises(ValueError, match="export one fold's folder"):
+        export_run(tmp_path / "cv", "onnx")
+
+
+@pytest.mark.slow
+def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, run_dir,
+                                                                       tmp_path):
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.predict import BatchPredictor, load_run
+
+    raw = (np.random.default_rng(2).random((37, 50)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "image.png"), raw)
+    labels, _ = BatchPredictor(load_run(run_dir), InferenceConfig()).predict_raw(raw)
+    np.save(tmp_path / "expected.npy", np.where(labels > 0, 255, 0).astype(np.uint8))
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "unet_cbam" or name.startswith("unet_cbam."):
+                    raise ImportError("unet_cbam is hidden")
+        sys.meta_path.insert(0, Hide())
+        sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        sys.path.insert(0, {str(ROOT / "docs" / "examples")!r})
+        import numpy as np, tensorflow as tf
+        try:
+            import unet_cbam
+            raise SystemExit("unet_cbam is importable")
+        except ImportError:
+            pass
+        from onnx_predict import predict
+        mask = predict(__import__("pathlib").Path({str(exports["onnx"].parent)!r}),
+                       {str(tmp_path / "image.png")!r})
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        assert mask.dtype == np.uint8 and (mask == expected).all(), (mask != expected).sum()
+        loaded = tf.saved_model.load({str(exports["savedmodel"])!r})
+        image = np.random.default_rng(0).random((1, 32, 44, 1), dtype=np.float32)
+        print("savedmodel", loaded.serve(image).shape)
+        interpreter = tf.lite.Interpreter(model_path={str(exports["tflite"])!r})
+        print("tflite", interpreter.get_input_details()[0]["shape_signature"].tolist())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "savedmodel (1, 32, 44, 1)" in result.stdout

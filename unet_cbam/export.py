@@ -1,0 +1,203 @@
+"""Export a trained run for deployment: SavedModel, ONNX or TFLite, with its preprocessing.
+
+Built on Keras' own ``Model.export`` (SavedModel through TensorFlow, ONNX
+through tf2onnx, TFLite through TensorFlow Lite's converter). Every export
+gets a ``preprocessing.json`` beside it: what predict.py does around the
+model (channels, normalisation, divisor, output activation, class names,
+mask encoding, threshold, post-processing, tiling), so the model can be used
+with nothing but its runtime (see the README's onnxruntime example). Export
+finishes only if the exported model matches Keras to ``PARITY`` on random
+inputs and on a real image of the run's data when it is still there;
+otherwise the export is removed and the error says by how much it differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_cbam.files import write_text
+
+logger = logging.getLogger(__name__)
+
+#: format: (Keras' name for it, default output below RUN/export/)
+FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "onnx/model.onnx"),
+           "tflite": ("litert", "tflite/model.tflite")}
+#: Largest absolute difference from Keras allowed (float32).
+PARITY = 1e-4
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def preprocessing_spec(run, format: str, input_size: list[int] | None = None) -> dict[str, Any]:
+    """What predict.py does around the model, as plain data (``preprocessing.json``)."""
+    from unet_cbam.config import InferenceConfig, to_dict
+
+    config, codec = run.config, run.codec
+    normalization = run.normalization.to_config()
+    inference = InferenceConfig()
+    tuned = config.inference or {}
+    return {
+        "format": format,
+        "input": {
+            "layout": "NHWC", "dtype": "float32", "channels": run.channels,
+            "size": input_size, "divisor": config.model.divisor,
+            "note": "height and width must be multiples of divisor (pad, then crop the "
+                    "output); size, when set, is the only size the model takes",
+        },
+        "channels": "gray to RGB: repeat; RGB to gray: 0.299 R + 0.587 G + 0.114 B "
+                    "(OpenCV); alpha: dropped",
+        "normalization": {
+            **normalization,
+            "bitdepth": "uint8 / 255, uint16 / 65535, float as it is (must lie in [0, 1])",
+            "percentile": "per channel: (clip(x, low, high) - low) / (high - low)",
+            "zscore": "percentile's result, then (x - mean) / std",
+        },
+        "output": {
+            "activation": "sigmoid" if config.model.num_classes == 1 else "softmax",
+            "classes": run.class_names,
+        },
+        "labels": {
+            "threshold": float(tuned.get("threshold", 0.5)),
+            "rule": "sigmoid: foreground where probability > threshold; softmax: argmax",
+            "postprocessing": tuned.get("classes"),
+        },
+        "mask_encoding": {
+            "encoding": codec.encoding, "values": list(codec.values),
+            "palette": [list(c) for c in codec.palette] if codec.palette else None,
+            "colors": [list(c) for c in codec.colors] if codec.colors else None,
+        },
+        "tiling": {"tile_size": inference.tile_size, "overlap": inference.overlap,
+                   "blending": "Gaussian importance map (sigma = tile / 8), as nnU-Net"},
+        "model": to_dict(config.model),
+    }
+
+
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None,
+               input_size: list[int] | None = None) -> Path:
+    """Export the run's model; returns the exported file or folder.
+
+    ``output`` defaults to ``RUN/export/savedmodel`` (a folder),
+    ``RUN/export/onnx/model.onnx`` or ``RUN/export/tflite/model.tflite``;
+    ``preprocessing.json`` goes inside the SavedModel folder, beside the
+    others. An existing output or preprocessing.json is an error (nothing is
+    overwritten). ``input_size`` fixes ``[height, width]`` (TFLite targets
+    often need it).
+    """
+    import tensorflow as tf
+
+    from unet_cbam.predict import load_run
+
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    run = load_run(run_dir)
+    if len(run.members) > 1:
+        raise ValueError(f"{run.path}: a cross-validation run holds {len(run.members)} models; "
+                         "export one fold's folder (fold_K)")
+    keras_format, default_name = FORMATS[format]
+    output = Path(output) if output is not None else run.path / "export" / default_name
+    spec_path = (output if format == "savedmodel" else output.parent) / PREPROCESSING_FILE
+    for path in (output, spec_path):
+        if path.exists():
+            raise FileExistsError(f"{path}: exists; choose another --output or remove it")
+    divisor = run.config.model.divisor
+    if input_size is not None:
+        if len(input_size) != 2 or any(side % divisor or side <= 0 for side in input_size):
+            raise ValueError(f"input_size {input_size} must be [height, width], each a positive "
+                             f"multiple of {divisor}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shape = (None, *(input_size or (None, None)), run.channels)
+    signature = [tf.TensorSpec(shape, tf.float32, name="image")]
+    logger.info("exporting %s to %s", run.path, output)
+    try:
+        run.model.export(str(output), format=keras_format, verbose=False,
+                         input_signature=signature)
+        difference = check_parity(run, output, format, input_size)
+    except BaseException:
+        _remove(output)
+        raise
+    if difference > PARITY:
+        _remove(output)
+        raise ValueError(f"{output}: the exported model differs from Keras by up to "
+                         f"{difference:.3g} (limit {PARITY}); export refused")
+    spec = preprocessing_spec(run, format, input_size)
+    spec["parity_max_abs_difference"] = difference
+    write_text(spec_path, json.dumps(spec, indent=2))
+    logger.info("parity with Keras: max |difference| %.2g", difference)
+    return output
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def parity_inputs(run, input_size: list[int] | None) -> list[np.ndarray]:
+    """Random images, and a real one of the run's data when it is still there."""
+    divisor = run.config.model.divisor
+    height, width = input_size or (max(64, 2 * divisor), max(96, 3 * divisor))
+    rng = np.random.default_rng(0)
+    inputs = [rng.random((2, height, width, run.channels), dtype=np.float32)]
+    real = _real_image(run)
+    if real is not None:
+        crop = np.zeros((1, height, width, run.channels), np.float32)
+        window = real[:height, :width]
+        crop[0, :window.shape[0], :window.shape[1]] = window
+        inputs.append(crop)
+    return inputs
+
+
+def _real_image(run) -> np.ndarray | None:
+    from unet_cbam.data.io import is_image_file, read_raw
+    from unet_cbam.data.verify import data_folders
+
+    try:
+        images, _ = data_folders(run.config.data)
+        first = next((p for p in sorted(images.iterdir()) if is_image_file(p)), None)
+        return run.preprocess(read_raw(first), first) if first else None
+    except Exception:  # the data moved or never existed (a hand-made run): random only
+        return None
+
+
+def run_exported(path: Path, format: str, images: np.ndarray) -> np.ndarray:
+    """Run an exported model on ``images`` with its own runtime."""
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+    import tensorflow as tf
+
+    if format == "savedmodel":
+        loaded = tf.saved_model.load(str(path))  # held: its variables live as long as it
+        return np.asarray(loaded.serve(images))
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def check_parity(run, path: Path, format: str, input_size: list[int] | None = None) -> float:
+    """Largest absolute difference between the export and Keras on the parity inputs."""
+    worst = 0.0
+    for images in parity_inputs(run, input_size):
+        expected = run.model.predict(images, verbose=0)
+        worst = max(worst, float(np.abs(run_exported(path, format, images) - expected).max()))
+    return worst
+
+
+if __name__ == "__main__":  # python -m unet_cbam.export RUN_DIR --format onnx
+    import sys
+
+    from unet_cbam.cli.export import main
+
+    sys.exit(main())
