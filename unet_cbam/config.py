@@ -271,6 +271,7 @@ class DataConfig:
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "constant", "plateau"]
 Strategy = Literal["default", "mirrored"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -301,7 +302,13 @@ class TrainConfig:
         "val_dice_<class>, val_iou_<class> (higher is better)")
     early_stopping_patience: int = option(
         30, "stop after this many epochs without improvement of the monitor (0: never)")
-    mixed_precision: bool = option(False, "train with the mixed_float16 policy")
+    precision: Precision = option(
+        "auto",
+        "float32, bfloat16 or float16 (mixed: the gates and the head stay float32); auto: by "
+        "the hardware (float16 on GPUs with tensor cores, float32 on CPUs; see "
+        "unet_cbam.precision), recorded in the plan")
+    mixed_precision: bool = option(
+        False, "the former name of --precision float16 (kept as an alias)")
     strategy: Strategy = option(
         "default", "tf.distribute strategy: default (one device) or mirrored (all GPUs)")
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
@@ -381,6 +388,10 @@ class InferenceConfig:
         None,
         "binary models: foreground where probability > threshold; none: the run's threshold "
         "tuned on validation (its inference section), else 0.5")
+    precision: Precision = option(
+        "auto",
+        "float32, bfloat16 or float16 for the forward passes; auto: by the hardware, as for "
+        "training (a model trained in another precision is rebuilt in this one)")
     postprocess: bool = option(
         True,
         "apply the run's post-processing and threshold chosen on validation (its inference "

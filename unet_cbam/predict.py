@@ -62,6 +62,7 @@ from unet_cbam.inference import (
 )
 from unet_cbam.instances import label_instances, min_distance_for
 from unet_cbam.postprocess import postprocess
+from unet_cbam.precision import POLICIES, choose_precision
 from unet_cbam.run import MODEL_FILE, RunFolder
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
@@ -127,6 +128,35 @@ def load_run(path: str | Path) -> LoadedRun:
         raise ValueError(f"{model_path}: cannot load the model in safe mode: "
                          f"{_one_line(error)}") from None
     return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
+
+
+def model_policy(model: keras.Model) -> str:
+    """The dtype policy ``model`` computes in: its convolutions' (a loaded model's own
+    policy is the default one, whatever its layers use)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return model_policy(layer)
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer.dtype_policy.name
+    return model.dtype_policy.name
+
+
+def in_precision(model: keras.Model, config, precision: str) -> keras.Model:
+    """``model`` rebuilt under ``precision``'s dtype policy with the same weights, or
+    ``model`` itself when it already computes in it."""
+    policy = POLICIES[precision]
+    if model_policy(model) == policy:
+        return model
+    from unet_cbam.models import build_unet
+
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(policy)
+        rebuilt = build_unet(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def _load_folds(run: RunFolder) -> LoadedRun:
@@ -446,7 +476,12 @@ class BatchPredictor:
         self.threshold = inference.threshold if inference.threshold is not None else \
             float((tuned or {}).get("threshold", 0.5))
         self.postprocessing = tuned if tuned and tuned.get("classes") else None
-        predictor = ensemble_predictor([keras_predictor(model) for model in run.members])
+        #: The precision of the forward passes, and the models in it.
+        self.precision, why = choose_precision(inference.precision)
+        self.models = [in_precision(model, run.config.model, self.precision)
+                       for model in run.members]
+        logger.debug("precision %s (%s)", self.precision, why)
+        predictor = ensemble_predictor([keras_predictor(model) for model in self.models])
         self.predictor = with_tta(predictor) if inference.tta else predictor
         self.divisor = run.config.model.divisor
 

@@ -53,6 +53,7 @@ from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
 from unet_cbam.plan import plan_rows, plan_run, plan_time_budget
+from unet_cbam.precision import choose_precision, set_policy
 from unet_cbam.run import CV_METRICS_FILE, FOLD_PREFIX, RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
 
@@ -378,12 +379,20 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
            progress: bool, extra_callbacks: list[keras.callbacks.Callback],
            build_model: Callable[[ModelConfig], keras.Model]) -> TrainResult:
     keras.utils.set_random_seed(config.train.seed)
-    if config.train.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+    requested = config.train.precision
+    if config.train.mixed_precision and requested == "auto":  # the former flag
+        requested = "float16"
+    precision, why = choose_precision(requested)
+    set_policy(precision)
 
     data = prepare_data(config, split=split, progress=progress)
     check_monitor(config.train.monitor, data.class_names)
     config = data.config
+    if config.train.precision != precision:  # decided here: saved, so a resume keeps it
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, precision=precision,
+                                              mixed_precision=False),
+            plan={**(config.plan or {}), "precision": {"value": precision, "reason": why}})
     check_patch_size(config)
     for name, value, reason in plan_rows(config.plan):
         logger.info("plan: %s = %s (%s)", name, value, reason)

@@ -1,0 +1,80 @@
+"""--precision: the rule of auto, training under it, prediction in another precision."""
+
+import keras
+import numpy as np
+import pytest
+
+import unet_cbam.precision as precision
+from helpers import make_untrained_run
+from unet_cbam.config import InferenceConfig, TrainConfig, from_dict
+from unet_cbam.precision import choose_precision
+
+
+@pytest.mark.parametrize("gpus, flags, expected, why", [
+    ([], set(), "float32", "CPU without bfloat16 units"),
+    ([], {"avx512f", "avx512_bf16"}, "float32", "parity is not measured yet"),
+    ([(8, 6)], set(), "float16", "bfloat16's accuracy parity is not measured yet"),
+    ([(7, 5), (8, 0)], set(), "float16", "compute capability 7.5: float16 tensor cores"),
+    ([(6, 1)], set(), "float32", "no tensor cores"),
+])
+def test_auto_follows_the_hardware(gpus, flags, expected, why):
+    chosen, reason = choose_precision("auto", gpus=gpus, flags=flags)
+    assert chosen == expected and why in reason
+
+
+def test_auto_picks_bfloat16_once_its_parity_is_measured(monkeypatch):
+    monkeypatch.setattr(precision, "BFLOAT16_PARITY_MEASURED", True)
+    assert choose_precision("auto", gpus=[], flags={"amx_bf16"})[0] == "bfloat16"
+    assert choose_precision("auto", gpus=[(9, 0)], flags=set())[0] == "bfloat16"
+    assert choose_precision("auto", gpus=[(7, 0)], flags=set())[0] == "float16"
+
+
+def test_explicit_and_unknown_precisions():
+    assert choose_precision("bfloat16", gpus=[], flags=set()) == ("bfloat16", "asked for")
+    with pytest.raises(ValueError, match="precision: 'half' is not one of"):
+        from_dict(TrainConfig, {"precision": "half"})
+    with pytest.raises(ValueError, match="precision 'half' is not one of"):
+        choose_precision("half")
+
+
+def test_prediction_rebuilds_a_model_in_the_precision_asked_for(tmp_path):
+    from unet_cbam.predict import BatchPredictor, load_run, model_policy
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        folder = make_untrained_run(tmp_path / "run", channels=1)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    run = load_run(folder)
+    assert model_policy(run.model) == "mixed_float16"
+    predictor = BatchPredictor(run, InferenceConfig(precision="float32"))
+    assert model_policy(predictor.models[0]) == "float32"
+    assert keras.config.dtype_policy().name == previous.name
+    image = np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(predictor.models[0].predict(image, verbose=0),
+                               run.model.predict(image, verbose=0), atol=5e-3)
+    same = BatchPredictor(run, InferenceConfig(precision="float16"))
+    assert same.models[0] is run.model
+
+
+def test_training_records_the_precision_it_chose(tmp_path):
+    from helpers import write_pairs
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig
+    from unet_cbam.run import RunFolder
+    from unet_cbam.training import train
+
+    data = write_pairs(tmp_path / "data", count=3, size=(32, 32), channels=1)
+    base = dict(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+                data=DataConfig(data=str(data), augmentation="none", val_fraction=0.34))
+    train(RunConfig(**base, train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)),
+          tmp_path / "auto", progress=False)
+    saved = RunFolder(tmp_path / "auto").config
+    assert saved.train.precision == "float32"  # this CPU: no bfloat16 units, or unmeasured
+    assert saved.plan["precision"]["value"] == "float32"
+    train(RunConfig(**base, train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2,
+                                              mixed_precision=True)),
+          tmp_path / "alias", progress=False)
+    saved = RunFolder(tmp_path / "alias").config
+    assert saved.train.precision == "float16" and not saved.train.mixed_precision
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
