@@ -104,3 +104,17 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
     print(markdown_table([[row.get(column) for column in columns] for row in rows], columns,
                          float_format=benchmark_number))
+
+
+def make_run(folder: Path) -> Path:
+    """A run folder with the default model for 1-channel images (untrained)."""
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig
+    from unet_cbam.models import build_unet
+    from unet_cbam.run import RunFolder
+
+    model_config = ModelConfig(input_channels=1)
+    run = RunFolder(folder)
+    run.write_config(RunConfig(model=model_config,
+                               data=DataConfig(mask_encoding="binary", mask_values=[0, 255])))
+    build_unet(model_config).save(run.model_path)
+    return folder

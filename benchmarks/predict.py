@@ -31,20 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, machine, peak_rss_mb, print_table, write_json  # noqa: E402
-
-
-def make_run(folder: Path) -> Path:
-    from unet_cbam.config import DataConfig, ModelConfig, RunConfig
-    from unet_cbam.models import build_unet
-    from unet_cbam.run import RunFolder
-
-    model_config = ModelConfig(input_channels=1)
-    run = RunFolder(folder)
-    run.write_config(RunConfig(model=model_config,
-                               data=DataConfig(mask_encoding="binary", mask_values=[0, 255])))
-    build_unet(model_config).save(run.model_path)
-    return folder
+from common import ISBI, machine, make_run, peak_rss_mb, print_table, write_json  # noqa: E402
 
 
 def folder_speeds(run_dir: Path, images: Path, work: Path, rounds: int

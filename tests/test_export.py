@@ -129,3 +129,19 @@ def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, 
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "savedmodel (1, 32, 44, 1)" in result.stdout
+
+
+def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.predict import BatchPredictor, load_run
+
+    run = load_run(run_dir)
+    raw = (np.random.default_rng(3).random((70, 90)) * 255).astype(np.uint8)
+    inference = InferenceConfig(tile_size=48, tta=True)
+    _, keras_probabilities = BatchPredictor(run, inference).predict_raw(
+        raw, keep_probabilities=True)
+    onnx = BatchPredictor(run, InferenceConfig(tile_size=48, tta=True, runtime="onnxruntime"))
+    _, onnx_probabilities = onnx.predict_raw(raw, keep_probabilities=True)
+    np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=1e-5)
+    with pytest.raises(ValueError, match="precision float16 needs runtime keras"):
+        BatchPredictor(run, InferenceConfig(runtime="onnxruntime", precision="float16"))

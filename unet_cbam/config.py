@@ -272,6 +272,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "constant", "plateau"]
 Strategy = Literal["default", "mirrored"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
+Runtime = Literal["keras", "onnxruntime"]
 
 
 @dataclass
@@ -392,6 +393,10 @@ class InferenceConfig:
         "auto",
         "float32, bfloat16 or float16 for the forward passes; auto: by the hardware, as for "
         "training (a model trained in another precision is rebuilt in this one)")
+    runtime: Runtime = option(
+        "keras",
+        "what runs the model: keras, or onnxruntime (the model converted to ONNX when "
+        "predict.py starts; needs the export extra, float32 only)")
     postprocess: bool = option(
         True,
         "apply the run's post-processing and threshold chosen on validation (its inference "

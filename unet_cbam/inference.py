@@ -220,6 +220,21 @@ def ensemble_predictor(predictors: list[Predictor]) -> Predictor:
     return predict
 
 
+def onnx_predictor(path: str, threads: int | None = None) -> Predictor:
+    """A ``Predictor`` running an ONNX model (``unet_cbam.export``) with onnxruntime."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(tiles, np.float32)})[0]
+    return predict
+
+
 def keras_predictor(model) -> Predictor:
     """A ``Predictor`` running a Keras model on a batch of tiles.
 

@@ -53,6 +53,7 @@ from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.inference import (
     ensemble_predictor,
     keras_predictor,
+    onnx_predictor,
     predictive_entropy,
     probabilities_to_labels,
     round_up,
@@ -128,6 +129,22 @@ def load_run(path: str | Path) -> LoadedRun:
         raise ValueError(f"{model_path}: cannot load the model in safe mode: "
                          f"{_one_line(error)}") from None
     return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
+
+
+def to_onnx(model: keras.Model, path: Path) -> str:
+    """``model`` converted to ONNX at ``path`` (any height and width), for onnxruntime."""
+    import tensorflow as tf
+
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"runtime onnxruntime needs the export extra (pip install "
+                         f"'unet_cbam[export]'): {error}") from None
+    shape = (None, *model.inputs[0].shape[1:])  # a model's fixed input size stays fixed
+    model.export(str(path), format="onnx", verbose=False,
+                 input_signature=[tf.TensorSpec(shape, tf.float32)])
+    return str(path)
 
 
 def model_policy(model: keras.Model) -> str:
@@ -481,7 +498,16 @@ class BatchPredictor:
         self.models = [in_precision(model, run.config.model, self.precision)
                        for model in run.members]
         logger.debug("precision %s (%s)", self.precision, why)
-        predictor = ensemble_predictor([keras_predictor(model) for model in self.models])
+        if inference.runtime == "onnxruntime":
+            if self.precision != "float32":
+                raise ValueError(f"runtime onnxruntime runs float32 models; precision "
+                                 f"{self.precision} needs runtime keras")
+            self._onnx = tempfile.TemporaryDirectory(prefix="unet_cbam-onnx-")
+            predictors = [onnx_predictor(to_onnx(model, Path(self._onnx.name) / f"m{i}.onnx"))
+                          for i, model in enumerate(self.models)]
+        else:
+            predictors = [keras_predictor(model) for model in self.models]
+        predictor = ensemble_predictor(predictors)
         self.predictor = with_tta(predictor) if inference.tta else predictor
         self.divisor = run.config.model.divisor
 
