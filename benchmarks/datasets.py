@@ -12,6 +12,13 @@ Prints a table and writes ``benchmarks/results/datasets-<label>.json``
     python benchmarks/datasets.py --label old --train-options "--epochs 10 --steps-per-epoch 40
         --batch-size 8 --patch-size 128 --normalize bitdepth --binary-threshold 0"
     python benchmarks/datasets.py --quick                                 # a few minutes
+    python benchmarks/datasets.py --variants ablation --seeds 1 2 3       # issue 10's ablation
+    python benchmarks/datasets.py --variants none="--attention none" folds="--folds 5"
+
+Each variant (NAME="train.py options") runs on every data set and seed; the
+summary gives each data set and variant the mean and standard deviation over
+the seeds of the validation Dice (what a choice may look at) and of the test
+Dice (reported, never chosen on).
 """
 
 from __future__ import annotations
@@ -65,14 +72,40 @@ def run(command: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def measure(name: str, work: Path, train_options: list[str], seed: int) -> dict:
+#: --variants ablation: the attention placements compared in issue 10.
+ABLATION = {
+    "none": "--attention none",
+    "cbam": "",
+    "cbam-deep": "--attention-levels 2 3",
+    "cbam-decoder": "--attention-position decoder",
+    "cbam-encoder": "--attention-position encoder",
+}
+
+
+def parse_variants(items: list[str]) -> dict[str, str]:
+    """``["ablation"]`` or ``["name=options", ...]`` -> {name: options}."""
+    variants: dict[str, str] = {}
+    for item in items:
+        if item == "ablation":
+            variants.update(ABLATION)
+            continue
+        name, separator, options = item.partition("=")
+        if not separator or not name:
+            raise SystemExit(f"--variants: {item!r} is not NAME=OPTIONS (or 'ablation')")
+        variants[name] = options
+    return variants
+
+
+def measure(name: str, work: Path, train_options: list[str], seed: int,
+            variant: str = "default") -> dict:
     train_dir, test_dir, channels, scored = DATA_SETS[name]
     if name == "isbi":
         train_path, test_path = isbi_split(work / "isbi-data")
     else:
         train_path, test_path = SHARED / train_dir, SHARED / test_dir
-    run_dir, predictions = work / f"{name}-seed{seed}", work / f"{name}-seed{seed}-test"
-    log = work / f"{name}-seed{seed}.log"
+    stem = f"{name}-{variant}-seed{seed}" if variant != "default" else f"{name}-seed{seed}"
+    run_dir, predictions = work / stem, work / f"{stem}-test"
+    log = work / f"{stem}.log"
     train_seconds = run([sys.executable, "train.py", "--data", str(train_path),
                          "--input-channels", str(channels), "--seed", str(seed),
                          "--output", str(run_dir), "--quiet", *train_options], log)
@@ -81,17 +114,42 @@ def measure(name: str, work: Path, train_options: list[str], seed: int) -> dict:
                            "--truth", str(test_path / "masks"), "--quiet"], log)
     summary = json.loads((predictions / "evaluation.json").read_text())
     config = (run_dir / "config.yaml").read_text()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = (run_dir / "history.csv").read_text().strip().splitlines()
+    folds = sorted(run_dir.glob("fold_*"))
+    if folds:  # a cross-validation run: the folds' mean validation score
+        cv = json.loads((run_dir / "cv_metrics.json").read_text())
+        val_dice = cv["classes"][scored]["dice_mean"]
+        history = (folds[0] / "history.csv").read_text().strip().splitlines()
+    else:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        val_dice = metrics["classes"][scored]["dice"]
+        history = (run_dir / "history.csv").read_text().strip().splitlines()
     return {
-        "data_set": name, "seed": seed, "class": scored,
+        "data_set": name, "variant": variant, "seed": seed, "class": scored,
         "test_dice": summary["classes"][scored]["pooled_dice"],
         "test_images": summary["images"],
-        "val_dice": metrics["classes"][scored]["dice"],
+        "val_dice": val_dice,
         "epochs_run": len(history) - 1,
         "train_s": round(train_seconds, 1), "predict_s": round(predict_seconds, 1),
         "config": config,
     }
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and (population) standard deviation over seeds per data set and variant."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["data_set"], row["variant"]), []).append(row)
+    summary = []
+    for (name, variant), group in groups.items():
+        entry = {"data_set": name, "variant": variant, "seeds": len(group)}
+        for key in ("val_dice", "test_dice"):
+            values = [row[key] for row in group]
+            entry[f"{key}_mean"] = round(float(np.mean(values)), 4)
+            entry[f"{key}_std"] = round(float(np.std(values)), 4)
+        summary.append(entry)
+    return summary
 
 
 def main() -> None:
@@ -103,6 +161,9 @@ def main() -> None:
     parser.add_argument("--train-options", default="",
                         help="more train.py options, one string")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--variants", nargs="+", default=["default="],
+                        help="NAME=\"train.py options\" each, or 'ablation' (none, cbam, "
+                             "cbam-deep, cbam-decoder, cbam-encoder)")
     parser.add_argument("--label", default="auto", help="results file: datasets-LABEL.json")
     parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true",
@@ -117,17 +178,25 @@ def main() -> None:
     info = machine()  # before measuring: the commit measured, not a later one
     work = arguments.work or Path(tempfile.mkdtemp(prefix="unet_cbam-datasets-"))
     work.mkdir(parents=True, exist_ok=True)
+    variants = parse_variants(arguments.variants)
     rows = []
     for name in arguments.data_sets:
-        for seed in arguments.seeds:
-            row = measure(name, work, options, seed)
-            rows.append(row)
-            print(f"{name} seed {seed}: test Dice {row['test_dice']:.3f} "
-                  f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)", flush=True)
-    print_table(rows, ["data_set", "seed", "class", "test_dice", "val_dice", "epochs_run",
-                       "train_s", "predict_s"])
+        for variant, extra in variants.items():
+            for seed in arguments.seeds:
+                row = measure(name, work, options + shlex.split(extra), seed, variant)
+                rows.append(row)
+                print(f"{name} {variant} seed {seed}: test Dice {row['test_dice']:.3f} "
+                      f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)",
+                      flush=True)
+    print_table(rows, ["data_set", "variant", "seed", "class", "test_dice", "val_dice",
+                       "epochs_run", "train_s", "predict_s"])
+    summary = summarize(rows)
+    print()
+    print_table(summary, ["data_set", "variant", "seeds", "val_dice_mean", "val_dice_std",
+                          "test_dice_mean", "test_dice_std"])
     path = write_json(f"datasets-{arguments.label}.json", {
-        "machine": info, "train_options": options, "work": str(work), "runs": rows})
+        "machine": info, "train_options": options, "variants": variants, "work": str(work),
+        "runs": rows, "summary": summary})
     print(f"written: {path}")
 
 

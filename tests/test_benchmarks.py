@@ -170,3 +170,17 @@ def test_datasets_benchmark_splits_isbi_by_its_readme_with_links(tmp_path, isbi_
     assert all(p.is_symlink() for p in (test / "images").iterdir())
     assert datasets.isbi_split(tmp_path) == (train, test)  # again: links already there
     assert set(datasets.DATA_SETS) == {"ctc", "kvasir", "isbi"}
+
+
+def test_datasets_benchmark_variants_and_summary():
+    datasets = load_script("datasets")
+    assert datasets.parse_variants(["ablation"]) == datasets.ABLATION
+    assert datasets.parse_variants(["none=--attention none", "plain="]) == {
+        "none": "--attention none", "plain": ""}
+    with pytest.raises(SystemExit, match="not NAME=OPTIONS"):
+        datasets.parse_variants(["--attention none"])
+    rows = [{"data_set": "ctc", "variant": "cbam", "val_dice": v, "test_dice": t}
+            for v, t in ((0.8, 0.7), (0.9, 0.9))]
+    assert datasets.summarize(rows) == [{
+        "data_set": "ctc", "variant": "cbam", "seeds": 2, "val_dice_mean": 0.85,
+        "val_dice_std": 0.05, "test_dice_mean": 0.8, "test_dice_std": 0.1}]
