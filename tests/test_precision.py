@@ -29,8 +29,13 @@ def test_auto_picks_bfloat16_once_its_parity_is_measured(monkeypatch):
     assert choose_precision("auto", gpus=[(7, 0)], flags=set())[0] == "float16"
 
 
-def test_explicit_and_unknown_precisions():
+def test_explicit_and_unknown_precisions(caplog):
     assert choose_precision("bfloat16", gpus=[], flags=set()) == ("bfloat16", "asked for")
+    assert "precision bfloat16: this CPU has no bfloat16 units" in caplog.text
+    caplog.clear()
+    assert choose_precision("bfloat16", gpus=[], flags={"amx_bf16"})[0] == "bfloat16"
+    assert choose_precision("float16", gpus=[(8, 0)], flags=set())[0] == "float16"
+    assert not caplog.text
     with pytest.raises(ValueError, match="precision: 'half' is not one of"):
         from_dict(TrainConfig, {"precision": "half"})
     with pytest.raises(ValueError, match="precision 'half' is not one of"):

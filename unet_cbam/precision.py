@@ -57,10 +57,17 @@ def choose_precision(requested: str, gpus: list[tuple[int, int]] | None = None,
     """(float32 | bfloat16 | float16, reason) for ``requested`` on this hardware."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
-    if requested != "auto":
-        return requested, "asked for"
     gpus = gpu_capabilities() if gpus is None else gpus
     flags = cpu_flags() if flags is None else flags
+    if requested != "auto":
+        supported = {"float32": True,
+                     "bfloat16": (bool(gpus) and min(gpus) >= (8, 0)) or
+                     (not gpus and any(flag in flags for flag in BF16_CPU_FLAGS)),
+                     "float16": bool(gpus) and min(gpus) >= (7, 0)}
+        if not supported[requested]:
+            logger.warning("precision %s: this %s has no %s units; it runs emulated, slower "
+                           "than float32", requested, "GPU" if gpus else "CPU", requested)
+        return requested, "asked for"
     if gpus:
         lowest = min(gpus)
         shown = f"GPU compute capability {lowest[0]}.{lowest[1]}"

@@ -409,11 +409,11 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     strategy = make_strategy(train_cfg)
 
-    def compiled(optimizer: keras.optimizers.Optimizer) -> keras.Model:
-        with strategy.scope():
+    def compiled(optimizer: Callable[[], keras.optimizers.Optimizer]) -> keras.Model:
+        with strategy.scope():  # the model and its optimizer's variables: the strategy's
             model = build_model(config.model)
             model.compile(
-                optimizer=optimizer,
+                optimizer=optimizer(),
                 loss=SegmentationLoss(resolve_loss_name(train_cfg.loss,
                                                         config.model.num_classes),
                                       train_cfg.class_weights),
@@ -423,7 +423,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     budget_started = time.perf_counter()
     if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
         with strategy.scope():
-            step_seconds = measure_step_seconds(compiled(keras.optimizers.Adam()), train_ds)
+            step_seconds = measure_step_seconds(compiled(keras.optimizers.Adam), train_ds)
         config = plan_time_budget(config, step_seconds, steps,
                                   time.perf_counter() - budget_started)
         train_cfg, steps = config.train, config.train.steps_per_epoch
@@ -432,7 +432,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                         config.plan[name]["reason"])
     logger.info("training on %d pairs, validating on %d; %d epochs of %d steps of %d patches",
                 len(data.train), len(data.val), train_cfg.epochs, steps, train_cfg.batch_size)
-    model = compiled(make_optimizer(train_cfg, steps))
+    model = compiled(lambda: make_optimizer(train_cfg, steps))
     # Written only now that everything that can be checked has been: a failed start
     # leaves no run folder (or one the next attempt replaces, see check_run_dir).
     run.path.mkdir(parents=True, exist_ok=True)
