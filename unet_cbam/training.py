@@ -324,6 +324,13 @@ PLANNED = {"binary_threshold": "auto", "normalization": None, "patch_size": None
            "foreground_oversampling": None}
 
 
+def requested_precision(train: TrainConfig) -> str:
+    """``precision``, with the former ``mixed_precision: true`` meaning float16."""
+    if train.mixed_precision and train.precision == "auto":
+        return "float16"
+    return train.precision
+
+
 def check_patch_size(config: RunConfig) -> None:
     divisor = config.model.divisor
     if config.data.patch_size is not None and config.data.patch_size % divisor:
@@ -379,10 +386,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
            progress: bool, extra_callbacks: list[keras.callbacks.Callback],
            build_model: Callable[[ModelConfig], keras.Model]) -> TrainResult:
     keras.utils.set_random_seed(config.train.seed)
-    requested = config.train.precision
-    if config.train.mixed_precision and requested == "auto":  # the former flag
-        requested = "float16"
-    precision, why = choose_precision(requested)
+    precision, why = choose_precision(requested_precision(config.train))
     set_policy(precision)
 
     data = prepare_data(config, split=split, progress=progress)
