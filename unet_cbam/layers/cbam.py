@@ -18,7 +18,10 @@ range; only the final product is computed in the layer's compute dtype.
 
 from __future__ import annotations
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 from unet_cbam.config import DEFAULT_REDUCTION_RATIO
@@ -54,6 +57,75 @@ def _like(gate, inputs):
     """The float32 ``gate`` in the dtype of ``inputs`` (no cast op under float32)."""
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     return gate if dtype == "float32" else ops.cast(gate, dtype)
+
+
+#: Side of the pixel blocks ``blocked_conv`` folds into channels.
+BLOCK = 4
+
+
+@functools.lru_cache(maxsize=8)
+def _blocked_kernel_index(kernel_size: int, channels: int, block: int) -> tuple[np.ndarray, int]:
+    """Where each weight of the blocked kernel comes from in the flat ``k x k x C x 1``
+    kernel (``k * k * C``: a zero), and the blocked kernel's side."""
+    radius = kernel_size // 2
+    reach = -(-radius // block)
+    side = 2 * reach + 1
+    index = np.full((side, side, block * block * channels, block * block),
+                    kernel_size * kernel_size * channels, np.int32)
+    for by in range(-reach, reach + 1):
+        for bx in range(-reach, reach + 1):
+            for p in range(block):
+                for q in range(block):
+                    for a in range(block):
+                        for b in range(block):
+                            dy, dx = block * by + p - a, block * bx + q - b
+                            if abs(dy) > radius or abs(dx) > radius:
+                                continue
+                            for c in range(channels):
+                                index[by + reach, bx + reach, (p * block + q) * channels + c,
+                                      a * block + b] = ((dy + radius) * kernel_size
+                                                        + dx + radius) * channels + c
+    return index, side
+
+
+def blocked_conv(inputs, kernel, bias=None, block: int = BLOCK):
+    """``conv2d(inputs, kernel, padding="same") + bias`` for a one-filter kernel, computed
+    on ``block x block`` pixel blocks folded into channels.
+
+    The spatial gate's 7x7 convolution has 2 input channels and 1 output: CPU convolution
+    kernels cannot vectorise that, and at full resolution it cost twice a 3x3 16->16
+    convolution of the UNet. Folded (space-to-depth), it is a 3x3 convolution from 32 to 16
+    channels on a 4x smaller grid, about 6x faster here, with the same weights and the same
+    result up to the order of the sums. The input is zero-padded to whole blocks, which is
+    what "same" padding does at the border anyway, and cropped back.
+    """
+    kernel_size, channels = int(kernel.shape[0]), int(kernel.shape[2])
+    index, side = _blocked_kernel_index(kernel_size, channels, block)
+    flat = ops.concatenate([ops.reshape(kernel, (-1,)), ops.zeros((1,), kernel.dtype)])
+    blocked_kernel = ops.take(flat, index)
+    shape = ops.shape(inputs)
+    height, width = shape[1], shape[2]
+    padded = ops.pad(inputs, [[0, 0], [0, (-height) % block], [0, (-width) % block], [0, 0]])
+    rows, cols = ops.shape(padded)[1] // block, ops.shape(padded)[2] // block
+    folded = ops.reshape(padded, (shape[0], rows, block, cols, block, channels))
+    folded = ops.reshape(ops.transpose(folded, (0, 1, 3, 2, 4, 5)),
+                         (shape[0], rows, cols, block * block * channels))
+    output = ops.conv(folded, blocked_kernel, padding="same")
+    output = ops.reshape(output, (shape[0], rows, cols, block, block))
+    output = ops.reshape(ops.transpose(output, (0, 1, 3, 2, 4)),
+                         (shape[0], rows * block, cols * block, 1))[:, :height, :width, :]
+    return output if bias is None else output + bias
+
+
+class _BlockedConv2D(keras.layers.Conv2D):
+    """The spatial gate's one-filter "same" convolution, computed by ``blocked_conv``.
+
+    A Conv2D with Conv2D's weights (the same names and shapes: models saved before
+    load unchanged); it is created by ``SpatialAttention.build``, never from a config.
+    """
+
+    def call(self, inputs):
+        return blocked_conv(inputs, self.kernel, self.bias)
 
 
 @keras.saving.register_keras_serializable(package="unet_cbam")
@@ -155,7 +227,7 @@ class SpatialAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         blog = self.variant == "blog"
-        self.conv = keras.layers.Conv2D(
+        self.conv = _BlockedConv2D(
             1, self.kernel_size, padding="same", activation=None,
             use_bias=not blog,
             kernel_initializer="he_normal" if blog else "glorot_uniform",
