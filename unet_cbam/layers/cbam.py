@@ -105,7 +105,10 @@ def blocked_conv(inputs, kernel, bias=None, block: int = BLOCK):
     blocked_kernel = ops.take(flat, index)
     shape = ops.shape(inputs)
     height, width = shape[1], shape[2]
-    padded = ops.pad(inputs, [[0, 0], [0, (-height) % block], [0, (-width) % block], [0, 0]])
+    # (block - n % block) % block, not (-n) % block: a negative remainder is rounded the
+    # other way by ONNX's Mod, which would crop instead of pad in an exported model.
+    padded = ops.pad(inputs, [[0, 0], [0, (block - height % block) % block],
+                              [0, (block - width % block) % block], [0, 0]])
     rows, cols = ops.shape(padded)[1] // block, ops.shape(padded)[2] // block
     folded = ops.reshape(padded, (shape[0], rows, block, cols, block, channels))
     folded = ops.reshape(ops.transpose(folded, (0, 1, 3, 2, 4, 5)),
