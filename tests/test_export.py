@@ -138,10 +138,44 @@ def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
     run = load_run(run_dir)
     raw = (np.random.default_rng(3).random((70, 90)) * 255).astype(np.uint8)
     inference = InferenceConfig(tile_size=48, tta=True)
-    _, keras_probabilities = BatchPredictor(run, inference).predict_raw(
+    keras_labels, keras_probabilities = BatchPredictor(run, inference).predict_raw(
         raw, keep_probabilities=True)
     onnx = BatchPredictor(run, InferenceConfig(tile_size=48, tta=True, runtime="onnxruntime"))
-    _, onnx_probabilities = onnx.predict_raw(raw, keep_probabilities=True)
+    onnx_labels, onnx_probabilities = onnx.predict_raw(raw, keep_probabilities=True)
     np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=1e-5)
+    clear = np.abs(keras_probabilities[..., -1] - onnx.threshold) > 1e-3
+    np.testing.assert_array_equal(onnx_labels[clear], keras_labels[clear])
     with pytest.raises(ValueError, match="precision float16 needs runtime keras"):
         BatchPredictor(run, InferenceConfig(runtime="onnxruntime", precision="float16"))
+
+
+@pytest.mark.parametrize("requested, precision, gpus, installed, expected", [
+    ("keras", "float32", 0, True, "keras"),
+    ("onnxruntime", "float32", 1, True, "onnxruntime"),
+    ("auto", "float32", 0, True, "onnxruntime"),
+    ("auto", "float32", 0, False, "keras"),
+    ("auto", "float32", 1, True, "keras"),
+    ("auto", "float16", 0, True, "keras"),
+])
+def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precision, gpus,
+                                                installed, expected):
+    import importlib.util
+
+    from unet_cbam.predict import choose_runtime
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real(name, *a) if installed else None)
+                        if name in ("onnxruntime", "tf2onnx") else real(name, *a))
+    runtime, why = choose_runtime(requested, precision, gpus=gpus)
+    assert runtime == expected, why
+    if requested == "auto" and not installed:
+        assert "unet_cbam[export]" in why
+
+
+def test_predict_with_auto_runtime_uses_onnxruntime_on_this_cpu(run_dir):
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.predict import BatchPredictor, load_run
+
+    predictor = BatchPredictor(load_run(run_dir), InferenceConfig(runtime="auto"))
+    assert predictor.runtime == "onnxruntime"

@@ -349,8 +349,10 @@ def test_measure_step_seconds_times_only_the_steps_after_warm_up():
         def train_on_batch(self, x, y):
             calls.append(x)
             now[0] += 2.0 if len(calls) <= 2 else 0.5  # tracing makes the first steps slow
-    seconds = measure_step_seconds(Model(), [(i, i) for i in range(10)], warmup=2, timed=4,
-                                   clock=lambda: now[0])
+    batches = iter([(i, i) for i in range(10)])
+    model = Model()
+    seconds = measure_step_seconds(lambda: model.train_on_batch(*next(batches)), warmup=2,
+                                   timed=4, clock=lambda: now[0])
     assert seconds == 0.5 and calls == list(range(6))
 
 

@@ -96,7 +96,9 @@ def test_shard_auto_outside_an_array_job_is_an_error(tmp_path, capsys, monkeypat
 
 def test_recipes_parse():
     recipes = ROOT / "docs" / "cluster"
-    subprocess.run(["bash", "-n", str(recipes / "predict-array.sbatch")], check=True)
+    for recipe in ("predict-array.sbatch", "train-multiworker.sbatch",
+                   "train-folds-array.sbatch"):
+        subprocess.run(["bash", "-n", str(recipes / recipe)], check=True)
     job = yaml.safe_load((recipes / "predict-indexed-job.yaml").read_text())
     assert job["spec"]["completionMode"] == "Indexed"
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]

@@ -270,9 +270,9 @@ class DataConfig:
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "constant", "plateau"]
-Strategy = Literal["default", "mirrored"]
+Strategy = Literal["default", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
-Runtime = Literal["keras", "onnxruntime"]
+Runtime = Literal["keras", "onnxruntime", "auto"]
 
 
 @dataclass
@@ -311,7 +311,13 @@ class TrainConfig:
     mixed_precision: bool = option(
         False, "the former name of --precision float16 (kept as an alias)")
     strategy: Strategy = option(
-        "default", "tf.distribute strategy: default (one device) or mirrored (all GPUs)")
+        "default",
+        "tf.distribute strategy: default (one device), mirrored (all local GPUs) or "
+        "multiworker (several machines; the cluster from TF_CONFIG or a SLURM job step). "
+        "batch_size is the global batch, split over the replicas")
+    cluster_timeout: str = option(
+        "10m", "multiworker: how long workers wait for each other to start, e.g. 90s, 10m; "
+        "then a clear error instead of a hang")
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
     time_budget: str | None = option(
         None,
@@ -335,6 +341,7 @@ class TrainConfig:
                      f"must be between 0 and {(self.folds or 1) - 1} (folds {self.folds})")
         if self.time_budget is not None:
             parse_duration(self.time_budget, "time_budget")
+        parse_duration(self.cluster_timeout, "cluster_timeout")
         _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         _require(self.batch_size is None or self.batch_size >= 1, "batch_size",
                  self.batch_size, "must be >= 1")
@@ -396,7 +403,8 @@ class InferenceConfig:
     runtime: Runtime = option(
         "keras",
         "what runs the model: keras, or onnxruntime (the model converted to ONNX when "
-        "predict.py starts; needs the export extra, float32 only)")
+        "predict.py starts; needs the export extra, float32 only); auto: onnxruntime where "
+        "it was measured faster (float32 on a CPU, when installed), else keras")
     postprocess: bool = option(
         True,
         "apply the run's post-processing and threshold chosen on validation (its inference "

@@ -6,9 +6,12 @@ predict.py, the notebooks and the benchmarks use.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from unet_cbam import distribute
 from unet_cbam import postprocess as postprocessing
 from unet_cbam.config import (
     DataConfig,
@@ -180,11 +184,8 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers
 
 
 def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
-    if train.strategy == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-        logger.info("MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
-        return strategy
-    return tf.distribute.get_strategy()
+    """``train.strategy`` (see ``unet_cbam.distribute``)."""
+    return distribute.make_strategy(train.strategy, parse_duration(train.cluster_timeout))
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +278,7 @@ class TrainResult:
     run_dir: Path
     history: dict[str, list[float]]
     metrics: dict
+    chief: bool = True  # False: a multi-worker run's other worker (the chief wrote run_dir)
 
 
 def check_run_dir(run: RunFolder, resume: bool) -> bool:
@@ -368,23 +370,51 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     check_patch_size(config)
     augmentation_pipeline(config.data.augmentation, config.data.augmentations)  # fail early
-    resuming = check_run_dir(run, resume)
+    strategy = make_strategy(config.train)  # multiworker: before TensorFlow runs anything
+    chief = distribute.is_chief(strategy)
+    if chief:
+        resuming = check_run_dir(run, resume)
+    else:  # the chief checks and writes the run; this worker reads it to resume
+        resuming = resume and run.exists() and bool(run.checkpoints())
     split = None
     if resuming:
-        remove_stale_temporaries(run.path, depth=None)  # a killed run's half-written files
+        if chief:
+            remove_stale_temporaries(run.path, depth=None)  # a killed run's half-written files
         config = resume_config(run.config, config)
         split = run.read_split()
     policy = keras.config.dtype_policy()
+    scratch = None if chief else worker_scratch(run)
     try:
-        return _train(config, run, resuming, split, progress, list(callbacks or []),
-                      build_model)
+        return _train(config, scratch or run, resuming, split, progress,
+                      list(callbacks or []), build_model, strategy, shared=run)
     finally:
         keras.config.set_dtype_policy(policy)
+        if scratch is not None:
+            shutil.rmtree(scratch.path, ignore_errors=True)
+
+
+def worker_scratch(run: RunFolder) -> RunFolder:
+    """An empty temporary folder for a multi-worker run's other worker.
+
+    It writes there what the chief writes to the run folder (its callbacks run alike), and
+    removes it at the end, as the tf.distribute guidance has it. The name is fixed per run
+    and task, so a rerun after a kill removes the killed worker's folder first.
+    """
+    cluster = distribute.describe_cluster()
+    digest = hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / (f"unet-cbam-{cluster.task_type}{cluster.task_index}"
+                                          f"-{digest}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return RunFolder(path)
 
 
 def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None,
            progress: bool, extra_callbacks: list[keras.callbacks.Callback],
-           build_model: Callable[[ModelConfig], keras.Model]) -> TrainResult:
+           build_model: Callable[[ModelConfig], keras.Model], strategy: tf.distribute.Strategy,
+           shared: RunFolder) -> TrainResult:
+    """Train into ``run``: the run folder, or on a multi-worker run's other workers a
+    scratch folder (they resume from ``shared``, the chief's run folder)."""
     keras.utils.set_random_seed(config.train.seed)
     precision, why = choose_precision(requested_precision(config.train))
     set_policy(precision)
@@ -404,14 +434,31 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     train_cfg = config.train
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
         data.train, config.data.patch_size, train_cfg.batch_size)
-    train_ds = training_dataset(
-        data.train, patch_size=config.data.patch_size, batch_size=train_cfg.batch_size,
-        augmentation=config.data.augmentation, augmentations=config.data.augmentations,
-        foreground_oversampling=config.data.foreground_oversampling, seed=train_cfg.seed)
-    val_ds = validation_dataset(data.val, patch_size=config.data.patch_size,
-                                batch_size=train_cfg.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if train_cfg.batch_size % replicas:
+        raise ValueError(f"batch_size {train_cfg.batch_size} (the global batch) is not "
+                         f"divisible by the {replicas} replicas in sync; use a multiple of "
+                         f"{replicas}")
+    multiworker = distribute.is_multiworker(strategy)
 
-    strategy = make_strategy(train_cfg)
+    def training_data(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """This worker's patches (its own random stream), in per-replica batches."""
+        return training_dataset(
+            data.train, patch_size=config.data.patch_size,
+            batch_size=context.get_per_replica_batch_size(train_cfg.batch_size),
+            augmentation=config.data.augmentation, augmentations=config.data.augmentations,
+            foreground_oversampling=config.data.foreground_oversampling,
+            seed=train_cfg.seed + context.input_pipeline_id)
+
+    def validation_data(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(train_cfg.batch_size)
+        return validation_dataset(
+            data.val, patch_size=config.data.patch_size, batch_size=per_replica,
+            shard=(context.input_pipeline_id, context.num_input_pipelines),
+            multiple=replicas * per_replica if multiworker else 1)
+
+    single = tf.distribute.InputContext()  # fit splits the global batches itself
+    train_ds, val_ds = training_data(single), validation_data(single)
 
     def compiled(optimizer: Callable[[], keras.optimizers.Optimizer]) -> keras.Model:
         with strategy.scope():  # the model and its optimizer's variables: the strategy's
@@ -426,10 +473,18 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     budget_started = time.perf_counter()
     if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
-        with strategy.scope():
-            step_seconds = measure_step_seconds(compiled(keras.optimizers.Adam), train_ds)
-        config = plan_time_budget(config, step_seconds, steps,
-                                  time.perf_counter() - budget_started)
+        throwaway = compiled(keras.optimizers.Adam)
+        if multiworker:
+            step = distribute.DistributedLoop(throwaway, strategy, training_data).train_step
+        else:
+            batches = iter(train_ds)
+
+            def step():
+                throwaway.train_on_batch(*next(batches))
+        # Every worker plans with the chief's figures: the same epochs and steps for all.
+        step_seconds = distribute.chief_value(strategy, measure_step_seconds(step))
+        config = plan_time_budget(config, step_seconds, steps, distribute.chief_value(
+            strategy, time.perf_counter() - budget_started))
         train_cfg, steps = config.train, config.train.steps_per_epoch
         for name in ("epochs", "steps_per_epoch"):
             logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
@@ -448,13 +503,19 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     initial_epoch, best = 0, None
     if resuming:
         with strategy.scope():
-            initial_epoch = restore_checkpoint(model, run)
-        best = run.best_score(train_cfg.monitor)
-        values = run.read_history().get(train_cfg.monitor, [])
-        if values and best == values[-1]:
+            initial_epoch = restore_checkpoint(model, shared, align_history=run is shared)
+        best = shared.best_score(train_cfg.monitor)
+        values = shared.read_history().get(train_cfg.monitor, [])
+        if run is shared and values and best == values[-1]:
             # The last epoch was the best, and a kill may have come before its model.keras.
             with atomic_write(run.model_path) as temporary:
                 model.save(temporary)
+    chief_epoch = distribute.chief_value(strategy, initial_epoch)
+    if chief_epoch != initial_epoch:
+        raise ValueError(
+            f"{shared.path}: this worker resumes after epoch {initial_epoch}, the chief after "
+            f"epoch {chief_epoch:g}; every worker needs the same --output, on a file system "
+            "they share, and the same --resume")
     callbacks = [
         LearningRateLogger(),
         RunRecorder(run),
@@ -474,13 +535,20 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
             train_cfg.monitor, mode=mode, patience=train_cfg.early_stopping_patience))
     callbacks += extra_callbacks
 
-    model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
-              shuffle=False, verbose=1 if progress else 2)
+    if multiworker:
+        loop = distribute.DistributedLoop(model, strategy, training_data, validation_data)
+        loop.fit(epochs=train_cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                 callbacks=callbacks, verbose=1 if progress else 2)
+    else:
+        model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
+                  shuffle=False, verbose=1 if progress else 2)
+    if run is not shared:  # another worker: the chief evaluates and tunes
+        return TrainResult(shared.path, run.read_history(), {}, chief=False)
 
-    metrics = final_metrics(run, val_ds, data.class_names, train_cfg.monitor)
-    run.write_metrics(metrics)
     best = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    metrics = final_metrics(best, run, val_ds, data.class_names, train_cfg.monitor)
+    run.write_metrics(metrics)
     tuned = postprocessing.tune(validation_predictions(best, data.val, config.model.divisor),
                                 data.class_names, data.fingerprint)
     log_inference(tuned)
@@ -521,17 +589,15 @@ def log_inference(tuned: dict) -> None:
                     ", ".join(c for c in chosen if c) or "none helps", before, after)
 
 
-def measure_step_seconds(model: keras.Model, dataset: tf.data.Dataset, warmup: int = 2,
-                         timed: int = 5, clock: Callable[[], float] = time.perf_counter
-                         ) -> float:
-    """Seconds of one training step of ``model`` on ``dataset``, after ``warmup`` steps
-    (the first traces the graph). ``model`` is a throwaway copy: its weights change."""
-    batches = iter(dataset)
+def measure_step_seconds(step: Callable[[], object], warmup: int = 2, timed: int = 5,
+                         clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one training ``step`` (of a throwaway model: its weights change), after
+    ``warmup`` steps (the first traces the graph)."""
     for _ in range(warmup):
-        model.train_on_batch(*next(batches))
+        step()
     start = clock()
     for _ in range(timed):
-        model.train_on_batch(*next(batches))
+        step()
     return max((clock() - start) / timed, 1e-6)
 
 
@@ -594,6 +660,8 @@ def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool
                                                                             fold=index))
         results.append(train(fold_config, run.fold(index), resume=resume, progress=progress,
                              **kwargs))
+    if not all(result.chief for result in results):  # another worker of a multi-worker run
+        return results
     summary = write_cv_metrics(run, train_cfg.folds)
     if summary is not None:
         summary["inference"] = tune_folds(run, train_cfg.folds)
@@ -640,12 +708,13 @@ def write_cv_metrics(run: RunFolder, folds: int) -> dict | None:
     return summary
 
 
-def restore_checkpoint(model: keras.Model, run: RunFolder) -> int:
+def restore_checkpoint(model: keras.Model, run: RunFolder, align_history: bool = True) -> int:
     """Load the newest readable checkpoint into ``model``; return its completed epochs.
 
     A damaged newest checkpoint is skipped with a warning for the previous
     one; with none readable, the error says so and how to start again.
-    History is aligned with the checkpoint used (``RunFolder.align_history``).
+    History is aligned with the checkpoint used (``RunFolder.align_history``;
+    not by a multi-worker run's other workers, which only read the run).
     (A run without any checkpoint is never resumed: ``check_run_dir``.)
     """
     checkpoints = run.checkpoints()
@@ -662,17 +731,17 @@ def restore_checkpoint(model: keras.Model, run: RunFolder) -> int:
             continue
         logger.info("resuming after epoch %d from %s", checkpoint.epochs,
                     checkpoint.weights_path)
-        run.align_history(checkpoint)
+        if align_history:
+            run.align_history(checkpoint)
         return checkpoint.epochs
     raise ValueError(
         f"{run.checkpoint_dir}: no readable checkpoint to resume from; start the run again in "
         f"a new --output folder (or remove {run.path} and train again)")
 
 
-def final_metrics(run: RunFolder, val_ds: tf.data.Dataset, names: list[str],
-                  monitor: str) -> dict:
-    """Per-class validation scores of the saved best model."""
-    best = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+def final_metrics(best: keras.Model, run: RunFolder, val_ds: tf.data.Dataset,
+                  names: list[str], monitor: str) -> dict:
+    """Per-class validation scores of ``best``, the run's saved best model."""
     metrics = segmentation_metrics(names)
     for images, targets in val_ds:
         predictions = best(images, training=False)

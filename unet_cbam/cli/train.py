@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         elif arguments.config is not None:
             base = load_yaml(RunConfig, arguments.config)
         config = apply_options(base, arguments)
+        if config.train.strategy == "multiworker":
+            from unet_cbam.distribute import describe_cluster
+
+            describe_cluster()  # a missing or malformed cluster: refused before any work
     except (ValueError, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_folds(run, results)
             return 0
         result = train(config, run, resume=arguments.resume, progress=not arguments.quiet)
+        if not result.chief:
+            print(f"\nthis worker's part is done; the chief wrote the run folder {run.path}")
+            return 0
     except DataError as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ pixel counts and 0 where it is ignored (ignore value, padding).
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Sequence
 
@@ -177,23 +178,33 @@ def tile_origins(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     return [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
 
 
-def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int
-                       ) -> tf.data.Dataset:
+def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int,
+                       shard: tuple[int, int] = (0, 1), multiple: int = 1) -> tf.data.Dataset:
     """Every validation pixel exactly once: each image cut into a grid of patches.
 
     Border patches are padded with ignored pixels, so metrics see each pixel
     once, whatever the image sizes.
+
+    ``shard=(i, n)``: the i-th of n equal shares of the patches (one per worker), after
+    padding their count to a multiple of ``multiple`` (and of n) with patches of ignored
+    pixels only, which no metric counts: under tf.distribute every worker must run the same
+    number of equal batches.
     """
     tiles = [(index, y, x) for index, (height, width) in enumerate(source.sizes)
              for y, x in tile_origins(height, width, patch_size)]
-    tiles = np.asarray(tiles, dtype=np.int64).reshape(-1, 3)
+    index, count = shard
+    multiple = math.lcm(multiple, count)
+    tiles += [(-1, 0, 0)] * (-len(tiles) % multiple)
+    tiles = np.asarray(tiles, dtype=np.int64).reshape(-1, 3)[index::count]
     channels = source.channels
 
     def cut(tile: np.ndarray):
         index, y, x = (int(v) for v in tile)
-        image, labels = source.get(index)
         patch = np.zeros((patch_size, patch_size, channels), np.float32)
         target = np.full((patch_size, patch_size), IGNORE_LABEL, np.uint16)
+        if index < 0:  # padding
+            return patch, target
+        image, labels = source.get(index)
         window = source.normalization.standardize(image[y:y + patch_size, x:x + patch_size])
         patch[:window.shape[0], :window.shape[1]] = window
         target[:window.shape[0], :window.shape[1]] = labels[y:y + patch_size, x:x + patch_size]
