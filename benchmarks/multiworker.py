@@ -11,6 +11,9 @@ pipeline. Rounds alternate between the configurations; the best step time of eac
 
     python benchmarks/multiworker.py [--rounds 3] [--steps 12] [--patch 128] [--batch 8]
 
+A third configuration is the reference: one process without a strategy, Keras'
+``train_on_batch`` (fit's step) of the same model, loss and metrics on one thread.
+
 Prints a Markdown table and writes benchmarks/results/multiworker.json. One machine shares
 its cores, memory bandwidth and caches between the workers, so this measures the loop's
 overhead and a lower bound of the scaling, not what separate machines give.
@@ -46,9 +49,11 @@ def worker(arguments: argparse.Namespace) -> None:
     from unet_cbam.metrics import segmentation_metrics
     from unet_cbam.models import build_unet
 
-    strategy = make_strategy("multiworker", 120)
-    rng = np.random.default_rng(describe_cluster().task_index)
-    batch = arguments.batch // describe_cluster().num_workers
+    reference = arguments.workers == 0  # fit's own step, one process, no strategy
+    strategy = tf.distribute.get_strategy() if reference else make_strategy("multiworker", 120)
+    cluster = None if reference else describe_cluster()
+    rng = np.random.default_rng(0 if reference else cluster.task_index)
+    batch = arguments.batch // (1 if reference else cluster.num_workers)
     images = rng.random((batch, arguments.patch, arguments.patch, 1), np.float32)
     labels = rng.integers(0, 2, (batch, arguments.patch, arguments.patch))
     targets = np.concatenate([np.eye(2, dtype=np.float32)[labels],
@@ -57,19 +62,27 @@ def worker(arguments: argparse.Namespace) -> None:
         model = build_unet(ModelConfig(input_channels=1))
         model.compile("adam", SegmentationLoss("bce+dice"),
                       metrics=segmentation_metrics(["background", "foreground"]))
-    loop = DistributedLoop(model, strategy, lambda context: tf.data.Dataset.from_tensors(
-        (images, targets)).repeat())
+    if reference:
+        def step():
+            model.train_on_batch(images, targets)
+    else:
+        step = DistributedLoop(model, strategy, lambda context: tf.data.Dataset.from_tensors(
+            (images, targets)).repeat()).train_step
     for _ in range(2):
-        loop.train_step()
+        step()
     started = time.perf_counter()
     for _ in range(arguments.steps):
-        loop.train_step()  # returns when the step (its all-reduce included) is done
+        step()  # returns when the step (its all-reduce included) is done
     seconds = (time.perf_counter() - started) / arguments.steps
-    if describe_cluster().is_chief:
+    if reference or cluster.is_chief:
         print("RESULT " + json.dumps({"step_s": seconds}), flush=True)
 
 
 def launch(workers: int, arguments: argparse.Namespace) -> dict:
+    """Run ``workers`` worker processes (0: the single-process reference) and return the
+    chief's result."""
+    reference = workers == 0
+    workers = max(workers, 1)
     sockets = [socket.socket() for _ in range(workers)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -82,9 +95,12 @@ def launch(workers: int, arguments: argparse.Namespace) -> dict:
                    CUDA_VISIBLE_DEVICES="", TF_CONFIG=json.dumps({
                        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}}))
+        if reference:
+            del env["TF_CONFIG"]
         processes.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", "--steps", str(arguments.steps), "--patch",
-             str(arguments.patch), "--batch", str(arguments.batch)],
+            [sys.executable, __file__, "--worker", str(0 if reference else workers),
+             "--steps", str(arguments.steps), "--patch", str(arguments.patch), "--batch",
+             str(arguments.batch)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=1800)[0] for p in processes]
     for process, output in zip(processes, outputs, strict=True):
@@ -100,28 +116,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="global batch")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.worker:
+    if arguments.worker is not None:
+        arguments.workers = arguments.worker
         worker(arguments)
         return
     info = machine()
     best: dict[int, dict] = {}
+    configurations = (0, 1, 2)  # 0: fit's train_on_batch in one process, no strategy
     for round_ in range(arguments.rounds):
-        for workers in (1, 2):
+        for workers in configurations:
             result = launch(workers, arguments)
-            print(f"round {round_ + 1}, {workers} worker(s): step "
+            print(f"round {round_ + 1}, {workers or 'reference'} worker(s): step "
                   f"{result['step_s']:.3f} s", flush=True)
             if workers not in best or result["step_s"] < best[workers]["step_s"]:
                 best[workers] = result
     one = best[1]["step_s"]
-    rows = [{"workers": workers, "threads_each": 1,
-             "per_worker_batch": arguments.batch // workers,
+    rows = [{"setup": "train_on_batch, no strategy" if workers == 0 else
+             f"multiworker, {workers} worker(s)", "threads_each": 1,
+             "per_worker_batch": arguments.batch // max(workers, 1),
              "step_s": round(best[workers]["step_s"], 3),
              "patches_per_s": round(arguments.batch / best[workers]["step_s"], 2),
-             "speedup": round(one / best[workers]["step_s"], 3),
-             "efficiency": round(one / best[workers]["step_s"] / workers, 3)}
-            for workers in (1, 2)]
+             "speedup_vs_1_worker": round(one / best[workers]["step_s"], 3),
+             "efficiency": round(one / best[workers]["step_s"] / max(workers, 1), 3)}
+            for workers in configurations]
     print_table(rows, list(rows[0]))
     path = write_json("multiworker.json", {
         "machine": info, "rows": rows,

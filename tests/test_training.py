@@ -244,13 +244,26 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
             data=DataConfig(data={str(data)!r}, patch_size=32, val_fraction=0.5),
             train=TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, strategy="mirrored"))
         print("replicas", make_strategy(config.train).num_replicas_in_sync)
-        result = train(config, {str(tmp_path / "run")!r}, progress=False)
+
+        import keras
+        import numpy as np
+
+        class Check(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                strategy = self.model.distribute_strategy
+                for weight in self.model.non_trainable_weights:
+                    copies = strategy.experimental_local_results(weight.value)
+                    assert len(copies) == 2
+                    np.testing.assert_array_equal(copies[0].numpy(), copies[1].numpy())
+                print("replica statistics equal", len(self.model.non_trainable_weights))
+        result = train(config, {str(tmp_path / "run")!r}, progress=False, callbacks=[Check()])
         print("loss", result.history["loss"][0])
     """)
     completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                                text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "replicas 2" in completed.stdout
+    assert "replica statistics equal" in completed.stdout  # batch norm's, averaged
     assert (tmp_path / "run" / "model.keras").is_file()
 
 

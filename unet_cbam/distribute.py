@@ -268,6 +268,34 @@ def _sum_over_replicas(strategy, value: float, first_only: bool) -> float:
                                         tf.constant(first_only)))
 
 
+def statistics_averager(model, strategy) -> Callable[[], None]:
+    """A function that sets ``model``'s non-trainable float variables (batch
+    normalisation's moving statistics) to their mean over the replicas.
+
+    They are replica-local in Keras 3 (aggregation "none"): under MirroredStrategy and
+    MultiWorkerMirroredStrategy each replica's copy follows its own share of the batches,
+    and a saved model holds the first replica's. Their mean, taken after each epoch, is what
+    Keras 2 kept by averaging at every step (a moving average is linear), and leaves every
+    replica with the same weights. One all-reduce of all of them, flattened. With one
+    replica: nothing to do.
+    """
+    import tensorflow as tf
+
+    statistics = [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
+    if strategy.num_replicas_in_sync == 1 or not statistics:
+        return lambda: None
+    sizes = [int(np.prod(v.shape)) for v in statistics]
+
+    @tf.function
+    def average():
+        local = strategy.run(lambda: tf.concat(
+            [tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in statistics], 0))
+        means = strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+        for variable, mean in zip(statistics, tf.split(means, sizes), strict=True):
+            variable.assign(tf.cast(tf.reshape(mean, variable.shape), variable.dtype))
+    return average
+
+
 # --------------------------------------------------------------------------
 # the training loop for MultiWorkerMirroredStrategy
 # --------------------------------------------------------------------------
@@ -303,23 +331,8 @@ class DistributedLoop:
         def test_step(batch):
             strategy.run(model.test_step, args=(batch,))
 
-        # Batch normalisation's moving statistics are replica-local in Keras 3 (aggregation
-        # "none"): each worker's follow its own batches. Their mean over the replicas, taken
-        # after each epoch, is what Keras 2 kept by averaging at every step (the moving
-        # average is linear), and leaves every worker with the same weights.
-        statistics = [v for v in model.non_trainable_variables
-                      if tf.as_dtype(v.dtype).is_floating]
-
-        @tf.function
-        def average_statistics():  # one all-reduce of all of them, flattened
-            local = strategy.run(lambda: tf.concat(
-                [tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in statistics], 0))
-            means = strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
-            sizes = [int(np.prod(v.shape)) for v in statistics]
-            for variable, mean in zip(statistics, tf.split(means, sizes), strict=True):
-                variable.assign(tf.cast(tf.reshape(mean, variable.shape), variable.dtype))
         self._train_step, self._test_step = train_step, test_step
-        self._average_statistics = average_statistics if statistics else (lambda: None)
+        self._average_statistics = statistics_averager(model, strategy)
 
     def train_step(self) -> None:
         """One step on the next batch (every worker at once)."""

@@ -236,6 +236,22 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 self.model.save(temporary)
 
 
+class AverageReplicaStatistics(keras.callbacks.Callback):
+    """``fit`` with several replicas (mirrored): batch normalisation's replica-local moving
+    statistics set to their mean after every epoch's training steps
+    (``distribute.statistics_averager``): fit validates next, then saves. (The multi-worker
+    loop does the same itself.)"""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy, self.average = strategy, None
+
+    def on_test_begin(self, logs=None):
+        if self.average is None:
+            self.average = distribute.statistics_averager(self.model, self.strategy)
+        self.average()
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After each epoch: the checkpoint, then the history row (see ``unet_cbam.run``).
 
@@ -523,6 +539,8 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
         PlotHistory(run.history_path, run.curves_path, model.name),
         keras.callbacks.TensorBoard(str(run.logs_dir)),
     ]
+    if strategy.num_replicas_in_sync > 1 and not multiworker:
+        callbacks.insert(0, AverageReplicaStatistics(strategy))
     if train_cfg.lr_schedule == "plateau":
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
             train_cfg.monitor, mode=mode, factor=0.5, patience=max(2, train_cfg.epochs // 20)))
