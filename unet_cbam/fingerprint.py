@@ -20,7 +20,10 @@ from unet_cbam.data.verify import DatasetReport, Sample
 from unet_cbam.tables import markdown_table
 
 PERCENTILES = (0.5, 50.0, 99.5)
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
+#: A structure's typical width from its pixels' median distance to another label: a bar of
+#: width w has distances spread evenly over [0, w/2], so their median is w/4.
+WIDTH_PER_MEDIAN_DISTANCE = 4.0
 
 
 def fingerprint_from_report(report: DatasetReport, class_names: list[str],
@@ -52,6 +55,12 @@ def fingerprint_from_report(report: DatasetReport, class_names: list[str],
             "median_area": float(np.median(areas)) if len(areas) else None,
             "p5_area": float(np.percentile(areas, 5)) if len(areas) else None,
         }
+    widths = {}
+    for label, name in enumerate(class_names):
+        distances = [i.label_distances[label] for i in infos if label in i.label_distances]
+        if distances:
+            widths[name] = round(WIDTH_PER_MEDIAN_DISTANCE
+                                 * float(np.median(np.concatenate(distances))), 2)
     return {
         "version": FINGERPRINT_VERSION,
         "pairs": len(infos),
@@ -71,6 +80,8 @@ def fingerprint_from_report(report: DatasetReport, class_names: list[str],
                             for label, name in enumerate(class_names)},
         "ignored_pixels": int(counts[-1]),
         "objects": objects,
+        # Typical width (pixels) of each label's structures, where it borders another label.
+        "structure_width": widths,
         "mask_formats": dict(sorted(formats.items())),
         "mask_encoding": report.codec.encoding if report.codec else None,
         **({"binary_threshold": {"value": report.codec.threshold,
@@ -132,6 +143,9 @@ def fingerprint_rows(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"objects of {name}: count (per image), median / p5 area",
                          f"{objects['count']} ({objects['per_image']:g}), "
                          f"{objects['median_area']:g} / {objects['p5_area']:g} px"))
+    for name, width in fingerprint.get("structure_width", {}).items():
+        rows.append((f"typical width of {name} (4 x median distance to another class)",
+                     f"{width:g} px"))
     rows.append(("mask files", ", ".join(f"{k}: {v}" for k, v in
                                          fingerprint["mask_formats"].items())))
     if "binary_threshold" in fingerprint:

@@ -71,6 +71,9 @@ class SampleInfo:
     foreground_pixels: np.ndarray | None = None
     #: Areas of the connected components (8-connected) of each foreground label.
     object_areas: dict[int, np.ndarray] = field(default_factory=dict)
+    #: A random sample of each label's pixels' distances (Euclidean, in pixels) to the
+    #: nearest pixel of another label: how thick its structures are.
+    label_distances: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -345,6 +348,8 @@ MAX_LISTED_VALUES = 10
 PIXEL_SAMPLE_BUDGET = 2_000_000
 #: ... and at most this many (and at least 64) per image, under foreground as well.
 PIXELS_PER_IMAGE = 5_000
+#: Distances to another label sampled per label and image (structure widths).
+DISTANCE_SAMPLES = 2_000
 
 
 def _check_mixed_palettes(report: DatasetReport, codec: MaskCodec) -> None:
@@ -443,3 +448,11 @@ def _sample_statistics(info: SampleInfo, stem: str, raw: np.ndarray, labels: np.
             _, _, stats, _ = cv2.connectedComponentsWithStats(
                 (labels == label).astype(np.uint8), connectivity=8)
             info.object_areas[label] = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+    for label in range(num_labels):
+        if info.label_counts[label] and info.label_counts[label] < count:
+            inside = (labels == label).astype(np.uint8)
+            distances = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            values = distances[inside > 0] - 0.5  # to the border between the pixels
+            if len(values) > DISTANCE_SAMPLES:
+                values = rng.choice(values, DISTANCE_SAMPLES, replace=False)
+            info.label_distances[label] = values.astype(np.float32)
