@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return make_untrained_run(tmp_path_factory.mktemp("export") / "run", channels=1)
+    # Trained on images resampled by 0.5: the example must resample as predict.py does.
+    return make_untrained_run(tmp_path_factory.mktemp("export") / "run", channels=1,
+                              scale=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,7 @@ def test_every_format_exports_with_parity_and_its_preprocessing(exports, run_dir
         assert spec["format"] == fmt and spec["parity_max_abs_difference"] <= 1e-4
         assert spec["input"] == {**spec["input"], "channels": 1, "divisor": 4, "size": None}
         assert spec["normalization"]["mode"] == "bitdepth"
+        assert spec["scale"]["value"] == 0.5
         assert spec["output"] == {"activation": "sigmoid",
                                   "classes": ["background", "foreground"]}
         assert spec["labels"]["threshold"] == 0.5

@@ -233,7 +233,7 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     assert planned.data.foreground_oversampling == RARE_OVERSAMPLING
     assert planned.data.patch_size == 64 and planned.train.batch_size == 32
     assert set(planned.plan) == {"binary_threshold", "normalization", "patch_size",
-                                 "batch_size", "foreground_oversampling"}
+                                 "batch_size", "foreground_oversampling", "scale"}
     explicit = RunConfig(model=ModelConfig(input_channels=1),
                          data=DataConfig(patch_size=32, normalize="bitdepth",
                                          foreground_oversampling=0.1),

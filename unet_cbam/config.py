@@ -213,6 +213,13 @@ class DataConfig:
         None,
         "side of the square training patches, in pixels; none: planned from the median image "
         "size (see unet_cbam.plan)")
+    scale: float | None = option(
+        None,
+        "resample images and masks by this factor (at most 1) for training; predict.py "
+        "resamples each image the same way and its probabilities back to the image's size. "
+        "none: planned (1 without --time-budget; with one, lower when the budget affords too "
+        "few passes over the data at full resolution and the structures stay wide enough, see "
+        "unet_cbam.plan)")
     normalize: NormalizeMode = option(
         "auto",
         "intensity normalisation: bitdepth (divide by 255 or 65535), percentile (clip to the "
@@ -247,6 +254,8 @@ class DataConfig:
         _require(self.foreground_oversampling is None
                  or 0.0 <= self.foreground_oversampling <= 1.0, "foreground_oversampling",
                  self.foreground_oversampling, "must be in [0, 1]")
+        _require(self.scale is None or 0 < self.scale <= 1, "scale", self.scale,
+                 "must be in (0, 1]")
         _require(self.patch_size is None or self.patch_size >= 8, "patch_size",
                  self.patch_size, "must be >= 8")
         _require(self.binary_threshold == "auto" or self.binary_threshold >= 0,

@@ -49,6 +49,12 @@ def preprocessing_spec(run, format: str, input_size: list[int] | None = None) ->
             "note": "height and width must be multiples of divisor (pad, then crop the "
                     "output); size, when set, is the only size the model takes",
         },
+        "scale": {
+            "value": float(config.data.scale or 1.0),
+            "rule": "the model was trained on images resampled by this factor: resize the "
+                    "normalised image to round(height * scale) x round(width * scale) (OpenCV "
+                    "INTER_AREA), predict, resize the probabilities back (INTER_LINEAR)",
+        },
         "channels": "gray to RGB: repeat; RGB to gray: 0.299 R + 0.587 G + 0.114 B "
                     "(OpenCV); alpha: dropped",
         "normalization": {

@@ -167,6 +167,23 @@ def sliding_window_predict(image: np.ndarray, predictor: Predictor, *, tile_size
     return output
 
 
+def resampled_predict(image: np.ndarray, predictor: Predictor, *, scale: float = 1.0,
+                      **tiling) -> np.ndarray:
+    """``sliding_window_predict`` for a model trained on images resampled by ``scale``
+    (the plan's training resolution): the image is resampled the same way (pixel-area
+    averaging), predicted, and its probabilities resampled back (bilinear) to the
+    image's own size. ``scale`` 1 is ``sliding_window_predict`` itself."""
+    if scale == 1.0:
+        return sliding_window_predict(image, predictor, **tiling)
+    from unet_cbam.data.io import resize_image, scaled_size
+
+    height, width = image.shape[:2]
+    small = resize_image(image, *scaled_size(height, width, scale))
+    probabilities = sliding_window_predict(small.reshape(small.shape[:2] + (-1,)), predictor,
+                                           **tiling)
+    return resize_image(probabilities, height, width).reshape(height, width, -1)
+
+
 def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     pad_h, pad_w = height - image.shape[0], width - image.shape[1]
     if pad_h == 0 and pad_w == 0:

@@ -15,7 +15,17 @@ The rules:
   (``percentile``); otherwise the bit depth is kept (``bitdepth``). The
   range is from the 0.5th to the 99.5th percentile of all pixels, widened to
   those of the foreground pixels.
-- patch size (``patch_size: none``): the median image's shorter side,
+- training resolution (``scale: none``): the images' own without a time
+  budget. With one, the step time measured at full resolution says how many
+  passes over the training pixels the budget affords; under
+  ``TARGET_PASSES``, images and masks are resampled by the factor that
+  affords them, but never so far that the thinnest class's typical structure
+  (fingerprint ``structure_width``) gets narrower than ``MIN_WIDTH_DIVISORS``
+  cells of the model's coarsest grid, nor the median image's shorter side
+  below ``MIN_SIDE_DIVISORS`` of them. Thin membranes and small nuclei keep
+  their resolution; large blobs in large frames are learnt from whole,
+  smaller frames, many times over.
+- patch size (``patch_size: none``): the median (resampled) image's shorter side,
   rounded down to the model's divisor, at most ``MAX_PATCH_SIDE`` rounded
   likewise: small images are not padded into huge patches, large ones are
   not cut into tiny ones.
@@ -52,8 +62,24 @@ DEFAULT_OVERSAMPLING = 1 / 3
 RARE_OVERSAMPLING = 0.5
 
 
+#: With a time budget, the resolution is lowered until the budget affords this many passes
+#: over the training pixels ...
+TARGET_PASSES = 16
+#: ... but the thinnest class's typical width stays at least this many cells of the model's
+#: coarsest grid (its divisor) ...
+MIN_WIDTH_DIVISORS = 2
+#: ... and the median image's shorter side at least this many.
+MIN_SIDE_DIVISORS = 4
+#: Planned factors are rounded up to a multiple of this.
+SCALE_STEP = 0.05
+
+
 def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
-    """``config`` with every automatic setting decided, and ``config.plan`` saying why."""
+    """``config`` with every automatic setting decided, and ``config.plan`` saying why.
+
+    With a time budget and no ``scale``, the resolution stays open (None) until
+    the step time is measured: ``plan_scale`` decides it then.
+    """
     data, train = config.data, config.train
     plan: dict[str, dict[str, Any]] = dict(config.plan or {})
 
@@ -70,8 +96,12 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
         normalization, reason = choose_normalization(data.normalize, fingerprint)
         data = dataclasses.replace(data, normalization=decide("normalization", normalization,
                                                               reason))
+    if data.scale is None and config.train.time_budget is None:
+        data = dataclasses.replace(data, scale=decide("scale", 1.0, (
+            "no time budget: the images' own resolution (with one, the plan trades "
+            "resolution for passes over the data)")))
     if data.patch_size is None:
-        patch, reason = choose_patch_size(fingerprint, config.model.divisor)
+        patch, reason = choose_patch_size(fingerprint, config.model.divisor, data.scale or 1.0)
         data = dataclasses.replace(data, patch_size=decide("patch_size", patch, reason))
     if train.batch_size is None:
         batch, reason = choose_batch_size(data.patch_size)
@@ -131,18 +161,66 @@ def choose_normalization(mode: str, fingerprint: dict[str, Any]
     return normalization, f"{mode}: {reason}"
 
 
-def choose_patch_size(fingerprint: dict[str, Any], divisor: int) -> tuple[int, str]:
-    height, width = fingerprint["image_size"]["median"]
+def choose_patch_size(fingerprint: dict[str, Any], divisor: int, scale: float = 1.0
+                      ) -> tuple[int, str]:
+    height, width = (value * scale for value in fingerprint["image_size"]["median"])
     side = min(height, width)
     limit = max(divisor, MAX_PATCH_SIDE // divisor * divisor)
     patch = max(divisor, min(int(side) // divisor * divisor, limit))
     if side > limit:
-        reason = (f"median image {width:g}x{height:g} is larger than {limit} (the largest side "
+        reason = (f"median image {width:.0f}x{height:.0f} is larger than {limit} (the largest side "
                   f"with {MIN_BATCH} patches in {BATCH_PIXELS} pixels a batch)")
     else:
-        reason = (f"median image {width:g}x{height:g}: its shorter side, rounded down to a "
+        reason = (f"median image {width:.0f}x{height:.0f}: its shorter side, rounded down to a "
                   f"multiple of {divisor} (the model's divisor)")
     return patch, reason
+
+
+def choose_scale(fingerprint: dict[str, Any], divisor: int, passes: float
+                 ) -> tuple[float, str]:
+    """The training resolution when the budget affords ``passes`` passes over the
+    training pixels at full resolution (see the module's rules)."""
+    if passes >= TARGET_PASSES:
+        return 1.0, (f"the budget affords {passes:.1f} passes over the training pixels at "
+                     f"full resolution (at least {TARGET_PASSES} wanted)")
+    widths = fingerprint.get("structure_width")
+    if not widths:
+        return 1.0, "the fingerprint has no structure widths (written by an older version)"
+    name, thinnest = min(widths.items(), key=lambda item: item[1])
+    height, width = fingerprint["image_size"]["median"]
+    narrowest = MIN_WIDTH_DIVISORS * divisor
+    floor = max(narrowest / thinnest, MIN_SIDE_DIVISORS * divisor / min(height, width))
+    wanted = math.sqrt(passes / TARGET_PASSES)
+    where = (f"the budget affords {passes:.1f} passes over the training pixels at full "
+             f"resolution (at least {TARGET_PASSES} wanted)")
+    if floor >= 1:
+        return 1.0, (f"{where}, but the thinnest structures ({name}, {thinnest:g} px wide) "
+                     f"must stay at least {narrowest} px wide ({MIN_WIDTH_DIVISORS}x the "
+                     f"model's divisor) and the median image's side {MIN_SIDE_DIVISORS * divisor}")
+    scale = min(1.0, math.ceil(max(wanted, floor) / SCALE_STEP - 1e-9) * SCALE_STEP)
+    limit = "" if wanted >= floor else (
+        f"; not lower: {name} structures ({thinnest:g} px wide) must stay at least "
+        f"{narrowest} px wide, the median image's side {MIN_SIDE_DIVISORS * divisor}")
+    return round(scale, 4), (f"{where}: resampled by {scale:g} it affords "
+                             f"{passes / scale ** 2:.0f}{limit}")
+
+
+def plan_scale(config: RunConfig, fingerprint: dict[str, Any], passes: float) -> RunConfig:
+    """``config`` with ``scale`` decided for ``passes`` at full resolution, and the patch
+    and batch sizes the plan chose re-planned for it."""
+    scale, reason = choose_scale(fingerprint, config.model.divisor, passes)
+    plan = dict(config.plan or {})
+    plan["scale"] = {"value": scale, "reason": reason}
+    data, train = dataclasses.replace(config.data, scale=scale), config.train
+    if scale < 1 and "patch_size" in plan:
+        patch, why = choose_patch_size(fingerprint, config.model.divisor, scale)
+        data = dataclasses.replace(data, patch_size=patch)
+        plan["patch_size"] = {"value": patch, "reason": why}
+        if "batch_size" in plan:
+            batch, why = choose_batch_size(patch)
+            train = dataclasses.replace(train, batch_size=batch)
+            plan["batch_size"] = {"value": batch, "reason": why}
+    return dataclasses.replace(config, data=data, train=train, plan=plan)
 
 
 def choose_batch_size(patch_size: int) -> tuple[int, str]:

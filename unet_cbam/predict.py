@@ -44,6 +44,8 @@ from unet_cbam.data.io import (
     preprocess,
     read_mask,
     read_raw,
+    resize_image,
+    scaled_size,
     to_float,
     write_image,
     write_mask,
@@ -57,8 +59,8 @@ from unet_cbam.inference import (
     onnx_predictor,
     predictive_entropy,
     probabilities_to_labels,
+    resampled_predict,
     round_up,
-    sliding_window_predict,
     sliding_window_rows,
     with_tta,
 )
@@ -86,10 +88,14 @@ class LoadedRun:
     #: Every model whose probabilities are averaged: the folds of a cross-validation run,
     #: or just ``model``. ``model`` is the first (attention maps come from it).
     members: list[keras.Model] = field(default_factory=list)
+    #: The resolution each member was trained at (``data.scale``; 1 for older runs).
+    scales: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.members:
             self.members = [self.model]
+        if not self.scales:
+            self.scales = [self.config.data.scale or 1.0] * len(self.members)
 
     @property
     def channels(self) -> int:
@@ -240,7 +246,8 @@ def _load_folds(run: RunFolder) -> LoadedRun:
              if run.cv_metrics_path.is_file() else None)
     config = dataclasses.replace(first.config, inference=tuned)
     return LoadedRun(first.model, config, first.codec, first.class_names, run.path,
-                     members=[other.model for other in loaded])
+                     members=[other.model for other in loaded],
+                     scales=[other.scales[0] for other in loaded])
 
 
 def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
@@ -545,18 +552,34 @@ class BatchPredictor:
                           for i, model in enumerate(self.models)]
         else:
             predictors = [keras_predictor(model) for model in self.models]
-        predictor = ensemble_predictor(predictors)
-        self.predictor = with_tta(predictor) if inference.tta else predictor
+        #: (scale, predictor, members): the members trained at one resolution, averaged
+        #: tile by tile; groups at different resolutions are averaged at the image's size.
+        self.groups = []
+        for scale in sorted(set(run.scales), reverse=True):
+            chosen = [p for p, s in zip(predictors, run.scales, strict=True) if s == scale]
+            predictor = ensemble_predictor(chosen)
+            self.groups.append((scale, with_tta(predictor) if inference.tta else predictor,
+                                len(chosen)))
+        self.predictor = self.groups[0][1]
+        #: Whether every member sees images at their own size (then tiles stream).
+        self.native = len(self.groups) == 1 and self.groups[0][0] == 1.0
         self.divisor = run.config.model.divisor
 
     # -- one image ---------------------------------------------------------
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, C)`` preprocessed image -> ``(H, W, K)`` probabilities."""
-        return sliding_window_predict(
-            image, self.predictor, tile_size=self.inference.tile_size,
-            overlap=self.inference.overlap, batch_size=self.inference.batch_size,
-            divisor=self.divisor)
+        """``(H, W, C)`` preprocessed image -> ``(H, W, K)`` probabilities (at the image's
+        size, whatever resolution the members were trained at)."""
+        total = None
+        for scale, predictor, members in self.groups:
+            probabilities = resampled_predict(
+                image, predictor, scale=scale, tile_size=self.inference.tile_size,
+                overlap=self.inference.overlap, batch_size=self.inference.batch_size,
+                divisor=self.divisor)
+            if len(self.groups) == 1:
+                return probabilities
+            total = probabilities * members if total is None else total + probabilities * members
+        return total / sum(members for _, _, members in self.groups)
 
     def predict_raw(self, raw: np.ndarray, path: str | Path = "",
                     keep_probabilities: bool = False
@@ -576,6 +599,12 @@ class BatchPredictor:
         image = raw if raw.ndim == 3 else raw[..., None]
         run = self.run
         dtype = np.uint8 if self.run.codec.num_labels <= 256 else np.uint16
+        if not self.native:  # resampled as in training: the whole image at once
+            probabilities = self.predict_image(run.preprocess(raw, path))
+            labels = probabilities_to_labels(probabilities, self.threshold).astype(dtype)
+            if self.postprocessing is not None:
+                labels = postprocess(labels, self.postprocessing, self.run.class_names)
+            return labels, probabilities if keep_probabilities else None
         labels = np.empty(raw.shape[:2], dtype)
         probabilities = None
         for top, rows in sliding_window_rows(
@@ -664,6 +693,9 @@ class BatchPredictor:
         """(image shown, one image's attention maps): ``attention_view(image)``
         padded to the divisor."""
         image = self.attention_view(image)
+        if self.run.scales[0] != 1.0:  # the model's own resolution
+            image = resize_image(image, *scaled_size(*image.shape[:2], self.run.scales[0]))
+            image = image.reshape(image.shape[:2] + (-1,))
         height, width = image.shape[:2]
         padded_h, padded_w = round_up(height, self.divisor), round_up(width, self.divisor)
         padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)),

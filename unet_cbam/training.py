@@ -52,11 +52,11 @@ from unet_cbam.data.verify import (
 )
 from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
 from unet_cbam.fingerprint import fingerprint_from_report
-from unet_cbam.inference import keras_predictor, sliding_window_predict
+from unet_cbam.inference import keras_predictor, resampled_predict
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
-from unet_cbam.plan import plan_rows, plan_run, plan_time_budget
+from unet_cbam.plan import plan_rows, plan_run, plan_scale, plan_time_budget
 from unet_cbam.precision import choose_precision, set_policy
 from unet_cbam.run import CV_METRICS_FILE, FOLD_PREFIX, RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
@@ -147,8 +147,8 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
     config = plan_run(dataclasses.replace(config, data=resolved), fingerprint)
     normalization = Normalization.from_config(config.data.normalization)
     channels = model.input_channels
-    sources = [PairSource.from_report(part, report, channels, normalization)
-               for part in (train, val)]
+    sources = [PairSource.from_report(part, report, channels, normalization,
+                                      config.data.scale or 1.0) for part in (train, val)]
     report.cache = None  # the sources hold the preprocessed pixels now
     return PreparedData(config, codec, *sources, report, fingerprint)
 
@@ -339,7 +339,7 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 #: Data settings whose automatic value (planned from the data) a resumed run keeps as saved.
 PLANNED = {"binary_threshold": "auto", "normalization": None, "patch_size": None,
-           "foreground_oversampling": None}
+           "foreground_oversampling": None, "scale": None}
 
 
 def requested_precision(train: TrainConfig) -> str:
@@ -356,6 +356,12 @@ def check_patch_size(config: RunConfig) -> None:
             f"patch_size {config.data.patch_size} is not divisible by {divisor} (2**depth with "
             f"depth {config.model.resolved_depth}); use a multiple of {divisor}, e.g. "
             f"{max(divisor, config.data.patch_size // divisor * divisor)}")
+
+
+def check_batch_size(batch_size: int, replicas: int) -> None:
+    if batch_size % replicas:
+        raise ValueError(f"batch_size {batch_size} (the global batch) is not divisible by the "
+                         f"{replicas} replicas in sync; use a multiple of {replicas}")
 
 
 def check_monitor(monitor: str, names: list[str]) -> None:
@@ -451,10 +457,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
         data.train, config.data.patch_size, train_cfg.batch_size)
     replicas = strategy.num_replicas_in_sync
-    if train_cfg.batch_size % replicas:
-        raise ValueError(f"batch_size {train_cfg.batch_size} (the global batch) is not "
-                         f"divisible by the {replicas} replicas in sync; use a multiple of "
-                         f"{replicas}")
+    check_batch_size(train_cfg.batch_size, replicas)
     multiworker = distribute.is_multiworker(strategy)
 
     def training_data(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -490,15 +493,41 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     budget_started = time.perf_counter()
     if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
         throwaway = compiled(keras.optimizers.Adam)
-        if multiworker:
-            step = distribute.DistributedLoop(throwaway, strategy, training_data).train_step
-        else:
-            batches = iter(train_ds)
 
-            def step():
-                throwaway.train_on_batch(*next(batches))
-        # Every worker plans with the chief's figures: the same epochs and steps for all.
-        step_seconds = distribute.chief_value(strategy, measure_step_seconds(step))
+        def measure() -> float:
+            """One training step's seconds, after warm-up (the chief's, on every worker:
+            all plan the same epochs and steps)."""
+            if multiworker:
+                step = distribute.DistributedLoop(throwaway, strategy, training_data).train_step
+            else:
+                batches = iter(training_data(single))
+
+                def step():
+                    throwaway.train_on_batch(*next(batches))
+            return distribute.chief_value(strategy, measure_step_seconds(step))
+
+        step_seconds = measure()
+        if config.data.scale is None:  # the resolution: from the passes the budget affords
+            pixel_rate = train_cfg.batch_size * config.data.patch_size ** 2 / step_seconds
+            spent = distribute.chief_value(strategy, time.perf_counter() - budget_started)
+            left = max(0.0, parse_duration(train_cfg.time_budget) - spent)
+            passes = left * pixel_rate / sum(h * w for h, w in data.train.native_sizes)
+            config = plan_scale(config, data.fingerprint, passes)
+            for name in ("scale", "patch_size", "batch_size"):
+                if name in config.plan:
+                    logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
+                                config.plan[name]["reason"])
+            if config.data.scale < 1:
+                data = dataclasses.replace(data, config=config,
+                                           train=data.train.rescaled(config.data.scale),
+                                           val=data.val.rescaled(config.data.scale))
+                train_cfg = config.train
+                check_patch_size(config)
+                check_batch_size(train_cfg.batch_size, replicas)
+                step_seconds = measure()
+            steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
+                data.train, config.data.patch_size, train_cfg.batch_size)
+            train_ds, val_ds = training_data(single), validation_data(single)
         config = plan_time_budget(config, step_seconds, steps, distribute.chief_value(
             strategy, time.perf_counter() - budget_started))
         train_cfg, steps = config.train, config.train.steps_per_epoch
@@ -577,8 +606,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 def validation_predictions(model: keras.Model, source: PairSource, divisor: int,
                            limit: int = postprocessing.MAX_IMAGES
                            ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(probabilities, labels) of up to ``limit`` validation images (evenly spread), whole,
-    with predict.py's default tiling: what the post-processing is chosen on."""
+    """(probabilities, labels) of up to ``limit`` validation images (evenly spread), whole
+    and at their own size, with predict.py's default tiling (and its resampling, when
+    the model was trained on resampled images): what the post-processing is chosen on."""
     inference = InferenceConfig()
     predictor = keras_predictor(model)
     count = len(source)
@@ -586,9 +616,9 @@ def validation_predictions(model: keras.Model, source: PairSource, divisor: int,
         np.linspace(0, count - 1, limit).round().astype(int).tolist()
     pairs = []
     for index in indices:
-        image, labels = source.get(index)
-        probabilities = sliding_window_predict(
-            source.normalization.standardize(image), predictor,
+        image, labels = source.native(index)
+        probabilities = resampled_predict(
+            source.normalization.standardize(image), predictor, scale=source.scale,
             tile_size=inference.tile_size, overlap=inference.overlap,
             batch_size=inference.batch_size, divisor=divisor)
         pairs.append((probabilities, labels))

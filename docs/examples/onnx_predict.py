@@ -38,6 +38,11 @@ def predict(folder: Path, image_path: Path) -> np.ndarray:
         x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
     if norm["mode"] == "zscore":
         x = (x - np.float32(norm["mean"])) / np.float32(norm["std"])
+    own_height, own_width = x.shape[:2]
+    scale = spec.get("scale", {}).get("value", 1.0)  # the training resolution
+    if scale != 1.0:
+        size = (max(1, round(own_width * scale)), max(1, round(own_height * scale)))
+        x = cv2.resize(x, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
     height, width = x.shape[:2]
     divisor = spec["input"]["divisor"]
     pad_h, pad_w = -height % divisor, -width % divisor  # reflect, as predict.py pads
@@ -46,6 +51,10 @@ def predict(folder: Path, image_path: Path) -> np.ndarray:
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
     probabilities = session.run(None, {session.get_inputs()[0].name: x[None]})[0][0]
     probabilities = probabilities[:height, :width]
+    if scale != 1.0:
+        probabilities = cv2.resize(probabilities, (own_width, own_height),
+                                   interpolation=cv2.INTER_LINEAR).reshape(
+                                       own_height, own_width, -1)
     if spec["output"]["activation"] == "sigmoid":
         labels = probabilities[..., 0] > spec["labels"]["threshold"]
     else:

@@ -30,6 +30,9 @@ from unet_cbam.data.io import (
     preprocess,
     read_mask,
     read_raw,
+    resize_image,
+    resize_labels,
+    scaled_size,
 )
 from unet_cbam.data.verify import Sample
 
@@ -71,19 +74,26 @@ class PairSource:
 
     Images come preprocessed up to augmentation (``preprocess(...,
     standardize=False)``: in [0, 1]); ``normalization.standardize`` is the
-    pipelines' last step.
+    pipelines' last step. With ``scale`` below 1 every pair is resampled by it
+    (the plan's training resolution): images by pixel-area averaging, labels by
+    nearest label; ``native`` gives a pair at its own size.
     """
 
     def __init__(self, samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],
                  codec: MaskCodec, channels: int,
                  cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 normalization: Normalization = BITDEPTH):
-        """``sizes``: (height, width) of each sample, as verification found them;
-        ``cache``: (preprocessed image, labels) by stem."""
+                 normalization: Normalization = BITDEPTH, scale: float = 1.0):
+        """``sizes``: (height, width) of each sample as stored, as verification found
+        them; ``cache``: (preprocessed image, labels) by stem, already resampled."""
         if len(sizes) != len(samples):
             raise ValueError(f"{len(samples)} samples but {len(sizes)} sizes")
+        if not 0 < scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
         self.samples = list(samples)
-        self.sizes = [tuple(size) for size in sizes]
+        self.native_sizes = [tuple(size) for size in sizes]
+        self.scale = float(scale)
+        #: (height, width) of each pair as the pipelines see it (resampled).
+        self.sizes = [scaled_size(h, w, self.scale) for h, w in self.native_sizes]
         self.codec = codec
         self.channels = channels
         self.cache = cache or {}
@@ -91,17 +101,29 @@ class PairSource:
 
     @classmethod
     def from_report(cls, samples: Sequence[Sample], report, channels: int,
-                    normalization: Normalization = BITDEPTH) -> PairSource:
+                    normalization: Normalization = BITDEPTH, scale: float = 1.0
+                    ) -> PairSource:
         """Samples that passed ``verify_pairs``, with its sizes and codec, and its cached
-        raw pixels preprocessed."""
+        raw pixels preprocessed (and resampled by ``scale``)."""
         sizes = [(report.info[s.stem].height, report.info[s.stem].width) for s in samples]
-        cache = {}
-        for sample in samples:
+        source = cls(samples, sizes, report.codec, channels, None, normalization, scale)
+        for index, sample in enumerate(samples):
             if report.cache and sample.stem in report.cache:
                 raw, labels = report.cache[sample.stem]
-                cache[sample.stem] = (preprocess(raw, channels, sample.image_path, normalization,
-                                                 standardize=False), labels)
-        return cls(samples, sizes, report.codec, channels, cache, normalization)
+                source.cache[sample.stem] = source._resample(index, preprocess(
+                    raw, channels, sample.image_path, normalization, standardize=False), labels)
+        return source
+
+    def rescaled(self, scale: float) -> PairSource:
+        """The same pairs resampled by ``scale`` (relative to their own size); cached
+        pairs are resampled from this source's cache when it holds them at their own size."""
+        source = PairSource(self.samples, self.native_sizes, self.codec, self.channels, None,
+                            self.normalization, scale)
+        if self.scale == 1.0:
+            for index, sample in enumerate(self.samples):
+                if sample.stem in self.cache:
+                    source.cache[sample.stem] = source._resample(index, *self.cache[sample.stem])
+        return source
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,12 +133,27 @@ class PairSource:
         cached = self.cache.get(sample.stem)
         return cached if cached is not None else self._read(index)
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 (one source per pipeline; bounded)
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def native(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``get(index)`` at the pair's own size (read again from disk when resampled)."""
+        return self.get(index) if self.scale == 1.0 else self._read_native(index)
+
+    def _resample(self, index: int, image: np.ndarray, labels: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.sizes[index]
+        image = resize_image(image, height, width)
+        if image.ndim == 2:
+            image = image[..., None]
+        return image, resize_labels(labels, height, width)
+
+    def _read_native(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         image = preprocess(read_raw(sample.image_path), self.channels, sample.image_path,
                            self.normalization, standardize=False)
         return image, read_mask(sample.mask_path, self.codec)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (one source per pipeline; bounded)
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._resample(index, *self._read_native(index))
 
 
 def to_targets(labels: tf.Tensor, num_labels: int) -> tf.Tensor:

@@ -314,6 +314,36 @@ def preprocess(raw: np.ndarray, channels: int, path: str | Path = "",
     return normalization.standardize(image) if standardize else image
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(height, width)`` of an image resampled by ``scale`` (at least one pixel)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W[, C])`` float image resampled to ``height x width``, channels kept.
+
+    Pixel-area averaging to shrink (no aliasing), bilinear to enlarge (probability
+    maps back to the image's own size). OpenCV takes at most 4 channels at a time.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if image.ndim == 2:
+        return cv2.resize(image, (width, height), interpolation=method)
+    parts = [cv2.resize(np.ascontiguousarray(image[..., i:i + 4]), (width, height),
+                        interpolation=method).reshape(height, width, -1)
+             for i in range(0, image.shape[-1], 4)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A label map resampled to ``height x width`` (nearest label: no new values)."""
+    if labels.shape[:2] == (height, width):
+        return labels
+    return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 # --------------------------------------------------------------------------
 # masks
 # --------------------------------------------------------------------------
