@@ -64,13 +64,16 @@ def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES)[0] == 1.0  # enough passes
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 16)
     assert scale == 0.25 and "resampled by 0.25 it affords 16" in reason
-    # Fewer passes still: the foreground's 160 px must stay 2 x 16 = 32 px wide.
+    # Fewer passes still: the median image's 500 px side must stay 4 x 16 = 64 px ...
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 400)
-    assert scale == 0.2 and "not lower: foreground structures" in reason
+    assert scale == 0.15 and "not lower: foreground structures" in reason
+    # ... and the foreground's 160 px at least one cell of 16 px.
+    narrow = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 80.0}}
+    assert choose_scale(narrow, 16, TARGET_PASSES / 400)[0] == 0.2
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES / 10)[0] == 0.35  # rounded up
-    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 8.0}}
+    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 12.0}}
     scale, reason = choose_scale(thin, 16, 0.5)
-    assert scale == 1.0 and "must stay at least 32 px wide" in reason
+    assert scale == 1.0 and "must stay at least 16 px wide" in reason
     old = {"image_size": FINGERPRINT["image_size"]}
     assert choose_scale(old, 16, 0.5) == (1.0, "the fingerprint has no structure widths "
                                                 "(written by an older version)")
@@ -156,8 +159,8 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
     train(config, tmp_path / "run", progress=False)
     saved = RunFolder(tmp_path / "run").config
     width = RunFolder(tmp_path / "run").read_fingerprint()["structure_width"]["foreground"]
-    # Limited by the disc's width: it stays at least 2 x 4 px (depth 2) wide.
-    floor = max(8 / width, 16 / 256)
+    # Limited by the disc's width (one 4 px cell at depth 2) or the images' side (4 cells).
+    floor = max(4 / width, 16 / 256)
     assert saved.data.scale == pytest.approx(np.ceil(floor / 0.05 - 1e-9) * 0.05)
     assert saved.data.scale < 1 and "not lower" in saved.plan["scale"]["reason"]
     side = round(256 * saved.data.scale)
