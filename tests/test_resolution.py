@@ -64,16 +64,18 @@ def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES)[0] == 1.0  # enough passes
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 16)
     assert scale == 0.25 and "resampled by 0.25 it affords 16" in reason
-    # Fewer passes still: the median image's 500 px side must stay 4 x 16 = 64 px ...
+    # Fewer passes still: the foreground's 160 px must stay 24 px wide (0.15) ...
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 400)
     assert scale == 0.15 and "not lower: foreground structures" in reason
-    # ... and the foreground's 160 px at least one cell of 16 px.
     narrow = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 80.0}}
-    assert choose_scale(narrow, 16, TARGET_PASSES / 400)[0] == 0.2
+    assert choose_scale(narrow, 16, TARGET_PASSES / 400)[0] == 0.3
+    # ... and the median image's 500 px side 4 x 16 = 64 px (0.128, rounded up).
+    wide = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 300.0}}
+    assert choose_scale(wide, 16, TARGET_PASSES / 400)[0] == 0.15
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES / 10)[0] == 0.35  # rounded up
-    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 12.0}}
+    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 20.0}}
     scale, reason = choose_scale(thin, 16, 0.5)
-    assert scale == 1.0 and "must stay at least 16 px wide" in reason
+    assert scale == 1.0 and "must stay at least 24 px wide" in reason
     old = {"image_size": FINGERPRINT["image_size"]}
     assert choose_scale(old, 16, 0.5) == (1.0, "the fingerprint has no structure widths "
                                                 "(written by an older version)")
@@ -159,8 +161,8 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
     train(config, tmp_path / "run", progress=False)
     saved = RunFolder(tmp_path / "run").config
     width = RunFolder(tmp_path / "run").read_fingerprint()["structure_width"]["foreground"]
-    # Limited by the disc's width (one 4 px cell at depth 2) or the images' side (4 cells).
-    floor = max(4 / width, 16 / 256)
+    # Limited by the disc's width (24 px) or the images' side (4 cells of 4 px at depth 2).
+    floor = max(24 / width, 16 / 256)
     assert saved.data.scale == pytest.approx(np.ceil(floor / 0.05 - 1e-9) * 0.05)
     assert saved.data.scale < 1 and "not lower" in saved.plan["scale"]["reason"]
     side = round(256 * saved.data.scale)
