@@ -196,10 +196,10 @@ def choose_scale(fingerprint: dict[str, Any], divisor: int, passes: float
     wanted = math.sqrt(passes / TARGET_PASSES)
     where = (f"the budget affords {passes:.1f} passes over the training pixels at full "
              f"resolution (at least {TARGET_PASSES} wanted)")
-    if floor >= 1:
+    scale = min(1.0, math.ceil(max(wanted, floor) / SCALE_STEP - 1e-9) * SCALE_STEP)
+    if scale >= 1:
         return 1.0, (f"{where}, but the thinnest structures ({name}, {thinnest:g} px wide) "
                      f"must stay at least {narrowest} px wide")
-    scale = min(1.0, math.ceil(max(wanted, floor) / SCALE_STEP - 1e-9) * SCALE_STEP)
     limit = "" if wanted >= floor else (
         f"; not lower: {name} structures ({thinnest:g} px wide) must stay at least "
         f"{narrowest} px wide, the median image's side {MIN_SIDE_DIVISORS * divisor}")
