@@ -14,6 +14,14 @@ import os
 # and TensorFlow's C++ start-up chatter (INFO and WARNING) is hidden unless asked for.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's CPU allocator is plain malloc by default; glibc serves blocks of 32 MiB and
+# more (a 256x256x16 float32 batch of 8 is exactly that) with fresh mmap()s, so every such
+# tensor page-faults all of its memory again and a full-size element-wise op took 21 ms
+# instead of 10. TensorFlow's own BFC pool (the allocator it uses on GPUs) keeps freed
+# blocks for reuse. Read when TensorFlow allocates its first tensor, so this works unless
+# TensorFlow already ran before unet_cbam was imported; TF_CPU_ALLOCATOR_USE_BFC=false
+# turns it off (README, "CPU memory allocator"; benchmarks/allocator.py).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 __version__ = "0.1.0"
 
