@@ -51,3 +51,21 @@ def test_the_package_sets_the_environment_once():
     setting = [p.relative_to(ROOT) for p in sources
                if "NO_ALBUMENTATIONS_UPDATE" in p.read_text()]
     assert setting == [Path("unet_cbam/__init__.py")]
+
+
+@pytest.mark.parametrize("setting, pooled", [(None, True), ("false", False)])
+def test_tensorflow_allocates_from_its_bfc_pool_unless_told_not_to(setting, pooled):
+    """import unet_cbam chooses TensorFlow's BFC allocator on the CPU (README, "CPU memory
+    allocator"); only a pool keeps statistics, so get_memory_info tells which one runs."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if setting is not None:
+        environment["TF_CPU_ALLOCATOR_USE_BFC"] = setting
+    script = ("import unet_cbam\nimport tensorflow as tf\nx = tf.zeros((256, 256))\n"
+              "try:\n    print(tf.config.experimental.get_memory_info('CPU:0')['current'] > 0)\n"
+              "except ValueError:\n    print('no pool')")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               cwd=ROOT, env=environment, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split()[-1] == ("True" if pooled else "no pool")
