@@ -180,14 +180,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(arguments.variants)
     rows = []
+    # Seeds outside variants: each seed compares every variant close together in time (the
+    # machine's speed drifts), and a run cut short still holds whole seeds. The results file
+    # is rewritten after every run, so what finished is kept.
     for name in arguments.data_sets:
-        for variant, extra in variants.items():
-            for seed in arguments.seeds:
+        for seed in arguments.seeds:
+            for variant, extra in variants.items():
                 row = measure(name, work, options + shlex.split(extra), seed, variant)
                 rows.append(row)
                 print(f"{name} {variant} seed {seed}: test Dice {row['test_dice']:.3f} "
                       f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)",
                       flush=True)
+                write_json(f"datasets-{arguments.label}.json", {
+                    "machine": info, "train_options": options, "variants": variants,
+                    "work": str(work), "runs": rows, "summary": summarize(rows),
+                    "complete": False})
     print_table(rows, ["data_set", "variant", "seed", "class", "test_dice", "val_dice",
                        "epochs_run", "train_s", "predict_s"])
     summary = summarize(rows)
@@ -196,7 +203,7 @@ def main() -> None:
                           "test_dice_mean", "test_dice_std"])
     path = write_json(f"datasets-{arguments.label}.json", {
         "machine": info, "train_options": options, "variants": variants, "work": str(work),
-        "runs": rows, "summary": summary})
+        "runs": rows, "summary": summary, "complete": True})
     print(f"written: {path}")
 
 
