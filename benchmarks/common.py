@@ -118,3 +118,15 @@ def make_run(folder: Path) -> Path:
                                data=DataConfig(mask_encoding="binary", mask_values=[0, 255])))
     build_unet(model_config).save(run.model_path)
     return folder
+
+
+def build_peer(model_config):
+    """The peer: segmentation-models' own ``sm.Unet`` with a randomly initialised resnet18
+    encoder, for ``model_config``'s input channels and classes (a sigmoid for one class, as
+    ``build_unet``)."""
+    from unet_cbam.segmentation_models import sm
+
+    classes = model_config.num_classes
+    return sm.Unet("resnet18", encoder_weights=None, classes=classes,
+                   activation="sigmoid" if classes == 1 else "softmax",
+                   input_shape=(None, None, model_config.input_channels))

@@ -13,6 +13,7 @@ Prints a table and writes ``benchmarks/results/datasets-<label>.json``
         --batch-size 8 --patch-size 128 --normalize bitdepth --binary-threshold 0"
     python benchmarks/datasets.py --quick                                 # a few minutes
     python benchmarks/datasets.py --variants ablation --seeds 1 2 3       # issue 10's ablation
+    python benchmarks/datasets.py --variants peers                        # issue 9's peers
     python benchmarks/datasets.py --variants none="--attention none" folds="--folds 5"
 
 Each variant (NAME="train.py options") runs on every data set and seed; the
@@ -80,14 +81,21 @@ ABLATION = {
     "cbam-decoder": "--attention-position decoder",
     "cbam-encoder": "--attention-position encoder",
 }
+#: --variants peers: the default against issue 9's peers (d), at the same budget.
+#: ``--sm-unet`` (not a train.py option) trains through benchmarks/peer_train.py.
+PEERS = {
+    "default": "",
+    "none": "--attention none",
+    "sm-unet-resnet18": "--sm-unet --encoder resnet18 --attention none",
+}
 
 
 def parse_variants(items: list[str]) -> dict[str, str]:
-    """``["ablation"]`` or ``["name=options", ...]`` -> {name: options}."""
+    """``["ablation"]``, ``["peers"]`` or ``["name=options", ...]`` -> {name: options}."""
     variants: dict[str, str] = {}
     for item in items:
-        if item == "ablation":
-            variants.update(ABLATION)
+        if item in ("ablation", "peers"):
+            variants.update(ABLATION if item == "ablation" else PEERS)
             continue
         name, separator, options = item.partition("=")
         if not separator or not name:
@@ -106,7 +114,11 @@ def measure(name: str, work: Path, train_options: list[str], seed: int,
     stem = f"{name}-{variant}-seed{seed}" if variant != "default" else f"{name}-seed{seed}"
     run_dir, predictions = work / stem, work / f"{stem}-test"
     log = work / f"{stem}.log"
-    train_seconds = run([sys.executable, "train.py", "--data", str(train_path),
+    script = "train.py"
+    if "--sm-unet" in train_options:
+        script = str(Path("benchmarks") / "peer_train.py")
+        train_options = [option for option in train_options if option != "--sm-unet"]
+    train_seconds = run([sys.executable, script, "--data", str(train_path),
                          "--input-channels", str(channels), "--seed", str(seed),
                          "--output", str(run_dir), "--quiet", *train_options], log)
     predict_seconds = run([sys.executable, "predict.py", "--model", str(run_dir),
@@ -162,8 +174,9 @@ def main() -> None:
                         help="more train.py options, one string")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--variants", nargs="+", default=["default="],
-                        help="NAME=\"train.py options\" each, or 'ablation' (none, cbam, "
-                             "cbam-deep, cbam-decoder, cbam-encoder)")
+                        help="NAME=\"train.py options\" each, 'ablation' (none, cbam, "
+                             "cbam-deep, cbam-decoder, cbam-encoder) or 'peers' (default, none, "
+                             "sm-unet-resnet18)")
     parser.add_argument("--label", default="auto", help="results file: datasets-LABEL.json")
     parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true",

@@ -46,7 +46,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, RESULTS, machine, peak_rss_mb, write_json  # noqa: E402
+from common import ISBI, RESULTS, build_peer, machine, peak_rss_mb, write_json  # noqa: E402
 
 TRAIN_SLICES = range(0, 24)
 TEST_SLICES = range(24, 30)
@@ -109,14 +109,6 @@ def link_slices(root: Path, indices) -> Path:
             name = f"slice{index:02d}.png"
             (root / kind / name).symlink_to(ISBI / kind / name)
     return root
-
-
-def build_peer(model_config):
-    """segmentation-models' own Unet with a randomly initialised resnet18."""
-    from unet_cbam.segmentation_models import sm
-
-    return sm.Unet("resnet18", encoder_weights=None, classes=1, activation="sigmoid",
-                   input_shape=(None, None, model_config.input_channels))
 
 
 def child(name: str, seed: int, work: Path, budget: dict) -> dict:

@@ -175,6 +175,7 @@ def test_datasets_benchmark_splits_isbi_by_its_readme_with_links(tmp_path, isbi_
 def test_datasets_benchmark_variants_and_summary():
     datasets = load_script("datasets")
     assert datasets.parse_variants(["ablation"]) == datasets.ABLATION
+    assert set(datasets.parse_variants(["peers"])) == {"default", "none", "sm-unet-resnet18"}
     assert datasets.parse_variants(["none=--attention none", "plain="]) == {
         "none": "--attention none", "plain": ""}
     with pytest.raises(SystemExit, match="not NAME=OPTIONS"):
@@ -184,3 +185,45 @@ def test_datasets_benchmark_variants_and_summary():
     assert datasets.summarize(rows) == [{
         "data_set": "ctc", "variant": "cbam", "seeds": 2, "val_dice_mean": 0.85,
         "val_dice_std": 0.05, "test_dice_mean": 0.8, "test_dice_std": 0.1}]
+
+
+@pytest.mark.slow
+def test_peer_trains_through_train_py_and_predict_py_uses_it(isbi_dir, tmp_path):
+    """benchmarks/peer_train.py: train.py's whole pipeline with sm.Unet as the network; the
+    run folder it writes predicts with predict.py like any other."""
+    import subprocess
+
+    from unet_cbam.data.io import read_raw
+
+    data = tmp_path / "data"
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+        for index in range(4):
+            (data / kind / f"slice{index:02d}.png").symlink_to(
+                isbi_dir / kind / f"slice{index:02d}.png")
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    root = BENCHMARKS.parent
+    train = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "peer_train.py"), "--data", str(data),
+         "--input-channels", "1", "--encoder", "resnet18", "--attention", "none",
+         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64",
+         "--output", str(run_dir), "--quiet"],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    import keras
+
+    import unet_cbam
+
+    model = unet_cbam.load_model(run_dir)
+    names = [layer.name for layer in model.layers]
+    assert "bn_data" in names  # segmentation-models' ResNet stem
+    assert not any("cbam" in name or name.startswith("skip") for name in names)
+    keras.backend.clear_session()
+    predict = subprocess.run(
+        [sys.executable, "predict.py", "--model", str(run_dir), "--input",
+         str(data / "images"), "--output", str(out), "--quiet"],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    masks = sorted(out.rglob("slice00*.png"))
+    assert masks, sorted(p.name for p in out.rglob("*"))
+    assert read_raw(masks[0]).shape[:2] == (512, 512)

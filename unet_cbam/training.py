@@ -525,9 +525,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                 check_patch_size(config)
                 check_batch_size(train_cfg.batch_size, replicas)
                 step_seconds = measure()
+                train_ds, val_ds = training_data(single), validation_data(single)
             steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
                 data.train, config.data.patch_size, train_cfg.batch_size)
-            train_ds, val_ds = training_data(single), validation_data(single)
         config = plan_time_budget(config, step_seconds, steps, distribute.chief_value(
             strategy, time.perf_counter() - budget_started))
         train_cfg, steps = config.train, config.train.steps_per_epoch
