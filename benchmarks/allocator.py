@@ -22,7 +22,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -31,38 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_json  # noqa: E402
 
 SETTINGS = {"malloc": "false", "bfc": "true"}
-#: name: (what, batch, side)
-WORKLOADS = {"predict 4x512": ("predict", 4, 512), "train 8x256": ("train", 8, 256),
-             "train 8x128": ("train", 8, 128)}
+#: The workloads, model builder and timing are attention_cost.py's.
 MODELS = {"cbam": {}, "none": {"attention": "none"}}
 
 
 def child(rounds: int) -> dict:
     """Time every model and workload in this process; the best seconds and peak memory."""
-    import keras
     import numpy as np
-
-    from unet_cbam.config import ModelConfig
-    from unet_cbam.models import build_unet
+    from attention_cost import WORKLOADS, build, step
 
     rng = np.random.default_rng(0)
     data = {name: (rng.random((batch, side, side, 1), dtype=np.float32),
                    (rng.random((batch, side, side, 1)) > 0.5).astype(np.float32))
             for name, (_, batch, side) in WORKLOADS.items()}
-    models = {}
-    for name, fields in MODELS.items():
-        keras.utils.set_random_seed(0)
-        models[name] = build_unet(ModelConfig(input_channels=1, **fields))
-        models[name].compile(optimizer="adam", loss="binary_crossentropy")
-
-    def step(model, what, x, y) -> float:
-        started = time.perf_counter()
-        if what == "predict":
-            model.predict(x, batch_size=len(x), verbose=0)
-        else:
-            model.train_on_batch(x, y)
-        return time.perf_counter() - started
-
+    models = {name: build(fields) for name, fields in MODELS.items()}
     for model in models.values():
         for workload, (what, _, _) in WORKLOADS.items():
             step(model, what, *data[workload])
