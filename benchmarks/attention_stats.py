@@ -2,15 +2,18 @@
 
 A channel gate that is the same for every image is a fixed per-channel scale,
 which the decoder convolution after the skip can absorb: it adds nothing a
-model without attention cannot learn. This script measures, for each skip
-level of each run, how the gates vary across channels, across images and
-(for the spatial map) across pixels:
+model without attention cannot learn. This script measures, for each
+attention level of each run, how the gates vary across channels, across
+images and (for the spatial map) across pixels:
 
-    python benchmarks/isbi2012.py --models unet-cbam --seeds 1 --keep-runs runs/isbi
-    python benchmarks/attention_stats.py runs/isbi/unet-cbam-seed0
+    python benchmarks/datasets.py --data-sets kvasir --seeds 1 --work runs/kvasir
+    python benchmarks/attention_stats.py runs/kvasir/kvasir-default-seed1
 
-By default on the ISBI training slices 00-23 (never the test slices).
-Prints a table and writes benchmarks/results/attention_stats.json.
+By default on each run's own validation images (its split.json; never a test
+split), prepared as predict.py prepares them (the run's normalisation and
+training resolution), one image at a time so sizes may differ; ``--images``
+measures on given files instead. Prints a table and writes
+benchmarks/results/attention_stats.json.
 """
 
 from __future__ import annotations
@@ -23,16 +26,22 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, RESULTS, write_json  # noqa: E402
+import numpy as np  # noqa: E402
+from common import RESULTS, write_json  # noqa: E402
 
 
 def gate_statistics(maps: dict) -> list[dict]:
-    """Per level: spreads of the channel gates and the spatial map (see the module docstring)."""
+    """Per level: spreads of the channel gates and the spatial map (see the module docstring).
+
+    ``maps`` is ``attention_maps``' output, ``{level: {"channel": (N, C), "spatial":
+    (N, h, w)}}``; the spatial maps may also be a list of N ``(h, w)`` arrays of
+    different sizes (images of different sizes), pooled over all their pixels.
+    """
     rows = []
     for level, gates in sorted(maps.items()):
         row: dict = {"level": level}
         if "channel" in gates:
-            channel = gates["channel"]  # (N, C)
+            channel = np.asarray(gates["channel"])  # (N, C)
             row.update({
                 "channels": channel.shape[1],
                 "channel_mean": float(channel.mean()),
@@ -43,37 +52,76 @@ def gate_statistics(maps: dict) -> list[dict]:
                 "channel_std_across_images": float(channel.std(axis=0).mean()),
             })
         if "spatial" in gates:
-            spatial = gates["spatial"]  # (N, h, w)
+            spatial = [np.asarray(one) for one in gates["spatial"]]  # N x (h, w)
+            pixels = np.concatenate([one.ravel() for one in spatial])
             row.update({
-                "spatial_mean": float(spatial.mean()),
-                "spatial_below_half": float((spatial < 0.5).mean()),
-                "spatial_std_within_image": float(spatial.std(axis=(1, 2)).mean()),
+                "spatial_mean": float(pixels.mean()),
+                "spatial_below_half": float((pixels < 0.5).mean()),
+                "spatial_std_within_image": float(np.mean([one.std() for one in spatial])),
             })
         rows.append(row)
     return rows
+
+
+def validation_images(path: Path) -> list[Path]:
+    """The validation images of the run at ``path`` (its split.json), sorted by stem."""
+    from unet_cbam.data.verify import data_folders, find_pairs
+    from unet_cbam.run import RunFolder
+
+    folder = RunFolder(path.parent if path.suffix == ".keras" else path)
+    if not folder.split_path.is_file():
+        raise SystemExit(f"{path}: no split.json to take validation images from; "
+                         "give --images")
+    data = folder.config.data
+    pairs, _ = find_pairs(*data_folders(data))
+    if data.val_data is not None:
+        pairs += find_pairs(Path(data.val_data) / "images", Path(data.val_data) / "masks")[0]
+    by_stem = {pair.stem: pair.image_path for pair in pairs}
+    stems = folder.read_split()["val"]
+    missing = [stem for stem in stems if stem not in by_stem]
+    if missing:
+        raise SystemExit(f"{path}: validation images {missing[:3]} are gone from "
+                         f"{data_folders(data)[0]}")
+    return [by_stem[stem] for stem in sorted(stems)]
+
+
+def run_statistics(path: Path, images: list[Path]) -> list[dict]:
+    """Gate statistics of one run on ``images``, each prepared as predict.py prepares it."""
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.data.io import read_raw
+    from unet_cbam.predict import BatchPredictor, load_run
+
+    predictor = BatchPredictor(load_run(path), InferenceConfig())
+    per_level: dict[int, dict[str, list]] = {}
+    for image_path in images:
+        raw = read_raw(image_path)
+        _, maps = predictor.attention(predictor.run.preprocess(raw, image_path))
+        for level, gates in maps.items():
+            for key, value in gates.items():
+                per_level.setdefault(level, {}).setdefault(key, []).append(value)
+    return gate_statistics({
+        level: {key: (np.stack(values) if key == "channel" else values)
+                for key, values in gates.items()}
+        for level, gates in per_level.items()})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or .keras files)")
     parser.add_argument("--images", nargs="+", type=Path,
-                        default=[ISBI / "images" / f"slice{i:02d}.png" for i in range(24)],
-                        help="images to measure on (default: ISBI training slices 00-23)")
+                        help="images to measure on (default: each run's validation images)")
+    parser.add_argument("--max-images", type=int, default=40,
+                        help="at most this many images a run, the first by name (default 40)")
     parser.add_argument("--output", type=Path, default=RESULTS / "attention_stats.json")
     arguments = parser.parse_args()
 
-    import numpy as np
-
-    from unet_cbam.attention import attention_maps
-    from unet_cbam.data.io import read_image
-    from unet_cbam.predict import load_run
     from unet_cbam.tables import markdown_table
 
-    report = {}
+    report, measured_on = {}, {}
     for path in arguments.runs:
-        run = load_run(path)
-        images = np.stack([read_image(image, run.channels) for image in arguments.images])
-        report[str(path)] = gate_statistics(attention_maps(run.model, images))
+        images = (arguments.images or validation_images(path))[:arguments.max_images]
+        measured_on[str(path)] = [str(image) for image in images]
+        report[str(path)] = run_statistics(path, images)
 
     keys = ["channels", "channel_mean", "channel_below_half", "channel_std_across_channels",
             "channel_std_across_images", "spatial_mean", "spatial_below_half",
@@ -81,8 +129,7 @@ def main() -> None:
     table = [[Path(run).name, row["level"], *(row.get(key) for key in keys)]
              for run, rows in report.items() for row in rows]
     print(markdown_table(table, ["run", "level", *keys], float_format="{:.3f}".format))
-    write_json(arguments.output.resolve(),
-               {"images": [str(image) for image in arguments.images], "runs": report})
+    write_json(arguments.output.resolve(), {"images": measured_on, "runs": report})
     print(f"\nwritten to {arguments.output}")
 
 

@@ -138,6 +138,45 @@ def test_attention_statistics_on_known_gates():
     assert "spatial_mean" not in only_channel
 
 
+def test_attention_statistics_pool_spatial_maps_of_different_sizes():
+    module = load_script("attention_stats")
+    import numpy as np
+
+    channel = np.array([[0.2, 0.6], [0.2, 1.0]], dtype="float32")
+    small = np.array([[0.0, 1.0]], dtype="float32")  # 2 pixels, std 0.5
+    large = np.full((2, 3), 0.75, dtype="float32")  # 6 pixels, std 0
+    [row] = module.gate_statistics({2: {"channel": channel, "spatial": [small, large]}})
+    assert row["spatial_mean"] == pytest.approx((1.0 + 6 * 0.75) / 8)
+    assert row["spatial_below_half"] == pytest.approx(1 / 8)
+    assert row["spatial_std_within_image"] == pytest.approx(0.25)
+
+
+def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does(isbi_run):
+    import json
+
+    import numpy as np
+
+    from unet_cbam.attention import attention_maps
+    from unet_cbam.data.io import read_raw
+    from unet_cbam.predict import load_run
+
+    module = load_script("attention_stats")
+    images = module.validation_images(isbi_run)
+    split = json.loads((isbi_run / "split.json").read_text())
+    assert [image.stem for image in images] == sorted(split["val"])
+    rows = module.run_statistics(isbi_run, images)
+    # one image at a time through predict.py's preparation equals one batch of the
+    # equally sized slices, normalised by the run
+    run = load_run(isbi_run)
+    batch = np.stack([run.preprocess(read_raw(image), image) for image in images])
+    expected = module.gate_statistics(attention_maps(run.model, batch))
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected, strict=True):
+        assert row == pytest.approx(want, rel=1e-5)
+    assert [row["level"] for row in rows] == [0, 1, 2]
+    assert [row["channels"] for row in rows] == [8, 16, 32]
+
+
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
     common = load_script("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path)
