@@ -316,6 +316,11 @@ def test_time_budget_plans_epochs_and_steps_from_the_measured_step_time():
     planned = plan_time_budget(given, step_seconds=0.5, pass_steps=40)
     assert (planned.train.epochs, planned.train.steps_per_epoch) == (30, 40)
     assert planned.plan["steps_per_epoch"]["reason"] == "as given"
+    # The real model traces its training function again: (1200 - 30 - 45) / 1.5 = 750.
+    traced = plan_time_budget(config, step_seconds=1.5, pass_steps=100, spent_seconds=30,
+                              trace_seconds=45)
+    assert (traced.train.epochs, traced.train.steps_per_epoch) == (7, 107)
+    assert "after 30 s of measuring and 45 s to trace" in traced.plan["epochs"]["reason"]
     tiny = plan_time_budget(RunConfig(train=TrainConfig(time_budget="2s")), 5.0, 100)
     assert (tiny.train.epochs, tiny.train.steps_per_epoch) == (1, 1)
 
@@ -340,6 +345,87 @@ def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
     assert guard.model.stop_training
 
 
+def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
+           trace=0.0):
+    """Fit's loop around a TimeBudget on a fake clock: (epochs run, seconds spent,
+    the re-plans reported, the values agreed on)."""
+    from unet_cbam.training import TimeBudget
+
+    class Model:
+        stop_training = False
+    now, replans, agreed = [0.0], [], []
+    pacer = TimeBudget(budget, steps, epochs, max_epochs, schedule,
+                       agree=lambda value: agreed.append(value) or value,
+                       replanned=lambda *args: replans.append(args), clock=lambda: now[0])
+    pacer.set_model(Model())
+    run = 0
+    for epoch in range(max_epochs):
+        for step in range(steps):
+            pacer.on_train_batch_begin(step)
+            now[0] += seconds_a_step + (trace if epoch == step == 0 else 0.0)
+            pacer.on_train_batch_end(step)
+            if pacer.model.stop_training:
+                break
+        now[0] += 30.0  # validation: not counted
+        pacer.on_epoch_end(epoch)
+        run += 1
+        if pacer.model.stop_training:
+            break
+    return run, pacer.spent, replans, agreed
+
+
+def test_time_budget_pacer_refits_the_epochs_to_the_real_pace():
+    # Planned 5 epochs of 10 steps (2 s a step); the steps take 1 s: 10 epochs fill 100 s.
+    run, spent, replans, agreed = _paced(1.0)
+    assert (run, spent) == (10, 100.0)
+    assert replans == [(10, 1.0, 1)]  # extended once, after the first epoch, to the cap
+    assert agreed[0] == 10.0  # every worker takes the chief's value
+    # 3 s a step: after epoch 1, 70 s left are 2.33 epochs -> 3 epochs, 90 s of 100.
+    run, spent, replans, _ = _paced(3.0)
+    assert (run, spent) == (3, 90.0) and replans == [(3, 3.0, 1)]
+    # The first step also traces the training function (20 s): spent, but not the pace.
+    run, spent, replans, _ = _paced(1.0, trace=20.0)
+    assert (run, spent) == (8, 100.0) and replans == [(8, 1.0, 1)]
+    # On plan (2 s a step): no re-plan, 5 epochs, exactly the budget.
+    assert _paced(2.0)[:3] == (5, 100.0, [])
+    # Far slower than planned (25 s a step): the overrun guard stops within the first epoch.
+    run, spent, replans, _ = _paced(25.0)
+    assert (run, spent) == (1, 125.0) and replans == [(1, 25.0, 1)]
+
+
+def test_time_budget_pacer_moves_the_schedule_horizon():
+    import keras
+
+    from unet_cbam.training import MovableCosineDecay
+
+    schedule = MovableCosineDecay(1e-3, 50 - 10, warmup_steps=10)
+    _paced(1.0, schedule=schedule)
+    assert float(schedule.decay_steps.numpy()) == 10 * 10 - 10
+    reference = keras.optimizers.schedules.CosineDecay(1e-5, 90, alpha=0.01,
+                                                       warmup_target=1e-3, warmup_steps=10)
+    steps = np.array([0, 3, 10, 40, 99, 100, 140], np.int64)
+    np.testing.assert_allclose([float(schedule(s)) for s in steps],
+                               [float(reference(s)) for s in steps], rtol=1e-5)
+
+
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_movable_cosine_decay_equals_keras_cosine_decay(warmup):
+    import keras
+
+    from unet_cbam.config import TrainConfig
+    from unet_cbam.training import make_optimizer, movable_schedule
+
+    train = TrainConfig(epochs=6, warmup_epochs=1 if warmup else 0, learning_rate=3e-3)
+    movable = movable_schedule(train, 7)
+    fixed = make_optimizer(train, 7)._learning_rate
+    assert isinstance(fixed, keras.optimizers.schedules.CosineDecay)
+    steps = [0, 1, 6, 7, 8, 20, 41, 42, 60]
+    np.testing.assert_allclose([float(movable(s)) for s in steps],
+                               [float(fixed(s)) for s in steps], rtol=1e-5)
+    assert movable.get_config()["decay_steps"] == 42 - warmup
+    assert movable_schedule(TrainConfig(lr_schedule="constant"), 7) is None
+
+
 def test_measure_step_seconds_times_only_the_steps_after_warm_up():
     from unet_cbam.training import measure_step_seconds
 
@@ -351,9 +437,15 @@ def test_measure_step_seconds_times_only_the_steps_after_warm_up():
             now[0] += 2.0 if len(calls) <= 2 else 0.5  # tracing makes the first steps slow
     batches = iter([(i, i) for i in range(10)])
     model = Model()
-    seconds = measure_step_seconds(lambda: model.train_on_batch(*next(batches)), warmup=2,
-                                   timed=4, clock=lambda: now[0])
-    assert seconds == 0.5 and calls == list(range(6))
+    seconds, first = measure_step_seconds(lambda: model.train_on_batch(*next(batches)),
+                                          warmup=2, timed=4, clock=lambda: now[0])
+    assert (seconds, first) == (0.5, 2.0) and calls == list(range(6))
+    # The median: one step held up by the data pipeline does not move it.
+    pauses = iter([9.0, 1.0, 1.0, 1.0, 7.0, 1.2, 0.9])
+
+    def step():
+        now[0] += next(pauses)
+    assert measure_step_seconds(step, warmup=1, timed=6, clock=lambda: now[0]) == (1.0, 9.0)
 
 
 @pytest.mark.parametrize("value", ["soon", "20 minutes", "0s", "1x"])
@@ -380,4 +472,5 @@ def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     assert saved.plan["epochs"]["value"] == saved.train.epochs
     assert saved.plan["steps_per_epoch"]["value"] == saved.train.steps_per_epoch
     assert saved.train.epochs * saved.train.steps_per_epoch >= 1
-    assert len(result.history["loss"]) <= saved.train.epochs
+    # The pacer's re-plan (if any) is saved: the epochs trained are the config's.
+    assert len(result.history["loss"]) == saved.train.epochs

@@ -97,6 +97,48 @@ def test_resume_continues_epochs_history_and_optimizer(tmp_path):
     assert (run / "split.json").read_text() == split_before
 
 
+def test_a_time_budgeted_run_resumes_with_its_re_planned_epochs_and_schedule(tmp_path,
+                                                                            monkeypatch):
+    import unet_cbam.training as training
+
+    class SlowerThanMeasured(training.TimeBudget):
+        """Measured at 0.1 s a step; training takes 100 s a step (on a fake clock)."""
+        def __init__(self, *args, **kwargs):
+            now = [0.0]
+            super().__init__(*args, **kwargs, clock=lambda: now.__setitem__(0, now[0] + 100.0)
+                             or now[0])
+    monkeypatch.setattr(training, "measure_step_seconds", lambda step: (0.1, 0.1))
+    monkeypatch.setattr(training, "TimeBudget", SlowerThanMeasured)
+    data = generate_demo(tmp_path / "demo", count=6)
+    run = tmp_path / "run"
+    config = _config(data, epochs=1, steps=3, patch=32, time_budget="1500s")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, warmup_epochs=1))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, progress=False, callbacks=[_Interrupt(epoch=1)])
+    saved = RunFolder(run).config
+    # Planned ~5000 epochs of 3 steps; after epoch 1 (300 s), 4 more fill the rest.
+    assert saved.train.epochs == saved.plan["epochs"]["value"] == 5
+    assert "re-planned after epoch 1: 100 s a step" in saved.plan["epochs"]["reason"]
+
+    other = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                  time_budget="30m"))
+    with pytest.raises(ValueError, match="time_budget '30m' differs from the saved '1500s'"):
+        train(other, run, resume=True, progress=False)
+    rates = []
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            optimizer = self.model.optimizer
+            rates.append((int(optimizer.iterations.numpy()),
+                          float(optimizer.learning_rate.numpy())))
+    result = train(config, run, resume=True, progress=False, callbacks=[Record()])
+    assert result.history["epoch"] == list(range(5)) and RunFolder(run).config.train.epochs == 5
+    # Resumed at step 3 on the schedule of the 5 epochs planned when it stopped.
+    expected = training.MovableCosineDecay(1e-3, 5 * 3 - 3, warmup_steps=3)
+    assert [step for step, _ in rates] == list(range(3, 15))
+    np.testing.assert_allclose([rate for _, rate in rates],
+                               [float(expected(step)) for step, _ in rates], rtol=1e-5)
+
+
 def test_train_py_on_the_demo_data_writes_every_artifact(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = train_main(["--output", "runs/demo", "--epochs", "2", "--steps-per-epoch", "2",

@@ -331,8 +331,9 @@ class TrainConfig:
     time_budget: str | None = option(
         None,
         "training time, e.g. 20m, 1h30m, 90s: the step time is measured after warm-up and the "
-        "epochs and steps (given steps_per_epoch: the epochs) are planned to fill it; "
-        "validation comes on top. none: epochs and steps_per_epoch as given")
+        "epochs and steps (given steps_per_epoch: the epochs) are planned to fill it, then "
+        "re-planned after each epoch from the real pace; validation comes on top. none: "
+        "epochs and steps_per_epoch as given")
     folds: int | None = option(
         None,
         "k-fold cross-validation: train k models (fold_0 ... fold_k-1 in the run folder), each "

@@ -251,19 +251,22 @@ MAX_BUDGET_EPOCHS = 50
 
 
 def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
-                     spent_seconds: float = 0.0) -> RunConfig:
+                     spent_seconds: float = 0.0, trace_seconds: float = 0.0) -> RunConfig:
     """Epochs and steps per epoch that fill ``config.train.time_budget``.
 
     ``step_seconds``: one training step, measured after warm-up;
     ``pass_steps``: steps of about one pass over the training pixels;
-    ``spent_seconds``: budget already used (the measurement). Given
+    ``spent_seconds``: budget already used (the measurement);
+    ``trace_seconds``: what the real model's first step will add to tracing
+    its training function (the measured model's first step, less a step).
+    (``TimeBudget`` re-plans the epochs from the real pace while training.) Given
     ``steps_per_epoch``, only the epochs are planned; otherwise as many
     epochs as passes fit, between ``MIN_BUDGET_EPOCHS`` and
     ``MAX_BUDGET_EPOCHS``. The learning-rate schedule spans the result.
     """
     train = config.train
     budget = parse_duration(train.time_budget, "time_budget")
-    remaining = max(0.0, budget - spent_seconds)
+    remaining = max(0.0, budget - spent_seconds - trace_seconds)
     total = max(1, int(remaining // step_seconds))
     if train.steps_per_epoch is not None:
         steps = min(train.steps_per_epoch, total)
@@ -271,9 +274,11 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
         epochs = min(MAX_BUDGET_EPOCHS, max(MIN_BUDGET_EPOCHS, total // max(1, pass_steps)))
         steps = max(1, total // epochs)
     epochs = max(1, total // steps)
+    tracing = f" and {trace_seconds:.0f} s to trace the training function" \
+        if trace_seconds >= 0.5 else ""
     reason = (f"time_budget {train.time_budget}: {step_seconds:.3g} s a step (measured after "
-              f"warm-up), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring: "
-              f"{epochs} x {steps} = {epochs * steps} steps")
+              f"warm-up), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring"
+              f"{tracing}: {epochs} x {steps} = {epochs * steps} steps")
     plan = dict(config.plan or {})
     plan["epochs"] = {"value": epochs, "reason": reason}
     plan["steps_per_epoch"] = {"value": steps, "reason": (
@@ -283,6 +288,19 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
     return dataclasses.replace(
         config, train=dataclasses.replace(train, epochs=epochs, steps_per_epoch=steps),
         plan=plan)
+
+
+def replan_epochs(config: RunConfig, epochs: int, step_seconds: float, after: int
+                  ) -> RunConfig:
+    """``config`` with the epochs the time budget's pacer chose after epoch ``after`` from
+    the run's own pace (``step_seconds``), the measured plan kept in the reason."""
+    plan = dict(config.plan or {})
+    measured = plan.get("epochs", {}).get("reason", "").split("; re-planned")[0]
+    plan["epochs"] = {"value": epochs, "reason": (
+        f"{measured}; re-planned after epoch {after}: {step_seconds:.3g} s a step in "
+        f"training, {epochs} epochs fill the budget")}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs),
+                               plan=plan)
 
 
 def plan_rows(plan: dict[str, dict[str, Any]] | None) -> list[tuple[str, str, str]]:

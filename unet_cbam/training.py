@@ -56,7 +56,7 @@ from unet_cbam.inference import keras_predictor, resampled_predict
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
 from unet_cbam.metrics import segmentation_metrics
 from unet_cbam.models import build_unet
-from unet_cbam.plan import plan_rows, plan_run, plan_scale, plan_time_budget
+from unet_cbam.plan import plan_rows, plan_run, plan_scale, plan_time_budget, replan_epochs
 from unet_cbam.precision import choose_precision, set_policy
 from unet_cbam.run import CV_METRICS_FILE, FOLD_PREFIX, RunFolder, class_names, read_history
 from unet_cbam.visualize import plot_history
@@ -163,10 +163,15 @@ def default_steps_per_epoch(source: PairSource, patch_size: int, batch_size: int
     return max(1, math.ceil(pixels / (patch_size * patch_size * batch_size)))
 
 
-def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimizer with its learning-rate schedule (which resumes with the optimizer)."""
+def make_optimizer(train: TrainConfig, steps_per_epoch: int,
+                   schedule: keras.optimizers.schedules.LearningRateSchedule | None = None
+                   ) -> keras.optimizers.Optimizer:
+    """The optimizer with its learning-rate schedule (which resumes with the optimizer);
+    ``schedule`` replaces the one ``train`` asks for (``movable_schedule``)."""
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = train.learning_rate
-    if train.lr_schedule == "cosine":
+    if schedule is not None:
+        learning_rate = schedule
+    elif train.lr_schedule == "cosine":
         warmup = train.warmup_epochs * steps_per_epoch
         total = max(1, train.epochs * steps_per_epoch - warmup)
         if warmup:
@@ -181,6 +186,52 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int) -> keras.optimizers
     if train.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay)
     return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+
+
+def movable_schedule(train: TrainConfig, steps_per_epoch: int) -> MovableCosineDecay | None:
+    """``train``'s cosine schedule with a horizon the time budget's pacer can move (the
+    same values as ``make_optimizer``'s); None for the other schedules."""
+    if train.lr_schedule != "cosine":
+        return None
+    warmup = train.warmup_epochs * steps_per_epoch
+    return MovableCosineDecay(train.learning_rate, max(1, train.epochs * steps_per_epoch - warmup),
+                              warmup_steps=warmup)
+
+
+@keras.saving.register_keras_serializable("unet_cbam")
+class MovableCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Keras's ``CosineDecay`` (alpha 0.01, optional linear warm-up from 1/100 of the
+    rate), with its decay horizon in a variable that may change while training.
+
+    Keras's schedule takes the horizon as a Python number, fixed when the
+    training function is traced; the time budget's pacer (``TimeBudget``)
+    moves it when the real pace of training differs from the planned one.
+    """
+
+    def __init__(self, learning_rate: float, decay_steps: float, warmup_steps: int = 0,
+                 alpha: float = 0.01, name: str = "movable_cosine_decay"):
+        self.learning_rate, self.warmup_steps, self.alpha, self.name = (
+            float(learning_rate), int(warmup_steps), float(alpha), name)
+        self.decay_steps = keras.Variable(float(decay_steps), trainable=False,
+                                          dtype="float32", name="decay_steps")
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        progress = ops.clip((step - self.warmup_steps) / ops.maximum(self.decay_steps, 1.0),
+                            0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        decayed = self.learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
+        if not self.warmup_steps:
+            return decayed
+        start = self.learning_rate / 100
+        warming = start + (self.learning_rate - start) * step / self.warmup_steps
+        return ops.where(step < self.warmup_steps, warming, decayed)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate,
+                "decay_steps": float(keras.ops.convert_to_numpy(self.decay_steps)),
+                "warmup_steps": self.warmup_steps, "alpha": self.alpha, "name": self.name}
 
 
 def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
@@ -320,7 +371,10 @@ def check_run_dir(run: RunFolder, resume: bool) -> bool:
 
 
 def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
-    """Continue ``saved`` with ``requested``'s training section; model and data must match."""
+    """Continue ``saved`` with ``requested``'s training section; model and data must match.
+
+    A time-budgeted run resumed with the same budget keeps its planned (or
+    re-planned) epochs and steps per epoch."""
     changed = [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
                if getattr(saved.model, f.name) != getattr(requested.model, f.name)]
     changed += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)
@@ -334,6 +388,14 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
     train = requested.train
     if train.batch_size is None:  # planned: the saved run's
         train = dataclasses.replace(train, batch_size=saved.train.batch_size)
+    if train.time_budget is not None and saved.train.time_budget is not None:
+        if parse_duration(train.time_budget) != parse_duration(saved.train.time_budget):
+            raise ValueError(
+                f"a resumed run keeps its time budget's plan: time_budget {train.time_budget!r} "
+                f"differs from the saved {saved.train.time_budget!r}; resume with the saved "
+                "budget, or without --time-budget and with --epochs")
+        train = dataclasses.replace(train, epochs=saved.train.epochs,
+                                    steps_per_epoch=saved.train.steps_per_epoch)
     return dataclasses.replace(saved, train=train)
 
 
@@ -494,9 +556,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
         throwaway = compiled(keras.optimizers.Adam)
 
-        def measure() -> float:
-            """One training step's seconds, after warm-up (the chief's, on every worker:
-            all plan the same epochs and steps)."""
+        def measure() -> tuple[float, float]:
+            """One training step's seconds after warm-up, and the first step's (the
+            chief's, on every worker: all plan the same epochs and steps)."""
             if multiworker:
                 step = distribute.DistributedLoop(throwaway, strategy, training_data).train_step
             else:
@@ -504,9 +566,11 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
                 def step():
                     throwaway.train_on_batch(*next(batches))
-            return distribute.chief_value(strategy, measure_step_seconds(step))
+            step_seconds, first = measure_step_seconds(step)
+            return (distribute.chief_value(strategy, step_seconds),
+                    distribute.chief_value(strategy, first))
 
-        step_seconds = measure()
+        step_seconds, first = measure()
         if config.data.scale is None:  # the resolution: from the passes the budget affords
             pixel_rate = train_cfg.batch_size * config.data.patch_size ** 2 / step_seconds
             spent = distribute.chief_value(strategy, time.perf_counter() - budget_started)
@@ -524,19 +588,22 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                 train_cfg = config.train
                 check_patch_size(config)
                 check_batch_size(train_cfg.batch_size, replicas)
-                step_seconds = measure()
+                step_seconds, first = measure()
                 train_ds, val_ds = training_data(single), validation_data(single)
             steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
                 data.train, config.data.patch_size, train_cfg.batch_size)
         config = plan_time_budget(config, step_seconds, steps, distribute.chief_value(
-            strategy, time.perf_counter() - budget_started))
+            strategy, time.perf_counter() - budget_started), max(0.0, first - step_seconds))
         train_cfg, steps = config.train, config.train.steps_per_epoch
         for name in ("epochs", "steps_per_epoch"):
             logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
                         config.plan[name]["reason"])
     logger.info("training on %d pairs, validating on %d; %d epochs of %d steps of %d patches",
                 len(data.train), len(data.val), train_cfg.epochs, steps, train_cfg.batch_size)
-    model = compiled(lambda: make_optimizer(train_cfg, steps))
+    budgeted = train_cfg.time_budget is not None
+    with strategy.scope():  # its horizon: a variable, moved by the pacer (TimeBudget)
+        schedule = movable_schedule(train_cfg, steps) if budgeted else None
+    model = compiled(lambda: make_optimizer(train_cfg, steps, schedule))
     # Written only now that everything that can be checked has been: a failed start
     # leaves no run folder (or one the next attempt replaces, see check_run_dir).
     run.path.mkdir(parents=True, exist_ok=True)
@@ -573,10 +640,22 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     if train_cfg.lr_schedule == "plateau":
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
             train_cfg.monitor, mode=mode, factor=0.5, patience=max(2, train_cfg.epochs // 20)))
-    if train_cfg.time_budget is not None:  # resumed: the share of the epochs still to run
+    fit_epochs = train_cfg.epochs
+    if budgeted:  # resumed: the share of the epochs still to run
         left = (train_cfg.epochs - initial_epoch) / train_cfg.epochs
-        callbacks.append(TimeBudget(left * parse_duration(train_cfg.time_budget)
-                                    - (time.perf_counter() - budget_started)))
+        fit_epochs += max(2, train_cfg.epochs - initial_epoch)  # the pacer may extend
+
+        def replanned(epochs: int, pace: float, done: int) -> None:
+            nonlocal config
+            config = replan_epochs(config, epochs, pace, done)
+            run.write_config(config)
+
+        callbacks.append(TimeBudget(
+            left * parse_duration(train_cfg.time_budget) - (time.perf_counter() - budget_started),
+            steps, train_cfg.epochs, fit_epochs, schedule,
+            agree=lambda value: distribute.chief_value(strategy, value), replanned=replanned))
+        logger.info("time budget: %d epochs planned, re-planned after each epoch from the pace "
+                    "of training (at most %d)", train_cfg.epochs, fit_epochs)
     if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             train_cfg.monitor, mode=mode, patience=train_cfg.early_stopping_patience))
@@ -584,10 +663,10 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     if multiworker:
         loop = distribute.DistributedLoop(model, strategy, training_data, validation_data)
-        loop.fit(epochs=train_cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+        loop.fit(epochs=fit_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                  callbacks=callbacks, verbose=1 if progress else 2)
     else:
-        model.fit(train_ds, epochs=train_cfg.epochs, initial_epoch=initial_epoch,
+        model.fit(train_ds, epochs=fit_epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
                   shuffle=False, verbose=1 if progress else 2)
     if run is not shared:  # another worker: the chief evaluates and tunes
@@ -638,39 +717,86 @@ def log_inference(tuned: dict) -> None:
 
 
 def measure_step_seconds(step: Callable[[], object], warmup: int = 2, timed: int = 5,
-                         clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds of one training ``step`` (of a throwaway model: its weights change), after
-    ``warmup`` steps (the first traces the graph)."""
-    for _ in range(warmup):
+                         clock: Callable[[], float] = time.perf_counter
+                         ) -> tuple[float, float]:
+    """Seconds of one training ``step`` (of a throwaway model: its weights change): the
+    median of ``timed`` steps after ``warmup`` steps; and the seconds of the first step,
+    which traces the training function (as the real model's first step will again)."""
+    seconds = []
+    for _ in range(warmup + timed):
+        start = clock()
         step()
-    start = clock()
-    for _ in range(timed):
-        step()
-    return max((clock() - start) / timed, 1e-6)
+        seconds.append(clock() - start)
+    return max(float(np.median(seconds[warmup:])), 1e-6), seconds[0]
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training once its batches took more than ``OVERRUN`` x ``seconds``.
+    """Fits training into ``seconds``: the pacer of ``--time-budget``.
 
-    The plan sizes the run to the budget from a measured step time; this is
-    the guard for a machine that slows down afterwards. Validation time is
-    not counted (the budget is for training).
+    The plan turns the budget into epochs from a few steps of a throwaway
+    model, which on a busy 2-core machine reads 20-30 % off either way (too
+    slow leaves budget unused, too fast overruns it). After each epoch this
+    re-plans the epochs still to run from the pace of the run's own training
+    steps (all but the first, which traces the training function), so the run
+    ends within about half an epoch of the budget, and it moves the horizon of
+    a ``MovableCosineDecay`` with them, so the learning rate still anneals
+    over the whole run. Within an epoch it stops an overrun of ``OVERRUN`` x
+    ``seconds`` (a machine that slows down). Validation time is not counted:
+    the budget is for training.
+
+    Args:
+        seconds: the training budget still to spend.
+        steps_per_epoch, epochs: the plan (total epochs of the run, counting
+            those before ``initial_epoch`` of a resumed run).
+        max_epochs: the most epochs it may extend to (``fit``'s ``epochs``).
+        schedule: the schedule whose horizon follows the epochs, if any.
+        agree: ``value -> the chief's value`` (every worker plans the same epochs).
+        replanned: called with ``(epochs, seconds_a_step, after_epochs)`` on a change.
     """
 
     OVERRUN = 1.15
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, seconds: float, steps_per_epoch: int = 1, epochs: int = 1,
+                 max_epochs: int | None = None, schedule: MovableCosineDecay | None = None,
+                 agree: Callable[[float], float] = lambda value: value,
+                 replanned: Callable[[int, float, int], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         super().__init__()
-        self.seconds, self.clock, self.spent, self.started = seconds, clock, 0.0, None
+        self.seconds, self.steps_per_epoch, self.epochs = seconds, steps_per_epoch, epochs
+        self.max_epochs = max_epochs if max_epochs is not None else epochs
+        self.schedule, self.agree, self.replanned, self.clock = schedule, agree, replanned, clock
+        self.spent, self.steps, self.started, self.first = 0.0, 0, None, 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
         self.started = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.spent += self.clock() - self.started
+        seconds = self.clock() - self.started
+        self.spent += seconds
+        self.steps += 1
+        if self.steps == 1:
+            self.first = seconds  # it traces the training function: not the pace
         if self.spent > self.OVERRUN * self.seconds and not self.model.stop_training:
             logger.warning("time budget: training took %.0f s of %.0f s planned; stopping",
                            self.spent, self.seconds)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        pace = (self.spent - self.first) / (self.steps - 1) if self.steps > 1 else self.spent
+        more = round(max(0.0, self.seconds - self.spent) / (pace * self.steps_per_epoch))
+        epochs = int(self.agree(float(min(self.max_epochs, done + more))))
+        if epochs != self.epochs:
+            logger.info("time budget: %.3g s a step so far, %.0f s of %.0f s spent after "
+                        "epoch %d: %d epochs instead of %d", pace, self.spent, self.seconds,
+                        done, epochs, self.epochs)
+            self.epochs = epochs
+            if self.schedule is not None:
+                self.schedule.decay_steps.assign(float(max(
+                    1, epochs * self.steps_per_epoch - self.schedule.warmup_steps)))
+            if self.replanned is not None:
+                self.replanned(epochs, pace, done)
+        if done >= self.epochs:
             self.model.stop_training = True
 
 
