@@ -97,3 +97,41 @@ def test_placement_round_trips_in_yaml_and_on_the_command_line():
     run = apply_options(RunConfig(), argparse.Namespace(**vars(arguments)))
     assert run.model.attention_position == "encoder"
     assert run.model.attention_levels == [1, 3]
+
+
+@pytest.mark.parametrize("position", ["skip", "decoder", "encoder"])
+def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, position):
+    config = ModelConfig(depth=2, base_filters=4, input_channels=1, attention_position=position,
+                         attention_identity=True)
+    model = build_unet(config)
+    x = np.random.default_rng(1).random((2, 16, 16, 1)).astype("float32")
+    for level, layer in attention_layers(model).items():
+        identity = model.get_layer(f"{position}{level}_identity")
+        probe = keras.Model(model.inputs, [layer.input, layer.output, identity.output])
+        inputs, attended, added = probe.predict(x, verbose=0)
+        np.testing.assert_allclose(added, inputs + attended, rtol=1e-6)
+        assert not np.allclose(attended, 0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert sorted(attention_maps(loaded, x)) == [0, 1]
+    plain = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1,
+                                   attention_position=position))
+    assert not [layer for layer in plain.layers if layer.name.endswith("_identity")]
+    none = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1, attention="none",
+                                  attention_identity=True))
+    assert len(none.layers) == len(build_unet(ModelConfig(
+        depth=2, base_filters=4, input_channels=1, attention="none")).layers)
+
+
+def test_attention_identity_round_trips_in_yaml_and_on_the_command_line():
+    import argparse
+
+    assert from_dict(ModelConfig, to_dict(ModelConfig(attention_identity=True))
+                     ).attention_identity
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, {"model": ModelConfig})
+    arguments = parser.parse_args(["--attention-identity"])
+    assert apply_options(RunConfig(), arguments).model.attention_identity
+    assert not RunConfig().model.attention_identity

@@ -80,6 +80,11 @@ class ModelConfig:
         "where attention sits: skip (on the skip connections), decoder (after each decoder "
         "stage's convolutions) or encoder (after each encoder stage, before it is passed on "
         "and skipped, as Woo et al. place CBAM in a block)")
+    attention_identity: bool = option(
+        False,
+        "add each attended tensor's input back (x + attention(x)): an identity path beside "
+        "the gates, as Woo et al.'s CBAM sits on a ResNet block's residual branch. Without "
+        "it, fresh gates (0.5 x 0.5) pass a quarter of the skip")
     cbam_variant: CbamVariant = option(
         "paper",
         "'paper' (Woo et al. 2018) or 'blog' (the original Keras snippet, whose channel "

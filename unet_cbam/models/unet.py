@@ -65,12 +65,17 @@ def build_unet(config: ModelConfig) -> keras.Model:
 
 def attention_block(skip: keras.KerasTensor, config: ModelConfig, prefix: str
                     ) -> keras.KerasTensor:
-    """Apply ``config.attention`` to one skip tensor (identity for "none")."""
+    """Apply ``config.attention`` to one skip tensor (identity for "none"); with
+    ``attention_identity``, ``skip + attention(skip)``."""
     layer = create_attention(
         config.attention, reduction_ratio=config.reduction_ratio,
         spatial_kernel_size=config.spatial_kernel_size, variant=config.cbam_variant,
         prefix=prefix)
-    return skip if layer is None else layer(skip)
+    if layer is None:
+        return skip
+    if config.attention_identity:
+        return keras.layers.Add(name=f"{prefix}_identity")([skip, layer(skip)])
+    return layer(skip)
 
 
 def _upsample(x: keras.KerasTensor, filters: int, mode: str, name: str) -> keras.KerasTensor:
