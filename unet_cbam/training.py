@@ -172,8 +172,7 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int,
     if schedule is not None:
         learning_rate = schedule
     elif train.lr_schedule == "cosine":
-        warmup = train.warmup_epochs * steps_per_epoch
-        total = max(1, train.epochs * steps_per_epoch - warmup)
+        warmup, total = _cosine_steps(train, steps_per_epoch)
         if warmup:
             learning_rate = keras.optimizers.schedules.CosineDecay(
                 train.learning_rate / 100, total, alpha=0.01, warmup_target=train.learning_rate,
@@ -193,9 +192,14 @@ def movable_schedule(train: TrainConfig, steps_per_epoch: int) -> MovableCosineD
     same values as ``make_optimizer``'s); None for the other schedules."""
     if train.lr_schedule != "cosine":
         return None
+    warmup, total = _cosine_steps(train, steps_per_epoch)
+    return MovableCosineDecay(train.learning_rate, total, warmup_steps=warmup)
+
+
+def _cosine_steps(train: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(warm-up steps, decay steps) of the cosine schedule."""
     warmup = train.warmup_epochs * steps_per_epoch
-    return MovableCosineDecay(train.learning_rate, max(1, train.epochs * steps_per_epoch - warmup),
-                              warmup_steps=warmup)
+    return warmup, max(1, train.epochs * steps_per_epoch - warmup)
 
 
 @keras.saving.register_keras_serializable("unet_cbam")
