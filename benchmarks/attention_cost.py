@@ -7,9 +7,10 @@ images (untrained: speed does not depend on the weights). The overhead is
 each variant's time over attention none's. Target (issue 10): CBAM on the
 skips at most 5 % slower in all three.
 
-    python benchmarks/attention_cost.py [--rounds 6] [--variants none cbam cbam-deep ...]
+    python benchmarks/attention_cost.py [--rounds 6] [--variants none cbam ...] [--label L]
 
-Prints a Markdown table and writes benchmarks/results/attention_cost.json.
+Prints a Markdown table and writes benchmarks/results/attention_cost.json
+(attention_cost-L.json with --label).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ VARIANTS = {
     "cbam-deep": {"attention_levels": [2, 3]},
     "cbam-decoder": {"attention_position": "decoder"},
     "cbam-encoder": {"attention_position": "encoder"},
+    "cbam-identity": {"attention_identity": True},
 }
 #: name: (what, batch, side)
 WORKLOADS = {"predict 4x512": ("predict", 4, 512), "train 8x256": ("train", 8, 256),
@@ -65,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--label", help="results file: attention_cost-LABEL.json (default: "
+                                        "attention_cost.json)")
     arguments = parser.parse_args()
     info = machine()
     rng = np.random.default_rng(0)
@@ -94,7 +98,8 @@ def main() -> None:
         rows.append(row)
     columns = ["variant", "params"] + [c for c in rows[0] if c not in ("variant", "params")]
     print_table(rows, columns)
-    path = write_json("attention_cost.json", {"machine": info, "rounds": arguments.rounds,
+    name = f"attention_cost-{arguments.label}.json" if arguments.label else "attention_cost.json"
+    path = write_json(name, {"machine": info, "rounds": arguments.rounds,
                                               "variants": {n: VARIANTS[n] for n in models},
                                               "results": rows})
     print(f"written: {path}")
