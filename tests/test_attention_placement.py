@@ -42,11 +42,15 @@ def test_every_placement_builds_trains_saves_and_loads(tmp_path, position, level
 def test_encoder_attention_is_seen_by_the_deeper_stages():
     """Encoder placement changes what the next stage receives, skip placement does not."""
     base = dict(depth=2, base_filters=4, input_channels=1, attention_levels=[0])
-    encoder = build_unet(ModelConfig(attention_position="encoder", **base))
-    attended = encoder.get_layer("encoder0_cbam").output
-    assert encoder.get_layer("encoder_stage0_pool").input is attended
-    skip = build_unet(ModelConfig(attention_position="skip", **base))
-    assert skip.get_layer("encoder_stage0_pool").input is not skip.get_layer("skip0_cbam").output
+    for identity, attended_name in ((False, "encoder0_cbam"), (True, "encoder0_identity")):
+        encoder = build_unet(ModelConfig(attention_position="encoder",
+                                         attention_identity=identity, **base))
+        attended = encoder.get_layer(attended_name).output
+        assert encoder.get_layer("encoder_stage0_pool").input is attended
+        skip = build_unet(ModelConfig(attention_position="skip", attention_identity=identity,
+                                      **base))
+        assert skip.get_layer("encoder_stage0_pool").input is not skip.get_layer(
+            attended_name.replace("encoder", "skip")).output
 
 
 def test_backbone_encoder_attention_sits_inside_the_backbone_graph():
@@ -54,7 +58,7 @@ def test_backbone_encoder_attention_sits_inside_the_backbone_graph():
                          attention_levels=[2, 3], base_filters=8)
     model = build_unet(config)
     assert sorted(attention_layers(model)) == [2, 3]
-    attended = model.get_layer("encoder2_cbam").output
+    attended = model.get_layer("encoder2_identity").output  # x + cbam(x), the default
     consumers = [layer for layer in model.layers if any(
         node_input is attended for node in layer._inbound_nodes
         for node_input in node.input_tensors)]
@@ -117,7 +121,7 @@ def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, positi
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert sorted(attention_maps(loaded, x)) == [0, 1]
     plain = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1,
-                                   attention_position=position))
+                                   attention_position=position, attention_identity=False))
     assert not [layer for layer in plain.layers if layer.name.endswith("_identity")]
     none = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1, attention="none",
                                   attention_identity=True))
@@ -128,10 +132,37 @@ def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, positi
 def test_attention_identity_round_trips_in_yaml_and_on_the_command_line():
     import argparse
 
-    assert from_dict(ModelConfig, to_dict(ModelConfig(attention_identity=True))
-                     ).attention_identity
+    assert not from_dict(ModelConfig, to_dict(ModelConfig(attention_identity=False))
+                         ).attention_identity
     parser = argparse.ArgumentParser()
     add_config_options(parser, {"model": ModelConfig})
+    assert RunConfig().model.attention_identity  # the default since the ablation
+    arguments = parser.parse_args(["--no-attention-identity"])
+    assert not apply_options(RunConfig(), arguments).model.attention_identity
+    off = RunConfig(model=ModelConfig(attention_identity=False))
     arguments = parser.parse_args(["--attention-identity"])
-    assert apply_options(RunConfig(), arguments).model.attention_identity
-    assert not RunConfig().model.attention_identity
+    assert apply_options(off, arguments).model.attention_identity
+
+
+def test_a_run_written_before_identity_was_the_default_keeps_its_model(tmp_path):
+    """A run folder's config.yaml without attention_identity was built without it: it
+    reads as false (resume, precision rebuilds), while a --config file a user writes
+    without the field gets today's default."""
+    import yaml
+
+    from unet_cbam.config import load_yaml, save_yaml
+    from unet_cbam.run import RunFolder
+
+    run = RunFolder(tmp_path / "old")
+    run.path.mkdir()
+    save_yaml(RunConfig(), run.config_path)
+    data = yaml.safe_load(run.config_path.read_text())
+    del data["model"]["attention_identity"]
+    run.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run.config.model.attention_identity is False
+    assert RunFolder(run.path).config.model == ModelConfig(attention_identity=False)
+    assert load_yaml(RunConfig, run.config_path).model.attention_identity is True
+    explicit = RunFolder(tmp_path / "explicit")
+    explicit.path.mkdir()
+    save_yaml(RunConfig(), explicit.config_path)  # written since: the field is there
+    assert explicit.config.model.attention_identity is True

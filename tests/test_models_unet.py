@@ -33,8 +33,9 @@ def test_every_attention_mode_and_head_runs(attention, num_classes):
     suffix = {"none": None, "channel": "channel_attention", "spatial": "spatial_attention",
               "cbam": "cbam"}[attention]
     attention_names = [n for n in names if n.startswith("skip")]
-    assert attention_names == ([] if suffix is None else
-                               [f"skip{level}_{suffix}" for level in (2, 1, 0)])
+    assert attention_names == ([] if suffix is None else  # each with its identity path
+                               [f"skip{level}_{name}" for level in (2, 1, 0)
+                                for name in (suffix, "identity")])
 
 
 def test_layer_names_are_stable():
@@ -46,11 +47,17 @@ def test_layer_names_are_stable():
 
 
 def test_attention_sits_on_the_skip_before_concatenation():
-    model = build_unet(ModelConfig(depth=2))
-    cbam = model.get_layer("skip1_cbam")
-    concat = model.get_layer("decoder_stage0_concat")
-    assert cbam.input is model.get_layer("encoder_stage1_relu2").output
+    paper = build_unet(ModelConfig(depth=2, attention_identity=False))
+    cbam = paper.get_layer("skip1_cbam")
+    concat = paper.get_layer("decoder_stage0_concat")
+    assert cbam.input is paper.get_layer("encoder_stage1_relu2").output
     assert any(t is cbam.output for t in concat.input)
+    model = build_unet(ModelConfig(depth=2))  # the default: skip + cbam(skip)
+    skip = model.get_layer("encoder_stage1_relu2").output
+    cbam, identity = model.get_layer("skip1_cbam"), model.get_layer("skip1_identity")
+    assert cbam.input is skip
+    assert identity.input[0] is skip and identity.input[1] is cbam.output
+    assert any(t is identity.output for t in model.get_layer("decoder_stage0_concat").input)
 
 
 def test_same_config_builds_same_architecture():

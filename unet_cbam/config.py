@@ -81,10 +81,11 @@ class ModelConfig:
         "stage's convolutions) or encoder (after each encoder stage, before it is passed on "
         "and skipped, as Woo et al. place CBAM in a block)")
     attention_identity: bool = option(
-        False,
+        True,
         "add each attended tensor's input back (x + attention(x)): an identity path beside "
         "the gates, as Woo et al.'s CBAM sits on a ResNet block's residual branch. Without "
-        "it, fresh gates (0.5 x 0.5) pass a quarter of the skip")
+        "it (--no-attention-identity, the paper's maths on a skip), fresh gates (0.5 x 0.5) "
+        "pass a quarter of the skip. Runs written before it was the default read as false")
     cbam_variant: CbamVariant = option(
         "paper",
         "'paper' (Woo et al. 2018) or 'blog' (the original Keras snippet, whose channel "
@@ -562,8 +563,17 @@ def save_yaml(config: Any, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read a config dataclass from a YAML file, naming the file in errors."""
+#: What a run folder's config.yaml means by a field it lacks, where that field's default
+#: has changed since such runs were written: the default they were built with.
+#: (A --config file a user writes gets today's defaults; a saved run keeps its model.)
+RUN_DEFAULTS_BEFORE = {"model": {"attention_identity": False}}
+
+
+def load_yaml(cls: type[T], path: str | Path, missing: dict[str, dict] | None = None) -> T:
+    """Read a config dataclass from a YAML file, naming the file in errors.
+
+    ``missing``: ``{section: {field: value}}`` for fields the file's sections lack (e.g.
+    ``RUN_DEFAULTS_BEFORE`` for a run folder's own config)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -571,6 +581,10 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise FileNotFoundError(f"{path}: config file not found") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from None
+    if missing and isinstance(data, dict):
+        for section, fields in missing.items():
+            if isinstance(data.get(section), dict):
+                data[section] = {**fields, **data[section]}
     try:
         return from_dict(cls, data)
     except ValueError as error:

@@ -41,7 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unet_cbam.config import DataConfig, RunConfig, load_yaml, monitor_mode, save_yaml
+from unet_cbam.config import (
+    RUN_DEFAULTS_BEFORE,
+    DataConfig,
+    RunConfig,
+    load_yaml,
+    monitor_mode,
+    save_yaml,
+)
 from unet_cbam.data.io import MaskCodec
 from unet_cbam.files import atomic_write, write_text
 
@@ -163,9 +170,10 @@ class RunFolder:
 
     @property
     def config(self) -> RunConfig:
-        """The saved RunConfig (read once)."""
+        """The saved RunConfig (read once); a field added since the run was written has the
+        value the run was built with (``RUN_DEFAULTS_BEFORE``)."""
         if self._config is None:
-            self._config = load_yaml(RunConfig, self.config_path)
+            self._config = load_yaml(RunConfig, self.config_path, missing=RUN_DEFAULTS_BEFORE)
         return self._config
 
     def write_config(self, config: RunConfig) -> None:
