@@ -29,11 +29,11 @@ from common import machine, print_table, write_json  # noqa: E402
 #: name: ModelConfig fields
 VARIANTS = {
     "none": {"attention": "none"},
-    "cbam": {},
+    "cbam": {},  # the default: x + CBAM(x) on every skip (CBAM(x) alone before 2026-12-02)
+    "cbam-no-identity": {"attention_identity": False},  # the paper's CBAM(x) on each skip
     "cbam-deep": {"attention_levels": [2, 3]},
     "cbam-decoder": {"attention_position": "decoder"},
     "cbam-encoder": {"attention_position": "encoder"},
-    "cbam-identity": {"attention_identity": True},
 }
 #: name: (what, batch, side)
 WORKLOADS = {"predict 4x512": ("predict", 4, 512), "train 8x256": ("train", 8, 256),

@@ -76,7 +76,8 @@ def run(command: list[str], log: Path) -> float:
 #: --variants ablation: the attention placements compared in issue 10.
 ABLATION = {
     "none": "--attention none",
-    "cbam": "",
+    "cbam": "",  # the default: x + CBAM(x) on every skip (CBAM(x) alone before 2026-12-02)
+    "cbam-no-identity": "--no-attention-identity",
     "cbam-deep": "--attention-levels 2 3",
     "cbam-decoder": "--attention-position decoder",
     "cbam-encoder": "--attention-position encoder",
@@ -175,8 +176,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--variants", nargs="+", default=["default="],
                         help="NAME=\"train.py options\" each, 'ablation' (none, cbam, "
-                             "cbam-deep, cbam-decoder, cbam-encoder) or 'peers' (default, none, "
-                             "sm-unet-resnet18)")
+                             "cbam-no-identity, cbam-deep, cbam-decoder, cbam-encoder) or "
+                             "'peers' (default, none, sm-unet-resnet18)")
     parser.add_argument("--label", default="auto", help="results file: datasets-LABEL.json")
     parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true",
