@@ -56,12 +56,16 @@ def test_the_package_sets_the_environment_once():
 @pytest.mark.parametrize("setting, pooled", [(None, True), ("false", False)])
 def test_tensorflow_allocates_from_its_bfc_pool_unless_told_not_to(setting, pooled):
     """import unet_cbam chooses TensorFlow's BFC allocator on the CPU (README, "CPU memory
-    allocator"); only a pool keeps statistics, so get_memory_info tells which one runs."""
+    allocator"); only a pool keeps statistics, so get_memory_info tells which one runs.
+    Where TensorFlow turns oneDNN on by default (CPUs with AVX512_VNNI/BF16 or AMX) it
+    allocates from oneDNN's pool whatever TF_CPU_ALLOCATOR_USE_BFC says, so the opt-out
+    case turns oneDNN off too."""
     import os
 
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
     if setting is not None:
         environment["TF_CPU_ALLOCATOR_USE_BFC"] = setting
+        environment["TF_ENABLE_ONEDNN_OPTS"] = "0"
     script = ("import unet_cbam\nimport tensorflow as tf\nx = tf.zeros((256, 256))\n"
               "try:\n    print(tf.config.experimental.get_memory_info('CPU:0')['current'] > 0)\n"
               "except ValueError:\n    print('malloc')")
