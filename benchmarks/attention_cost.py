@@ -32,6 +32,8 @@ VARIANTS = {
     "cbam": {},  # the default: x + CBAM(x) on every skip (CBAM(x) alone before 2026-12-02)
     "cbam-no-identity": {"attention_identity": False},  # the paper's CBAM(x) on each skip
     "cbam-deep": {"attention_levels": [2, 3]},
+    "cbam-skips123": {"attention_levels": [1, 2, 3]},
+    "cbam-skip3": {"attention_levels": [3]},
     "cbam-decoder": {"attention_position": "decoder"},
     "cbam-encoder": {"attention_position": "encoder"},
 }
