@@ -1,13 +1,17 @@
 """What attention costs: the default model with attention none against CBAM placements.
 
-In one process, interleaved, best of --rounds after a warm-up of each
-variant: ``model.predict`` of 4 images of 512x512, and ``train_on_batch`` of
-8 patches of 256x256 and of 128x128, for the default model for 1-channel
-images (untrained: speed does not depend on the weights). The overhead is
-each variant's time over attention none's. Target (issue 10): CBAM on the
-skips at most 5 % slower in all three.
+In one process, interleaved, after a warm-up of each variant:
+``model.predict`` of 4 images of 512x512, and ``train_on_batch`` of 8 patches
+of 256x256 and of 128x128, for the default model for 1-channel images
+(untrained: speed does not depend on the weights). Each round runs every
+workload once per variant, the variants in a fresh random order. The
+overhead is given two ways against attention none: best time over best time
+(over all rounds), and the median over the rounds of each round's own ratio
+(the variant's time over none's in the same round), which a machine whose
+speed drifts between rounds (a shared host) moves far less. Target (issue
+10): CBAM on the skips at most 5 % slower in all three.
 
-    python benchmarks/attention_cost.py [--rounds 6] [--variants none cbam ...] [--label L]
+    python benchmarks/attention_cost.py [--rounds 20] [--variants none cbam ...] [--label L]
 
 Prints a Markdown table and writes benchmarks/results/attention_cost.json
 (attention_cost-L.json with --label).
@@ -67,7 +71,7 @@ def main() -> None:
     import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--label", help="results file: attention_cost-LABEL.json (default: "
                                         "attention_cost.json)")
@@ -78,32 +82,36 @@ def main() -> None:
                    (rng.random((batch, side, side, 1)) > 0.5).astype(np.float32))
             for name, (_, batch, side) in WORKLOADS.items()}
     models = {name: build(VARIANTS[name]) for name in arguments.variants}
-    best = {(v, w): float("inf") for v in models for w in WORKLOADS}
+    times = {(v, w): [] for v in models for w in WORKLOADS}
     for model in models.values():  # warm-up: traces every graph once
         for workload, (what, _, _) in WORKLOADS.items():
             step(model, what, *data[workload])
             step(model, what, *data[workload])
+    order = list(models)
     for _ in range(arguments.rounds):
         for workload, (what, _, _) in WORKLOADS.items():
-            for name, model in models.items():
-                best[name, workload] = min(best[name, workload],
-                                           step(model, what, *data[workload]))
+            rng.shuffle(order)
+            for name in order:
+                times[name, workload].append(step(models[name], what, *data[workload]))
     rows = []
     for name, model in models.items():
         row = {"variant": name, "params": model.count_params()}
         for workload in WORKLOADS:
-            seconds = best[name, workload]
+            seconds = min(times[name, workload])
             row[f"{workload} s"] = round(seconds, 4)
             if "none" in models:
-                row[f"{workload} overhead %"] = round(
-                    100 * (seconds / best["none", workload] - 1), 1)
+                base = times["none", workload]
+                row[f"{workload} overhead %"] = round(100 * (seconds / min(base) - 1), 1)
+                ratios = np.array(times[name, workload]) / np.array(base)
+                row[f"{workload} paired %"] = round(100 * (float(np.median(ratios)) - 1), 1)
         rows.append(row)
     columns = ["variant", "params"] + [c for c in rows[0] if c not in ("variant", "params")]
     print_table(rows, columns)
     name = f"attention_cost-{arguments.label}.json" if arguments.label else "attention_cost.json"
-    path = write_json(name, {"machine": info, "rounds": arguments.rounds,
-                                              "variants": {n: VARIANTS[n] for n in models},
-                                              "results": rows})
+    path = write_json(name, {
+        "machine": info, "rounds": arguments.rounds,
+        "variants": {n: VARIANTS[n] for n in models}, "results": rows,
+        "seconds": {f"{v} | {w}": [round(t, 4) for t in ts] for (v, w), ts in times.items()}})
     print(f"written: {path}")
 
 
