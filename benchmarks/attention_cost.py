@@ -1,7 +1,7 @@
 """What attention costs: the default model with attention none against CBAM placements.
 
 In one process, interleaved, after a warm-up of each variant:
-``model.predict`` of 4 images of 512x512, and ``train_on_batch`` of 8 patches
+``model.predict_on_batch`` of 4 images of 512x512, and ``train_on_batch`` of 8 patches
 of 256x256 and of 128x128, for the default model for 1-channel images
 (untrained: speed does not depend on the weights). Each round runs every
 workload once per variant, the variants in a fresh random order. The
@@ -61,7 +61,11 @@ def build(fields: dict):
 def step(model, what: str, x, y) -> float:
     started = time.perf_counter()
     if what == "predict":
-        model.predict(x, batch_size=len(x), verbose=0)
+        # predict_on_batch, not model.predict: on the 2-core AVX-512 machine Keras's
+        # predict loop stalled about one batch's time (0.3 s) in a variable share of the
+        # calls (4 to 19 of 30 by variant), never in predict_on_batch; predict.py calls
+        # the model through its own tf.function, as this does.
+        model.predict_on_batch(x)
     else:
         model.train_on_batch(x, y)
     return time.perf_counter() - started
