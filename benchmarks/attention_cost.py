@@ -33,13 +33,16 @@ from common import machine, print_table, write_json  # noqa: E402
 #: name: ModelConfig fields
 VARIANTS = {
     "none": {"attention": "none"},
-    "cbam": {},  # the default: x + CBAM(x) on every skip (CBAM(x) alone before 2026-12-02)
-    "cbam-no-identity": {"attention_identity": False},  # the paper's CBAM(x) on each skip
+    # The default: x + CBAM(x) on skips 1-3 since 2026-12-03 (on every skip before; the
+    # paper's CBAM(x) alone before 2026-12-02). The other names keep their meaning.
+    "cbam": {},
+    "cbam-all": {"attention_levels": "all"},  # x + CBAM(x) on every skip
+    "cbam-no-identity": {"attention_identity": False, "attention_levels": "all"},
     "cbam-deep": {"attention_levels": [2, 3]},
     "cbam-skips123": {"attention_levels": [1, 2, 3]},
     "cbam-skip3": {"attention_levels": [3]},
-    "cbam-decoder": {"attention_position": "decoder"},
-    "cbam-encoder": {"attention_position": "encoder"},
+    "cbam-decoder": {"attention_position": "decoder", "attention_levels": "all"},
+    "cbam-encoder": {"attention_position": "encoder", "attention_levels": "all"},
 }
 #: name: (what, batch, side)
 WORKLOADS = {"predict 4x512": ("predict", 4, 512), "train 8x256": ("train", 8, 256),

@@ -76,11 +76,14 @@ def run(command: list[str], log: Path) -> float:
 #: --variants ablation: the attention placements compared in issue 10.
 ABLATION = {
     "none": "--attention none",
-    "cbam": "",  # the default: x + CBAM(x) on every skip (CBAM(x) alone before 2026-12-02)
-    "cbam-no-identity": "--no-attention-identity",
+    # The default: x + CBAM(x) on skips 1-3 since 2026-12-03 (on every skip before; the
+    # paper's CBAM(x) alone before 2026-12-02). The other names keep their meaning.
+    "cbam": "",
+    "cbam-all": "--attention-levels all",
+    "cbam-no-identity": "--no-attention-identity --attention-levels all",
     "cbam-deep": "--attention-levels 2 3",
-    "cbam-decoder": "--attention-position decoder",
-    "cbam-encoder": "--attention-position encoder",
+    "cbam-decoder": "--attention-position decoder --attention-levels all",
+    "cbam-encoder": "--attention-position encoder --attention-levels all",
 }
 #: --variants peers: the default against issue 9's peers (d), at the same budget.
 #: ``--sm-unet`` (not a train.py option) trains through benchmarks/peer_train.py.

@@ -76,6 +76,60 @@ def test_backbone_skip_levels_start_at_one_and_none_means_no_layers():
     assert ModelConfig(attention="none", attention_levels=[1]).attended_levels == []
 
 
+@pytest.mark.parametrize("fields, expected", [
+    ({"attention_levels": "all"}, [0, 1, 2, 3]),
+    ({"attention_levels": None}, [0, 1, 2, 3]),  # run folders from before the keywords
+    ({"attention_levels": "downsampled"}, [1, 2, 3]),
+    ({"attention_levels": "downsampled", "depth": 6}, [1, 2, 3, 4, 5]),
+    ({"attention_levels": "downsampled", "depth": 1}, []),
+    ({"attention_levels": "downsampled", "attention_position": "decoder"}, [1, 2, 3]),
+    ({"attention_levels": "downsampled", "attention_position": "encoder"}, [1, 2, 3]),
+    ({"attention_levels": "downsampled", "encoder": "resnet18"}, [1, 2, 3, 4]),
+    ({"attention_levels": "all", "encoder": "resnet18"}, [1, 2, 3, 4]),
+    ({"attention_levels": "downsampled", "encoder": "resnet18",
+      "attention_position": "decoder"}, [1, 2, 3, 4]),
+    ({"attention_levels": "all", "encoder": "resnet18", "attention_position": "decoder"},
+     [0, 1, 2, 3, 4]),
+])
+def test_level_keywords_resolve_for_every_depth_encoder_and_position(fields, expected):
+    config = from_dict(ModelConfig, fields)
+    assert config.attended_levels == expected
+    assert config.attention_levels == (fields["attention_levels"] or "all")
+    assert from_dict(ModelConfig, to_dict(config)) == config
+
+
+def test_the_default_attends_every_skip_but_the_full_resolution_one():
+    assert ModelConfig().attention_levels == "downsampled"
+    assert ModelConfig().attended_levels == [1, 2, 3]
+    assert ModelConfig(encoder="resnet18").attended_levels == [1, 2, 3, 4]
+
+
+def test_downsampled_levels_build_attention_below_full_resolution_only():
+    config = ModelConfig(depth=3, base_filters=4, input_channels=1,
+                         attention_levels="downsampled")
+    assert sorted(attention_layers(build_unet(config))) == [1, 2]
+
+
+@pytest.mark.parametrize("words, expected", [
+    (["1", "3"], [1, 3]), (["all"], "all"), (["downsampled"], "downsampled"), (["none"], "all"),
+])
+def test_levels_on_the_command_line_take_a_list_or_one_keyword(words, expected):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, {"model": ModelConfig})
+    arguments = parser.parse_args(["--attention-levels", *words])
+    assert apply_options(RunConfig(), arguments).model.attention_levels == expected
+
+
+@pytest.mark.parametrize("value", ["deep", ["1", "all"], 2.5])
+def test_a_bad_levels_value_names_the_field_and_what_it_takes(value):
+    message = (r"attention_levels: .* does not match a list of int, 'all', 'downsampled' "
+               r"or none")
+    with pytest.raises(ValueError, match=message):
+        from_dict(ModelConfig, {"attention_levels": value})
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"attention_levels": [7]}, "attention_levels [7] must be distinct levels of [0, 1, 2, 3]"),
     ({"attention_levels": [1, 1]}, "attention_levels [1, 1] must be distinct"),
@@ -106,7 +160,7 @@ def test_placement_round_trips_in_yaml_and_on_the_command_line():
 @pytest.mark.parametrize("position", ["skip", "decoder", "encoder"])
 def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, position):
     config = ModelConfig(depth=2, base_filters=4, input_channels=1, attention_position=position,
-                         attention_identity=True)
+                         attention_identity=True, attention_levels="all")
     model = build_unet(config)
     x = np.random.default_rng(1).random((2, 16, 16, 1)).astype("float32")
     for level, layer in attention_layers(model).items():
@@ -166,3 +220,28 @@ def test_a_run_written_before_identity_was_the_default_keeps_its_model(tmp_path)
     explicit.path.mkdir()
     save_yaml(RunConfig(), explicit.config_path)  # written since: the field is there
     assert explicit.config.model.attention_identity is True
+
+
+@pytest.mark.parametrize("saved", ["null", "missing"])
+def test_a_run_written_before_the_level_keywords_keeps_attention_on_every_level(tmp_path,
+                                                                                  saved):
+    """Runs from before 2026-12-03 say ``attention_levels: null`` (or nothing) and were
+    built with attention on every level: they still read so, while today's default is
+    'downsampled'."""
+    import yaml
+
+    from unet_cbam.config import save_yaml
+    from unet_cbam.run import RunFolder
+
+    run = RunFolder(tmp_path / "old")
+    run.path.mkdir()
+    save_yaml(RunConfig(), run.config_path)
+    data = yaml.safe_load(run.config_path.read_text())
+    if saved == "null":
+        data["model"]["attention_levels"] = None
+    else:
+        del data["model"]["attention_levels"]
+    run.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run.config.model.attention_levels == "all"
+    assert run.config.model.attended_levels == [0, 1, 2, 3]
+    assert RunConfig().model.attended_levels == [1, 2, 3]

@@ -173,7 +173,7 @@ def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does
     assert len(rows) == len(expected)
     for row, want in zip(rows, expected, strict=True):
         assert row == pytest.approx(want, rel=1e-5)
-    assert [row["level"] for row in rows] == [0, 1, 2]
+    assert [row["level"] for row in rows] == [1, 2]  # depth 3, the default: all but level 0
     assert [row["channels"] for row in rows] == [8, 16, 32]
 
 

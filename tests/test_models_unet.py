@@ -33,13 +33,15 @@ def test_every_attention_mode_and_head_runs(attention, num_classes):
     suffix = {"none": None, "channel": "channel_attention", "spatial": "spatial_attention",
               "cbam": "cbam"}[attention]
     attention_names = [n for n in names if n.startswith("skip")]
-    assert attention_names == ([] if suffix is None else  # each with its identity path
-                               [f"skip{level}_{name}" for level in (2, 1, 0)
+    # each with its identity path; the full-resolution skip 0 has none by default
+    assert attention_names == ([] if suffix is None else
+                               [f"skip{level}_{name}" for level in (2, 1)
                                 for name in (suffix, "identity")])
 
 
 def test_layer_names_are_stable():
-    names = {layer.name for layer in build_unet(ModelConfig(depth=2)).layers}
+    names = {layer.name for layer in build_unet(ModelConfig(depth=2,
+                                                            attention_levels="all")).layers}
     for expected in ["image", "encoder_stage0_conv1", "encoder_stage1_pool", "bottleneck_conv2",
                      "decoder_stage0_upsample", "skip1_cbam", "decoder_stage0_concat",
                      "decoder_stage1_conv1", "skip0_cbam", "head_conv", "head"]:

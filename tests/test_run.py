@@ -67,7 +67,7 @@ def test_load_model_registers_the_layers_itself(tmp_path):
     script = ("import sys, unet_cbam\n"
               "assert 'keras' not in sys.modules\n"
               f"model = unet_cbam.load_model({str(run)!r})\n"
-              "print(model.get_layer('skip0_cbam').__class__.__name__)")
+              "print(model.get_layer('skip1_cbam').__class__.__name__)")
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]

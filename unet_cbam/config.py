@@ -31,6 +31,7 @@ AttentionKind = Literal["none", "channel", "spatial", "cbam"]
 CbamVariant = Literal["paper", "blog"]
 Upsampling = Literal["transpose", "bilinear", "nearest"]
 AttentionPosition = Literal["skip", "decoder", "encoder"]
+AttentionLevels = Literal["all", "downsampled"]
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -70,11 +71,13 @@ class ModelConfig:
         None, "fixed [height, width] of the input, or none for any size divisible by 2**depth")
     attention: AttentionKind = option(
         "cbam", "attention on each skip connection: none, channel, spatial or cbam")
-    attention_levels: list[int] | None = option(
-        None,
-        "levels (stride 2**level) that get attention, e.g. [2, 3] for the deep ones; none: "
-        "every level the position has (skip and encoder: 0..depth-1 for the plain encoder, "
-        "1..depth-1 for a backbone; decoder: 0..depth-1)")
+    attention_levels: list[int] | AttentionLevels | None = option(
+        "downsampled",
+        "levels (stride 2**level) that get attention: a list such as [2, 3]; 'all': every "
+        "level the position has (skip and encoder: 0..depth-1 for the plain encoder, "
+        "1..depth-1 for a backbone; decoder: 0..depth-1); 'downsampled': those but the "
+        "full-resolution level 0, which costs as much as all the others and did not help "
+        "(the default since 2026-12-03). none, and runs written before then, read as 'all'")
     attention_position: AttentionPosition = option(
         "skip",
         "where attention sits: skip (on the skip connections), decoder (after each decoder "
@@ -122,7 +125,9 @@ class ModelConfig:
                         f"input_size {self.input_size} is not divisible by {divisor} "
                         f"(2**depth with depth {self.resolved_depth}); use a multiple of "
                         f"{divisor}, or none to accept any divisible size")
-        if self.attention_levels is not None:
+        if self.attention_levels is None:  # run folders written before the keywords
+            self.attention_levels = "all"
+        if isinstance(self.attention_levels, list):
             levels = self.attention_levels_available
             unknown = [lv for lv in self.attention_levels if lv not in levels]
             _require(not unknown and len(set(self.attention_levels)) == len(self.attention_levels),
@@ -163,8 +168,11 @@ class ModelConfig:
         """The levels that get attention (none for attention 'none')."""
         if self.attention == "none":
             return []
-        if self.attention_levels is None:
-            return self.attention_levels_available
+        available = self.attention_levels_available
+        if self.attention_levels in (None, "all"):
+            return available
+        if self.attention_levels == "downsampled":
+            return [level for level in available if level > 0]
         return sorted(self.attention_levels)
 
     @property
@@ -555,6 +563,17 @@ def check_type(value: Any, kind: Any, name: str) -> Any:
 
 
 def _type_name(kind: Any) -> str:
+    """``list[int] | Literal['all', 'x'] | None`` -> "a list of int, 'all', 'x' or none"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(arg) for arg in args if arg is not type(None)]
+        if type(None) in args:
+            names.append("none")
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    if origin is Literal:
+        return ", ".join(map(repr, args))
+    if origin in (list, tuple):
+        return f"a list of {_type_name(args[0])}" if args else "a list"
     return getattr(kind, "__name__", str(kind)).replace("typing.", "")
 
 
@@ -566,7 +585,7 @@ def save_yaml(config: Any, path: str | Path) -> None:
 #: What a run folder's config.yaml means by a field it lacks, where that field's default
 #: has changed since such runs were written: the default they were built with.
 #: (A --config file a user writes gets today's defaults; a saved run keeps its model.)
-RUN_DEFAULTS_BEFORE = {"model": {"attention_identity": False}}
+RUN_DEFAULTS_BEFORE = {"model": {"attention_identity": False, "attention_levels": "all"}}
 
 
 def load_yaml(cls: type[T], path: str | Path, missing: dict[str, dict] | None = None) -> T:

@@ -51,10 +51,16 @@ def add_config_options(parser: argparse.ArgumentParser, sections: dict[str, type
                                    default=argparse.SUPPRESS, help=help_text)
                 continue
             inner = _strip_optional(kind)
+            keywords = _list_keywords(inner)
             if typing.get_origin(inner) is list and _is_scalar(typing.get_args(inner)[0]):
                 group.add_argument(flag, dest=dest, nargs="+", metavar="V",
                                    type=_converter(typing.get_args(inner)[0]),
                                    default=argparse.SUPPRESS, help=help_text)
+            elif keywords is not None:  # a list, or one keyword: --attention-levels 1 2 3|all
+                item, words = keywords
+                group.add_argument(flag, dest=dest, nargs="+", metavar="V",
+                                   type=_converter(item), action=_ListOrKeyword,
+                                   keywords=words, default=argparse.SUPPRESS, help=help_text)
             else:
                 choices = _choices(kind)
                 group.add_argument(flag, dest=dest, type=_converter(kind),
@@ -73,6 +79,31 @@ def apply_options(base: Any, arguments: argparse.Namespace) -> Any:
             value = None
         data[section][name] = value
     return from_dict(type(base), data)
+
+
+def _list_keywords(kind: Any) -> tuple[Any, tuple[str, ...]] | None:
+    """For ``list[scalar] | Literal[...]``: (the item type, the keywords); else None."""
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+        return None
+    lists = [a for a in typing.get_args(kind) if typing.get_origin(a) is list]
+    literals = [a for a in typing.get_args(kind) if typing.get_origin(a) is Literal]
+    if len(lists) != 1 or not _is_scalar(typing.get_args(lists[0])[0]) or not literals:
+        return None
+    return typing.get_args(lists[0])[0], tuple(w for a in literals for w in typing.get_args(a))
+
+
+class _ListOrKeyword(argparse.Action):
+    """Store a one-word keyword as itself, anything else as the list it is."""
+
+    def __init__(self, *args: Any, keywords: tuple[str, ...] = (), **kwargs: Any) -> None:
+        self.keywords = keywords
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if len(values) == 1 and values[0] in self.keywords:
+            values = values[0]
+        setattr(namespace, self.dest, values)
 
 
 def _converter(kind: Any):
