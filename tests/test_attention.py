@@ -10,7 +10,7 @@ def _images(n=3, size=32, seed=0):
 
 
 def test_cbam_maps_per_level_match_the_forward_pass():
-    model = build_unet(ModelConfig(depth=3, base_filters=8))
+    model = build_unet(ModelConfig(depth=3, base_filters=8, attention_levels="all"))
     images = _images()
     maps = attention_maps(model, images, batch_size=2)
     assert sorted(maps) == [0, 1, 2]

@@ -174,7 +174,7 @@ def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does
     for row, want in zip(rows, expected, strict=True):
         assert row == pytest.approx(want, rel=1e-5)
     assert [row["level"] for row in rows] == [1, 2]  # depth 3, the default: all but level 0
-    assert [row["channels"] for row in rows] == [8, 16, 32]
+    assert [row["channels"] for row in rows] == [16, 32]
 
 
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
