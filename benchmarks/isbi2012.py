@@ -25,15 +25,18 @@ images/s at 512x512; peak resident memory; training time.
     python benchmarks/isbi2012.py --set base_filters=32 --models unet-none unet-cbam
                                   # try another default: writes isbi2012-base_filters32.*
     python benchmarks/isbi2012.py --keep-runs runs/isbi   # keep the run folders (notebooks)
+    python benchmarks/isbi2012.py --models unet-cbam --precisions float32 bfloat16
+                                  # bfloat16's parity: writes isbi2012-float32-bfloat16.*
 
-Writes benchmarks/results/isbi2012[-quick][-FIELDVALUE].json and .md, and a plot of test
-membrane Dice against training time (.png). Each (model, seed) trains in a
+Writes benchmarks/results/isbi2012[-quick][-FIELDVALUE][-PRECISION...].json and .md, and a
+plot of test membrane Dice against training time (.png). Each (model, seed) trains in a
 fresh process, so memory and speed figures do not mix.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -111,8 +114,16 @@ def link_slices(root: Path, indices) -> Path:
     return root
 
 
-def child(name: str, seed: int, work: Path, budget: dict) -> dict:
-    """Train one model with one seed, predict and score the test slices."""
+def model_label(name: str, precision: str) -> str:
+    """A row's name: the model, with the precision unless it is the default (auto)."""
+    return name if precision == "auto" else f"{name}-{precision}"
+
+
+def child(label: str, seed: int, work: Path, budget: dict) -> dict:
+    """Train one model with one seed, predict and score the test slices.
+
+    ``label`` is a model name, or ``NAME@PRECISION`` to train and predict in that precision.
+    """
     import keras
 
     from unet_cbam.config import DataConfig, InferenceConfig, RunConfig, TrainConfig
@@ -121,6 +132,8 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     from unet_cbam.run import RunFolder
     from unet_cbam.training import train
 
+    name, _, precision = label.partition("@")
+    precision = precision or "auto"
     overrides = MODELS[name]
     model_config = model_config_for(name, budget.get("model_changes"))
     config = RunConfig(
@@ -130,7 +143,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
                         augmentation=budget["augmentation"]),
         train=TrainConfig(epochs=budget["epochs"], steps_per_epoch=budget["steps_per_epoch"],
                           batch_size=budget["batch_size"], learning_rate=budget["learning_rate"],
-                          early_stopping_patience=0, seed=seed))
+                          early_stopping_patience=0, seed=seed, precision=precision))
 
     batch_ends: list[float] = []
 
@@ -141,6 +154,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
         def on_train_batch_end(self, batch, logs=None):
             batch_ends.append(time.perf_counter())
 
+    name = model_label(name, precision)
     run_dir = Path(os.environ.get("ISBI_RUNS") or work) / f"{name}-seed{seed}"
     started = time.perf_counter()
     train(config, run_dir, progress=False, callbacks=[Timer()],
@@ -153,9 +167,10 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
 
     run = load_run(run_dir)
     files = list_inputs(work / "test" / "images")
-    predictor = BatchPredictor(run, InferenceConfig(tile_size=512), work / f"pred-{name}-{seed}")
+    inference = InferenceConfig(tile_size=512, precision=precision)
+    predictor = BatchPredictor(run, inference, work / f"pred-{name}-{seed}")
     predictor.run_files(files[:1], progress=False)  # warm-up: tracing
-    predictor = BatchPredictor(run, InferenceConfig(tile_size=512), work / f"out-{name}-{seed}")
+    predictor = BatchPredictor(run, inference, work / f"out-{name}-{seed}")
     started = time.perf_counter()
     result = predictor.run_files(files, progress=False)
     predict_seconds = time.perf_counter() - started
@@ -163,7 +178,7 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
     summary = evaluation.summary()
     history = RunFolder(run_dir).read_metrics()
     return {
-        "model": name, "seed": seed,
+        "model": name, "seed": seed, "precision": precision,
         "params": run.model.count_params(),
         "membrane_dice": summary["classes"]["membrane"]["pooled_dice"],
         "cell_dice": summary["classes"]["cell"]["pooled_dice"],
@@ -181,10 +196,8 @@ def child(name: str, seed: int, work: Path, budget: dict) -> dict:
 
 def aggregate(results: list[dict]) -> list[dict]:
     rows = []
-    for name in MODELS:
+    for name in dict.fromkeys(r["model"] for r in results):  # first-seen order
         runs = [r for r in results if r["model"] == name]
-        if not runs:
-            continue
         row = {"model": name, "seeds": len(runs), "params": runs[0]["params"]}
         for key in ("membrane_dice", "cell_dice", "mean_iou", "pixel_error", "val_mean_dice",
                     "train_patches_per_s", "train_seconds", "predict_images_per_s",
@@ -261,6 +274,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--augmentation", default="light")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--precisions", nargs="+", default=["auto"],
+                        choices=["auto", "float32", "bfloat16", "float16"],
+                        help="train and predict each model in each precision, interleaved "
+                             "seed by seed (e.g. float32 bfloat16 for the parity check)")
     parser.add_argument("--set", metavar="FIELD=VALUE", nargs="+", default=[],
                         help="change a ModelConfig field of every unet_cbam model, for "
                              "experiments on new defaults (e.g. --set base_filters=32)")
@@ -287,7 +304,8 @@ def main() -> None:
     seeds = arguments.seeds or (1 if arguments.quick else 3)
     name = arguments.name or "-".join(
         ["isbi2012"] + (["quick"] if arguments.quick else [])
-        + [f"{key}{value}" for key, value in budget["model_changes"].items()])
+        + [f"{key}{value}" for key, value in budget["model_changes"].items()]
+        + [precision for precision in arguments.precisions if precision != "auto"])
     info = machine()  # recorded before the runs: the commit they ran on
     results = []
     with tempfile.TemporaryDirectory() as temporary:
@@ -296,26 +314,30 @@ def main() -> None:
         link_slices(work / "test", TEST_SLICES)
         environment = {**os.environ, "ISBI_BUDGET": json.dumps(budget)}
         if arguments.keep_runs:
-            taken = [f"{model}-seed{seed}" for model in arguments.models for seed in range(seeds)
-                     if (arguments.keep_runs / f"{model}-seed{seed}").exists()]
+            taken = [f"{model_label(model, precision)}-seed{seed}"
+                     for model in arguments.models for precision in arguments.precisions
+                     for seed in range(seeds)
+                     if (arguments.keep_runs
+                         / f"{model_label(model, precision)}-seed{seed}").exists()]
             if taken:
                 raise SystemExit(f"--keep-runs {arguments.keep_runs}: {', '.join(taken)} "
                                  "already exist; choose another folder")
             environment["ISBI_RUNS"] = str(arguments.keep_runs.resolve())
         for seed in range(seeds):
-            for model in arguments.models:
+            for model, precision in itertools.product(arguments.models, arguments.precisions):
                 started = time.perf_counter()
                 completed = subprocess.run(
-                    [sys.executable, __file__, "--child", model, str(seed), str(work)],
+                    [sys.executable, __file__, "--child", f"{model}@{precision}", str(seed),
+                     str(work)],
                     capture_output=True, text=True, env=environment)
                 lines = [line for line in completed.stdout.splitlines()
                          if line.startswith("RESULT ")]
                 if completed.returncode != 0 or not lines:
                     print(completed.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"{model} seed {seed} failed")
+                    raise SystemExit(f"{model} ({precision}) seed {seed} failed")
                 result = json.loads(lines[-1][len("RESULT "):])
                 results.append(result)
-                print(f"{model} seed {seed} ({result['params']:,} parameters): "
+                print(f"{result['model']} seed {seed} ({result['params']:,} parameters): "
                       f"membrane Dice {result['membrane_dice']:.4f} "
                       f"(val mean Dice {result['val_mean_dice']:.4f}) in "
                       f"{time.perf_counter() - started:.0f} s", flush=True)
