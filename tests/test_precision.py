@@ -12,8 +12,10 @@ from unet_cbam.precision import choose_precision
 
 @pytest.mark.parametrize("gpus, flags, expected, why", [
     ([], set(), "float32", "CPU without bfloat16 units"),
-    ([], {"avx512f", "avx512_bf16"}, "float32", "parity is not measured yet"),
-    ([(8, 6)], set(), "float16", "bfloat16's accuracy parity is not measured yet"),
+    ([], {"avx512f", "avx512_bf16"}, "bfloat16", "CPU with avx512_bf16: bfloat16 units"),
+    ([], {"amx_bf16"}, "bfloat16", "CPU with amx_bf16"),
+    ([(8, 6)], set(), "float16", "bfloat16's accuracy parity is not measured on a GPU yet"),
+    ([(8, 6)], {"avx512_bf16"}, "float16", "compute capability 8.6"),
     ([(7, 5), (8, 0)], set(), "float16", "compute capability 7.5: float16 tensor cores"),
     ([(6, 1)], set(), "float32", "no tensor cores"),
 ])
@@ -22,9 +24,10 @@ def test_auto_follows_the_hardware(gpus, flags, expected, why):
     assert chosen == expected and why in reason
 
 
-def test_auto_picks_bfloat16_once_its_parity_is_measured(monkeypatch):
-    monkeypatch.setattr(precision, "BFLOAT16_PARITY_MEASURED", True)
-    assert choose_precision("auto", gpus=[], flags={"amx_bf16"})[0] == "bfloat16"
+def test_auto_picks_bfloat16_only_where_its_parity_is_measured(monkeypatch):
+    monkeypatch.setattr(precision, "BFLOAT16_PARITY_MEASURED", {"cpu": False, "gpu": True})
+    chosen, reason = choose_precision("auto", gpus=[], flags={"amx_bf16"})
+    assert chosen == "float32" and "parity is not measured yet" in reason
     assert choose_precision("auto", gpus=[(9, 0)], flags=set())[0] == "bfloat16"
     assert choose_precision("auto", gpus=[(7, 0)], flags=set())[0] == "float16"
 
@@ -75,8 +78,9 @@ def test_training_records_the_precision_it_chose(tmp_path):
     train(RunConfig(**base, train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)),
           tmp_path / "auto", progress=False)
     saved = RunFolder(tmp_path / "auto").config
-    assert saved.train.precision == "float32"  # this CPU: no bfloat16 units, or unmeasured
-    assert saved.plan["precision"]["value"] == "float32"
+    expected, why = choose_precision("auto")  # this machine's: float32, or bfloat16 (units)
+    assert saved.train.precision == expected
+    assert saved.plan["precision"] == {"value": expected, "reason": why}
     assert keras.config.dtype_policy().name == "float32"  # restored after training
 
 

@@ -329,8 +329,8 @@ class TrainConfig:
     precision: Precision = option(
         "auto",
         "float32, bfloat16 or float16 (mixed: the gates and the head stay float32); auto: by "
-        "the hardware (float16 on GPUs with tensor cores, float32 on CPUs; see "
-        "unet_cbam.precision), recorded in the plan")
+        "the hardware (float16 on GPUs with tensor cores, bfloat16 on CPUs with AVX512_BF16 "
+        "or AMX, else float32; see unet_cbam.precision), recorded in the plan")
     mixed_precision: bool = option(
         False, "the former name of --precision float16 (kept as an alias)")
     strategy: Strategy = option(
