@@ -75,6 +75,30 @@ def test_fixed_size_tflite(run_dir, tmp_path):
     assert spec["input"]["size"] == [32, 48]
 
 
+def test_a_run_trained_in_bfloat16_exports_in_float32(tmp_path):
+    import keras
+
+    from unet_cbam.export import run_exported
+    from unet_cbam.predict import load_run, model_policy
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")  # what auto trains in on bfloat16 CPUs
+    try:
+        run_dir = make_untrained_run(tmp_path / "run", channels=1)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    run = load_run(run_dir)
+    assert model_policy(run.model) == "mixed_bfloat16"
+    path = export_run(run_dir, "onnx")
+    spec = json.loads((path.parent / PREPROCESSING_FILE).read_text())
+    assert spec["parity_max_abs_difference"] <= 1e-4  # against the float32 rebuild
+    images = np.random.default_rng(2).random((1, 32, 40, 1), dtype=np.float32)
+    exported = run_exported(path, "onnx", images)
+    assert exported.dtype == np.float32
+    # the same weights: within bfloat16's rounding of the run's own forward pass
+    np.testing.assert_allclose(exported, run.model.predict(images, verbose=0), atol=0.05)
+
+
 def test_export_refuses_to_finish_when_parity_fails(run_dir, tmp_path, monkeypatch):
     import unet_cbam.export as export
 
@@ -140,10 +164,11 @@ def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
 
     run = load_run(run_dir)
     raw = (np.random.default_rng(3).random((70, 90)) * 255).astype(np.uint8)
-    inference = InferenceConfig(tile_size=48, tta=True)
+    inference = InferenceConfig(tile_size=48, tta=True, precision="float32")
     keras_labels, keras_probabilities = BatchPredictor(run, inference).predict_raw(
         raw, keep_probabilities=True)
     onnx = BatchPredictor(run, InferenceConfig(tile_size=48, tta=True, runtime="onnxruntime"))
+    assert onnx.precision == "float32"  # auto, whatever the CPU: onnxruntime runs float32
     onnx_labels, onnx_probabilities = onnx.predict_raw(raw, keep_probabilities=True)
     np.testing.assert_allclose(onnx_probabilities, keras_probabilities, atol=1e-5)
     clear = np.abs(keras_probabilities[..., -1] - onnx.threshold) > 1e-3

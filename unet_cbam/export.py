@@ -96,7 +96,7 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     """
     import tensorflow as tf
 
-    from unet_cbam.predict import load_run
+    from unet_cbam.predict import in_precision, load_run
 
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
@@ -119,10 +119,12 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     shape = (None, *(input_size or (None, None)), run.channels)
     signature = [tf.TensorSpec(shape, tf.float32, name="image")]
     logger.info("exporting %s to %s", run.path, output)
+    # Exports compute in float32, whatever precision the run trained in (auto is mixed
+    # bfloat16 on CPUs with bfloat16 units): runtimes and edge devices expect float32.
+    model = in_precision(run.model, run.config.model, "float32")
     try:
-        run.model.export(str(output), format=keras_format, verbose=False,
-                         input_signature=signature)
-        difference = check_parity(run, output, format, input_size)
+        model.export(str(output), format=keras_format, verbose=False, input_signature=signature)
+        difference = check_parity(run, output, format, input_size, model=model)
     except BaseException:
         _remove(output)
         raise
@@ -192,11 +194,14 @@ def run_exported(path: Path, format: str, images: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def check_parity(run, path: Path, format: str, input_size: list[int] | None = None) -> float:
-    """Largest absolute difference between the export and Keras on the parity inputs."""
+def check_parity(run, path: Path, format: str, input_size: list[int] | None = None,
+                 model=None) -> float:
+    """Largest absolute difference between the export and Keras (``model``, by default the
+    run's) on the parity inputs."""
+    model = run.model if model is None else model
     worst = 0.0
     for images in parity_inputs(run, input_size):
-        expected = run.model.predict(images, verbose=0)
+        expected = model.predict(images, verbose=0)
         worst = max(worst, float(np.abs(run_exported(path, format, images) - expected).max()))
     return worst
 

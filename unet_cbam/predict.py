@@ -536,7 +536,10 @@ class BatchPredictor:
             float((tuned or {}).get("threshold", 0.5))
         self.postprocessing = tuned if tuned and tuned.get("classes") else None
         #: The precision of the forward passes, and the models in it.
-        self.precision, why = choose_precision(inference.precision)
+        if inference.runtime == "onnxruntime" and inference.precision == "auto":
+            self.precision, why = "float32", "runtime onnxruntime runs float32 models"
+        else:
+            self.precision, why = choose_precision(inference.precision)
         self.models = [in_precision(model, run.config.model, self.precision)
                        for model in run.members]
         logger.debug("precision %s (%s)", self.precision, why)
