@@ -124,7 +124,8 @@ def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, 
 
     raw = (np.random.default_rng(2).random((37, 50)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "image.png"), raw)
-    labels, _ = BatchPredictor(load_run(run_dir), InferenceConfig()).predict_raw(raw)
+    labels, _ = BatchPredictor(load_run(run_dir),
+                               InferenceConfig(precision="float32")).predict_raw(raw)
     np.save(tmp_path / "expected.npy", np.where(labels > 0, 255, 0).astype(np.uint8))
     script = textwrap.dedent(f"""
         import importlib.abc, sys
@@ -203,7 +204,13 @@ def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precisio
 
 def test_predict_with_auto_runtime_uses_onnxruntime_on_this_cpu(run_dir):
     from unet_cbam.config import InferenceConfig
+    from unet_cbam.precision import choose_precision
     from unet_cbam.predict import BatchPredictor, load_run
 
-    predictor = BatchPredictor(load_run(run_dir), InferenceConfig(runtime="auto"))
+    run = load_run(run_dir)
+    predictor = BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32"))
     assert predictor.runtime == "onnxruntime"
+    # auto precision: bfloat16 on a CPU with bfloat16 units, which onnxruntime does not run
+    predictor = BatchPredictor(run, InferenceConfig(runtime="auto"))
+    expected = "onnxruntime" if choose_precision("auto")[0] == "float32" else "keras"
+    assert predictor.runtime == expected

@@ -3,8 +3,9 @@
     python onnx_predict.py RUN/export/onnx IMAGE MASK.png
 
 Follows RUN/export/onnx/preprocessing.json; for images up to the tile size
-(512 pixels a side) the mask equals predict.py's. Larger images: cut tiles as
-preprocessing.json's "tiling" says and blend their probabilities.
+(512 pixels a side) the mask equals that of predict.py --precision float32 (exports
+compute in float32). Larger images: cut tiles as preprocessing.json's "tiling" says and
+blend their probabilities.
 """
 
 import json
