@@ -195,8 +195,15 @@ def child(label: str, seed: int, work: Path, budget: dict) -> dict:
 
 
 def aggregate(results: list[dict]) -> list[dict]:
+    order = list(MODELS)
+
+    def place(label: str) -> int:  # the models' order; a model's precisions as run
+        base, _, precision = label.rpartition("-")
+        model = base if precision in ("float32", "bfloat16", "float16") else label
+        return order.index(model) if model in order else len(order)
+
     rows = []
-    for name in dict.fromkeys(r["model"] for r in results):  # first-seen order
+    for name in sorted(dict.fromkeys(r["model"] for r in results), key=place):
         runs = [r for r in results if r["model"] == name]
         row = {"model": name, "seeds": len(runs), "params": runs[0]["params"]}
         for key in ("membrane_dice", "cell_dice", "mean_iou", "pixel_error", "val_mean_dice",

@@ -135,7 +135,8 @@ def test_members_at_different_resolutions_are_averaged_at_the_image_size(tmp_pat
     run = load_run(tmp_path / "cv")
     assert run.scales == [1.0, 0.5]
     image = np.random.default_rng(1).random((40, 48, 1), dtype=np.float32)
-    inference = InferenceConfig(tile_size=32, postprocess=False)
+    # float32: compared with the float32 model's own forward pass below
+    inference = InferenceConfig(tile_size=32, postprocess=False, precision="float32")
     together = BatchPredictor(run, inference).predict_image(image)
     alone = [BatchPredictor(load_run(tmp_path / "cv" / f"fold_{i}"), inference)
              .predict_image(image) for i in range(2)]
