@@ -25,15 +25,23 @@ def write_pairs(root: Path, count: int = 3, size: tuple[int, int] = (32, 40),
 
 
 def make_untrained_run(folder: Path, attention: str = "cbam", channels: int = 3,
-                       num_classes: int = 1, **data) -> Path:
-    """A run folder (config.yaml + model.keras) with an untrained small model."""
+                       num_classes: int = 1, policy: str | None = None, **data) -> Path:
+    """A run folder (config.yaml + model.keras) with an untrained small model, built under
+    the dtype ``policy`` (e.g. mixed_bfloat16, as if trained in it) if given."""
+    import keras
+
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig, save_yaml
     from unet_cbam.models import build_unet
 
     model = ModelConfig(depth=2, base_filters=4, num_classes=num_classes,
                         input_channels=channels, attention=attention)
     folder.mkdir(parents=True)
-    build_unet(model).save(folder / "model.keras")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy or previous)
+    try:
+        build_unet(model).save(folder / "model.keras")
+    finally:
+        keras.config.set_dtype_policy(previous)
     encoding = "binary" if num_classes == 1 else "indexed"
     data.setdefault("mask_values", [0, 255] if encoding == "binary" else None)
     save_yaml(RunConfig(model=model, data=DataConfig(mask_encoding=encoding, **data)),

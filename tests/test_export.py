@@ -76,17 +76,11 @@ def test_fixed_size_tflite(run_dir, tmp_path):
 
 
 def test_a_run_trained_in_bfloat16_exports_in_float32(tmp_path):
-    import keras
-
     from unet_cbam.export import run_exported
     from unet_cbam.predict import load_run, model_policy
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")  # what auto trains in on bfloat16 CPUs
-    try:
-        run_dir = make_untrained_run(tmp_path / "run", channels=1)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    # mixed bfloat16: what auto trains in on CPUs with bfloat16 units
+    run_dir = make_untrained_run(tmp_path / "run", channels=1, policy="mixed_bfloat16")
     run = load_run(run_dir)
     assert model_policy(run.model) == "mixed_bfloat16"
     path = export_run(run_dir, "onnx")

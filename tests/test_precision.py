@@ -49,11 +49,8 @@ def test_prediction_rebuilds_a_model_in_the_precision_asked_for(tmp_path):
     from unet_cbam.predict import BatchPredictor, load_run, model_policy
 
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        folder = make_untrained_run(tmp_path / "run", channels=1)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    folder = make_untrained_run(tmp_path / "run", channels=1, policy="mixed_float16")
+    assert keras.config.dtype_policy().name == previous.name
     run = load_run(folder)
     assert model_policy(run.model) == "mixed_float16"
     predictor = BatchPredictor(run, InferenceConfig(precision="float32"))
