@@ -233,7 +233,19 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     assert planned.data.foreground_oversampling == RARE_OVERSAMPLING
     assert planned.data.patch_size == 64 and planned.train.batch_size == 32
     assert set(planned.plan) == {"binary_threshold", "normalization", "patch_size",
-                                 "batch_size", "foreground_oversampling", "scale"}
+                                 "batch_size", "foreground_oversampling", "scale", "tune_on"}
+    assert planned.train.tune_on == "foreground"
+    assert planned.plan["tune_on"]["reason"].startswith("foreground is the rarer class (0.5%")
+    # Thin background membranes between large cells (ISBI-like): judged on the background.
+    membranes = {**fingerprint, "class_frequency": {"background": 0.22, "foreground": 0.78}}
+    assert plan_run(RunConfig(model=ModelConfig(input_channels=1)), membranes
+                    ).train.tune_on == "background"
+    given = plan_run(RunConfig(train=TrainConfig(tune_on="foreground")), membranes)
+    assert given.train.tune_on == "foreground" and "tune_on" not in given.plan
+    with pytest.raises(ValueError, match="tune_on 'membrane' must be one of the two classes"):
+        plan_run(RunConfig(train=TrainConfig(tune_on="membrane")), membranes)
+    three = {**fingerprint, "class_frequency": {"background": 0.5, "a": 0.3, "b": 0.2}}
+    assert "tune_on" not in plan_run(RunConfig(), three).plan
     explicit = RunConfig(model=ModelConfig(input_channels=1),
                          data=DataConfig(patch_size=32, normalize="bitdepth",
                                          foreground_oversampling=0.1),

@@ -99,6 +99,53 @@ def test_threshold_is_tuned_for_binary_models_and_ignored_pixels_do_not_count():
     assert size_candidates(None, "foreground") == []
 
 
+def test_choices_are_judged_on_the_class_tune_on_names():
+    # Cells (foreground, 1) cover most of the image; a thin membrane (background, 0) runs
+    # between them, p(cell) 0.45 on it but 0.65 at its lower end; 22 cell pixels are
+    # unsure too (p 0.6). Below 0.6 the membrane's end (20 px) is wrong; from 0.65 the
+    # unsure cells (22 px) are: a trade the cells lose and the membrane wins.
+    truth = np.ones((40, 40), np.uint16)
+    truth[:, 19:21] = 0                    # membrane, 80 px
+    probabilities = np.full((40, 40, 1), 0.9, np.float32)
+    probabilities[:, 19:21] = 0.45
+    probabilities[30:, 19:21] = 0.65
+    probabilities[:11, :2] = 0.6
+    pairs = [(probabilities, truth)]
+    names = ["background", "foreground"]
+    on_cells = tune(pairs, names)
+    on_membrane = tune(pairs, names, tune_on="background")
+    assert "tuned_on" not in on_cells and on_membrane["tuned_on"] == "background"
+    assert on_cells["threshold"] == 0.5
+    assert on_membrane["threshold"] >= 0.65
+    assert on_membrane["threshold_dice"][f"{on_membrane['threshold']:g}"] == \
+        pytest.approx(2 * 80 / (2 * 80 + 22))
+    before, after = on_membrane["classes"]["foreground"]["validation_dice"]
+    assert before == pytest.approx(2 * 80 / (2 * 80 + 22)) and after >= before
+    with pytest.raises(ValueError, match="tune_on 'cells'"):
+        tune(pairs, names, tune_on="cells")
+    with pytest.raises(ValueError, match="tune_on 'a'"):
+        tune([(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint16))],
+             ["a", "b", "c"], tune_on="a")
+
+
+def test_hole_filling_is_kept_or_dropped_by_the_judged_class():
+    # A membrane fragment the truth has inside a cell, and a false one of the same size
+    # the model adds: filling both trades 25 missed cell pixels for 25 false ones, which
+    # raises the cells' Dice (more true cell pixels) and lowers the membrane's.
+    truth = np.ones((24, 24), np.uint16)
+    truth[:, 11:13] = 0
+    truth[3:8, 3:8] = 0                    # a true membrane fragment inside a cell
+    prediction = truth.copy()
+    prediction[16:21, 16:21] = 0           # a false one
+    pairs = [(_probabilities(prediction), truth)]
+    names = ["background", "foreground"]
+    filled = apply_steps(prediction, 1, {"fill_holes": True})
+    assert pooled_dice([(filled, truth)], 1) > pooled_dice([(prediction, truth)], 1) + 1e-3
+    assert pooled_dice([(filled, truth)], 0) < pooled_dice([(prediction, truth)], 0) - 0.05
+    assert tune(pairs, names)["classes"]["foreground"]["fill_holes"]
+    assert not tune(pairs, names, tune_on="background")["classes"]["foreground"]["fill_holes"]
+
+
 def test_predict_applies_the_saved_postprocessing_unless_told_not_to(tmp_path):
     from unet_cbam.predict import BatchPredictor, load_run
 

@@ -355,6 +355,12 @@ class TrainConfig:
         "time_budget, each fold gets 1/k of it. none: one model")
     fold: int | None = option(
         None, "with folds: train only this fold (0 ... folds-1), e.g. one per machine")
+    tune_on: str | None = option(
+        None,
+        "two classes (binary): the class whose validation Dice chooses the threshold and the "
+        "post-processing, e.g. background where the thin structure of interest is mask value "
+        "0. none: planned, the rarer class in the fingerprint; with more classes each "
+        "foreground class is judged on its own Dice")
 
     def __post_init__(self) -> None:
         _require(self.folds is None or self.folds >= 2, "folds", self.folds,

@@ -34,6 +34,12 @@ The rules:
 - foreground oversampling (``foreground_oversampling: none``): nnU-Net's
   one third; one half when the rarest foreground class covers less than
   ``RARE_CLASS`` of the pixels.
+- the class the threshold and post-processing are chosen on (``tune_on:
+  none``, two classes only): the rarer of the two in the fingerprint. Its
+  Dice moves most with a threshold or a component step, and it is most often
+  the structure of interest: a small foreground object, or thin background
+  membranes between large cells (a common encoding of EM data). Ties: the
+  foreground.
 
 The binary mask threshold is chosen from the masks' histogram before the
 masks are decoded (``verify.resolve_binary_threshold``); the fingerprint
@@ -113,6 +119,13 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
         value, reason = choose_oversampling(fingerprint)
         data = dataclasses.replace(data, foreground_oversampling=decide(
             "foreground_oversampling", value, reason))
+    names = list(fingerprint["class_frequency"])
+    if train.tune_on is None and len(names) == 2:
+        name, reason = choose_tune_on(fingerprint)
+        train = dataclasses.replace(train, tune_on=decide("tune_on", name, reason))
+    elif train.tune_on is not None and (train.tune_on not in names or len(names) != 2):
+        raise ValueError(f"tune_on {train.tune_on!r} must be one of the two classes "
+                         f"(here: {', '.join(names)})")
     return dataclasses.replace(config, data=data, train=train, plan=plan or None)
 
 
@@ -242,6 +255,14 @@ def choose_oversampling(fingerprint: dict[str, Any]) -> tuple[float, str]:
     return DEFAULT_OVERSAMPLING, (f"the rarest class, {name}, covers {rarest:.1%} of the "
                                   "pixels: a third of the patches centred on foreground "
                                   "(nnU-Net's rate)")
+
+
+def choose_tune_on(fingerprint: dict[str, Any]) -> tuple[str, str]:
+    """The rarer of two classes (ties: the foreground), and why."""
+    (background, low), (foreground, high) = fingerprint["class_frequency"].items()
+    name, share = (background, low) if low < high else (foreground, high)
+    return name, (f"{name} is the rarer class ({share:.1%} of the pixels): the threshold and "
+                  "post-processing are chosen on its validation Dice")
 
 
 #: With --time-budget and no steps_per_epoch: this many epochs at least (validations, best

@@ -5,7 +5,10 @@ predictions: removing connected components smaller than a size derived from
 the fingerprint's object sizes, keeping only the largest component, and
 filling holes (background enclosed by the class). A step is kept only if it
 raises the class's Dice pooled over the validation images; for binary models
-the probability threshold is tuned first. The result is the run's
+the probability threshold is tuned first. With one foreground class, every
+choice is judged on the Dice of the class the plan names (``tune_on``: the
+rarer of the two, so the thin background membranes of an EM slice rather
+than the cells they enclose). The result is the run's
 ``inference`` section (``config.yaml``), which predict.py applies unless
 ``--no-postprocess``.
 
@@ -109,18 +112,29 @@ def size_candidates(fingerprint: dict[str, Any] | None, name: str) -> list[int]:
     return sorted(size for size in sizes if size >= 2)
 
 
-def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] | None = None
-         ) -> dict[str, Any]:
+def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] | None = None,
+         tune_on: str | None = None) -> dict[str, Any]:
     """The ``inference`` section: threshold (binary) and per-class steps, each kept only
-    where it raises the pooled validation Dice, with the Dice before and after."""
+    where it raises the pooled validation Dice, with the Dice before and after.
+
+    ``tune_on`` (a class name; two classes only) is the class whose Dice judges every
+    choice; none: each foreground class judges its own steps (and the threshold)."""
     binary = pairs[0][0].shape[-1] == 1
     truths = [truth for _, truth in pairs]
     result: dict[str, Any] = {"validation_images": len(pairs), "classes": {}}
+    judge = None
+    if tune_on is not None:
+        if tune_on not in class_names or len(class_names) != 2:
+            raise ValueError(f"tune_on {tune_on!r} is not one of the two classes "
+                             f"{list(class_names)}")
+        judge = list(class_names).index(tune_on)
+        result["tuned_on"] = tune_on
     threshold = 0.5
     if binary:
         def labels_at(t):
             return [probabilities_to_labels(p, t) for p, _ in pairs]
-        scores = {t: pooled_dice(list(zip(labels_at(t), truths, strict=True)), 1)
+        scores = {t: pooled_dice(list(zip(labels_at(t), truths, strict=True)),
+                                 1 if judge is None else judge)
                   for t in THRESHOLDS}
         best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
         if scores[best] > scores[0.5] + MIN_GAIN:
@@ -132,11 +146,13 @@ def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] |
         if label == 0:
             continue
         steps: dict[str, Any] = {}
-        before = best_score = pooled_dice(list(zip(labels, truths, strict=True)), label)
+        scored = label if judge is None else judge
+        before = best_score = pooled_dice(list(zip(labels, truths, strict=True)), scored)
 
-        def score(candidate: dict[str, Any], label: int = label) -> float:
+        def score(candidate: dict[str, Any], label: int = label, scored: int = scored
+                  ) -> float:
             return pooled_dice([(apply_steps(p, label, candidate), t)
-                                for p, t in zip(labels, truths, strict=True)], label)
+                                for p, t in zip(labels, truths, strict=True)], scored)
         sizes = [(score({"min_size": size}), size)
                  for size in size_candidates(fingerprint, name)]
         if sizes:

@@ -680,7 +680,7 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     metrics = final_metrics(best, run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
     tuned = postprocessing.tune(validation_predictions(best, data.val, config.model.divisor),
-                                data.class_names, data.fingerprint)
+                                data.class_names, data.fingerprint, train_cfg.tune_on)
     log_inference(tuned)
     run.write_config(dataclasses.replace(config, inference=tuned))
     return TrainResult(run.path, run.read_history(), metrics)
@@ -709,15 +709,16 @@ def validation_predictions(model: keras.Model, source: PairSource, divisor: int,
 
 
 def log_inference(tuned: dict) -> None:
+    judged = f" of {tuned['tuned_on']}" if tuned.get("tuned_on") else ""
     if "threshold" in tuned:
-        logger.info("validation: threshold %.2f (Dice %s)", tuned["threshold"],
+        logger.info("validation: threshold %.2f (Dice%s %s)", tuned["threshold"], judged,
                     ", ".join(f"{k}: {v:.4f}" for k, v in tuned["threshold_dice"].items()))
     for name, steps in tuned["classes"].items():
         chosen = [f"min_size {steps['min_size']}" if steps["min_size"] else ""]
         chosen += [key for key in ("largest_only", "fill_holes") if steps[key]]
         before, after = steps["validation_dice"]
-        logger.info("validation: post-processing of %s: %s (Dice %.4f -> %.4f)", name,
-                    ", ".join(c for c in chosen if c) or "none helps", before, after)
+        logger.info("validation: post-processing of %s: %s (Dice%s %.4f -> %.4f)", name,
+                    ", ".join(c for c in chosen if c) or "none helps", judged, before, after)
 
 
 def measure_step_seconds(step: Callable[[], object], warmup: int = 2, timed: int = 5,
@@ -857,7 +858,8 @@ def tune_folds(run: RunFolder, folds: int) -> dict:
         model = keras.saving.load_model(fold.model_path, safe_mode=True, compile=False)
         pairs += validation_predictions(model, data.val, fold.config.model.divisor, per_fold)
     names = class_names(run.fold(0).config.data, run.fold(0).codec)
-    tuned = postprocessing.tune(pairs, names, run.fold(0).read_fingerprint())
+    tuned = postprocessing.tune(pairs, names, run.fold(0).read_fingerprint(),
+                                run.fold(0).config.train.tune_on)
     log_inference(tuned)
     return tuned
 
