@@ -128,17 +128,27 @@ def measure(name: str, work: Path, train_options: list[str], seed: int,
     predict_seconds = run([sys.executable, "predict.py", "--model", str(run_dir),
                            "--input", str(test_path / "images"), "--output", str(predictions),
                            "--truth", str(test_path / "masks"), "--quiet"], log)
+    return result_row(name, variant, seed, run_dir, predictions, train_seconds,
+                      predict_seconds)
+
+
+def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: Path,
+               train_seconds: float, predict_seconds: float) -> dict:
+    """A measured run's row: the test and validation Dice of the class scored, and its
+    config (a cross-validation run's: fold 0's, and the folds' mean validation Dice)."""
+    scored = DATA_SETS[name][3]
     summary = json.loads((predictions / "evaluation.json").read_text())
-    config = (run_dir / "config.yaml").read_text()
     folds = sorted(run_dir.glob("fold_*"))
     if folds:  # a cross-validation run: the folds' mean validation score
         cv = json.loads((run_dir / "cv_metrics.json").read_text())
         val_dice = cv["classes"][scored]["dice_mean"]
         history = (folds[0] / "history.csv").read_text().strip().splitlines()
+        config = (folds[0] / "config.yaml").read_text()
     else:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         val_dice = metrics["classes"][scored]["dice"]
         history = (run_dir / "history.csv").read_text().strip().splitlines()
+        config = (run_dir / "config.yaml").read_text()
     return {
         "data_set": name, "variant": variant, "seed": seed, "class": scored,
         "test_dice": summary["classes"][scored]["pooled_dice"],

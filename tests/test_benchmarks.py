@@ -177,6 +177,38 @@ def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does
     assert [row["channels"] for row in rows] == [16, 32]
 
 
+@pytest.mark.slow
+def test_tune_on_benchmark_predicts_each_choice_of_one_model(isbi_run, isbi_dir, tmp_path):
+    import numpy as np
+
+    from unet_cbam.config import RunConfig
+    from unet_cbam.run import RunFolder
+
+    test = tmp_path / "test"
+    for kind in ("images", "masks"):
+        (test / kind).mkdir(parents=True)
+        for index in (8, 9):
+            (test / kind / f"slice{index:02d}.png").symlink_to(
+                isbi_dir / kind / f"slice{index:02d}.png")
+    module = load_script("tune_on")
+    tuned, names = module.choices(isbi_run)
+    assert names == ["membrane", "cell"]
+    assert [section["tuned_on"] for section in tuned.values()] == names
+    before = (isbi_run / "config.yaml").read_text()
+    rows = module.compare(isbi_run, test, tmp_path / "work")
+    assert (isbi_run / "config.yaml").read_text() == before  # the run itself untouched
+    assert [row["chosen on"] for row in rows] == [*names, "none (0.5, no post-processing)"]
+    assert [row["threshold"] for row in rows] == [tuned["membrane"]["threshold"],
+                                                  tuned["cell"]["threshold"], 0.5]
+    copy = RunFolder(tmp_path / "work" / "run-0").config
+    assert copy.inference == tuned["membrane"] and isinstance(copy, RunConfig)
+    for row in rows:
+        assert 0.0 < row["test dice membrane"] < 1.0 and 0.0 < row["test dice cell"] < 1.0
+    if rows[0]["threshold"] == rows[1]["threshold"] and rows[0]["steps"] == rows[1]["steps"]:
+        assert rows[0]["test dice membrane"] == rows[1]["test dice membrane"]
+    assert np.isfinite(rows[0]["validation dice (chosen on)"])
+
+
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
     common = load_script("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path)
