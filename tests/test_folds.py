@@ -115,3 +115,31 @@ def test_folds_that_differ_in_preprocessing_are_not_averaged(tmp_path):
                        normalization={"mode": "percentile", "low": [0.0], "high": [10.0]})
     with pytest.raises(ValueError, match="fold_1: its normalization differs"):
         load_run(tmp_path / "cv")
+
+
+def test_a_time_budgeted_cross_validation_measures_the_step_time_once(tmp_path, monkeypatch):
+    """Folds share the first fold's measurement: the same model and plan step alike, and
+    each fold's share of the budget goes to training instead of measuring again."""
+    import unet_cbam.training as training
+
+    calls = []
+
+    def measured(step):
+        step()
+        calls.append(1)
+        return 0.5, 1.5
+
+    monkeypatch.setattr(training, "measure_step_seconds", measured)
+    data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
+    config = RunConfig(
+        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+        data=DataConfig(data=str(data), augmentation="none", scale=1.0),
+        train=TrainConfig(time_budget="6s", steps_per_epoch=2, batch_size=2, warmup_epochs=0,
+                          folds=2))
+    run = RunFolder(tmp_path / "cv")
+    training.train_folds(config, run, progress=False)
+    assert len(calls) == 1
+    first, second = (fold.config.plan["epochs"]["reason"] for fold in run.folds())
+    assert first.startswith("time_budget 3s: 0.5 s a step (measured after warm-up), ")
+    assert second.startswith("time_budget 3s: 0.5 s a step (measured after warm-up in "
+                             "fold_0), 2 s left after 0 s of measuring and 1 s to trace")

@@ -272,14 +272,17 @@ MAX_BUDGET_EPOCHS = 50
 
 
 def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
-                     spent_seconds: float = 0.0, trace_seconds: float = 0.0) -> RunConfig:
+                     spent_seconds: float = 0.0, trace_seconds: float = 0.0,
+                     measured_in: str | None = None) -> RunConfig:
     """Epochs and steps per epoch that fill ``config.train.time_budget``.
 
     ``step_seconds``: one training step, measured after warm-up;
     ``pass_steps``: steps of about one pass over the training pixels;
     ``spent_seconds``: budget already used (the measurement);
     ``trace_seconds``: what the real model's first step will add to tracing
-    its training function (the measured model's first step, less a step).
+    its training function (the measured model's first step, less a step);
+    ``measured_in``: the run that measured ``step_seconds``, when not this one
+    (a cross-validation's first fold).
     (``TimeBudget`` re-plans the epochs from the real pace while training.) Given
     ``steps_per_epoch``, only the epochs are planned; otherwise as many
     epochs as passes fit, between ``MIN_BUDGET_EPOCHS`` and
@@ -297,8 +300,9 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
     epochs = max(1, total // steps)
     tracing = f" and {trace_seconds:.0f} s to trace the training function" \
         if trace_seconds >= 0.5 else ""
+    where = f" in {measured_in}" if measured_in else ""
     reason = (f"time_budget {train.time_budget}: {step_seconds:.3g} s a step (measured after "
-              f"warm-up), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring"
+              f"warm-up{where}), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring"
               f"{tracing}: {epochs} x {steps} = {epochs * steps} steps")
     plan = dict(config.plan or {})
     plan["epochs"] = {"value": epochs, "reason": reason}

@@ -440,7 +440,8 @@ def check_monitor(monitor: str, names: list[str]) -> None:
 def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = False,
           progress: bool = True,
           callbacks: list[keras.callbacks.Callback] | None = None,
-          build_model: Callable[[ModelConfig], keras.Model] = build_unet) -> TrainResult:
+          build_model: Callable[[ModelConfig], keras.Model] = build_unet,
+          step_timings: dict | None = None) -> TrainResult:
     """Train ``config`` into ``run_dir``; with ``resume``, continue the run there.
 
     ``config`` is the full run configuration; on resume its model and data
@@ -451,6 +452,12 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     same data, loss, schedule and checkpoints (the benchmark's peers). It must
     take images in [0, 1] and return sigmoid/softmax probabilities, and its
     input sizes must be multiples of ``config.model.divisor``.
+
+    ``step_timings`` (with ``--time-budget``): step times measured earlier in
+    this process for the same model and data, ``(patch size, batch size) ->
+    (seconds a step, seconds of the first step, who measured)``; a measurement
+    found there is reused instead of measured again, and a new one is added
+    (the folds of one cross-validation share it: ``train_folds``).
 
     The global Keras dtype policy (set for mixed precision) is restored when
     this returns or raises.
@@ -474,7 +481,8 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     scratch = None if chief else worker_scratch(run)
     try:
         return _train(config, scratch or run, resuming, split, progress,
-                      list(callbacks or []), build_model, strategy, shared=run)
+                      list(callbacks or []), build_model, strategy, shared=run,
+                      step_timings=step_timings)
     finally:
         keras.config.set_dtype_policy(policy)
         if scratch is not None:
@@ -500,7 +508,7 @@ def worker_scratch(run: RunFolder) -> RunFolder:
 def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None,
            progress: bool, extra_callbacks: list[keras.callbacks.Callback],
            build_model: Callable[[ModelConfig], keras.Model], strategy: tf.distribute.Strategy,
-           shared: RunFolder) -> TrainResult:
+           shared: RunFolder, step_timings: dict | None = None) -> TrainResult:
     """Train into ``run``: the run folder, or on a multi-worker run's other workers a
     scratch folder (they resume from ``shared``, the chief's run folder)."""
     keras.utils.set_random_seed(config.train.seed)
@@ -558,11 +566,22 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
 
     budget_started = time.perf_counter()
     if train_cfg.time_budget is not None and not resuming:  # a resumed run keeps its plan
-        throwaway = compiled(keras.optimizers.Adam)
+        throwaway, measured_by = None, set()
 
         def measure() -> tuple[float, float]:
             """One training step's seconds after warm-up, and the first step's (the
-            chief's, on every worker: all plan the same epochs and steps)."""
+            chief's, on every worker: all plan the same epochs and steps); taken from
+            ``step_timings`` when an earlier run of this process measured this plan."""
+            nonlocal throwaway
+            key = (config.data.patch_size, train_cfg.batch_size)
+            if step_timings is not None and key in step_timings:
+                step_seconds, first, who = step_timings[key]
+                measured_by.add(who)
+                logger.info("time budget: %.3g s a step at patch %d, batch %d, as measured "
+                            "in %s", step_seconds, *key, who)
+                return step_seconds, first
+            if throwaway is None:
+                throwaway = compiled(keras.optimizers.Adam)
             if multiworker:
                 step = distribute.DistributedLoop(throwaway, strategy, training_data).train_step
             else:
@@ -571,8 +590,11 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                 def step():
                     throwaway.train_on_batch(*next(batches))
             step_seconds, first = measure_step_seconds(step)
-            return (distribute.chief_value(strategy, step_seconds),
-                    distribute.chief_value(strategy, first))
+            timing = (distribute.chief_value(strategy, step_seconds),
+                      distribute.chief_value(strategy, first))
+            if step_timings is not None:
+                step_timings[key] = (*timing, run.path.name)
+            return timing
 
         step_seconds, first = measure()
         if config.data.scale is None:  # the resolution: from the passes the budget affords
@@ -597,7 +619,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
             steps = train_cfg.steps_per_epoch or default_steps_per_epoch(
                 data.train, config.data.patch_size, train_cfg.batch_size)
         config = plan_time_budget(config, step_seconds, steps, distribute.chief_value(
-            strategy, time.perf_counter() - budget_started), max(0.0, first - step_seconds))
+            strategy, time.perf_counter() - budget_started), max(0.0, first - step_seconds),
+            measured_in=", ".join(sorted(measured_by)) or None)
+        del throwaway
         train_cfg, steps = config.train, config.train.steps_per_epoch
         for name in ("epochs", "steps_per_epoch"):
             logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
@@ -832,13 +856,13 @@ def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool
     if train_cfg.time_budget is not None and train_cfg.fold is None:
         share = parse_duration(train_cfg.time_budget) / train_cfg.folds
         train_cfg = dataclasses.replace(train_cfg, time_budget=f"{share:g}s")
-    results = []
+    results, timings = [], {}  # the step time: measured by the first fold, for all
     for index in indices:
         logger.info("fold %d of %d -> %s", index, train_cfg.folds, run.fold(index).path)
         fold_config = dataclasses.replace(config, train=dataclasses.replace(train_cfg,
                                                                             fold=index))
         results.append(train(fold_config, run.fold(index), resume=resume, progress=progress,
-                             **kwargs))
+                             step_timings=timings, **kwargs))
     if not all(result.chief for result in results):  # another worker of a multi-worker run
         return results
     summary = write_cv_metrics(run, train_cfg.folds)
