@@ -15,6 +15,7 @@ Prints a table and writes ``benchmarks/results/datasets-<label>.json``
     python benchmarks/datasets.py --variants ablation --seeds 1 2 3       # issue 10's ablation
     python benchmarks/datasets.py --variants peers                        # issue 9's peers
     python benchmarks/datasets.py --variants none="--attention none" folds="--folds 5"
+    python benchmarks/datasets.py --variants full-folds="--folds 5 --full-folds"
 
 Each variant (NAME="train.py options") runs on every data set and seed; the
 summary gives each data set and variant the mean and standard deviation over
@@ -94,6 +95,14 @@ PEERS = {
 }
 
 
+#: Not a train.py option: train each of the ``--folds N`` folds by its own ``train.py
+#: --fold k``, so that every fold gets the whole ``--time-budget`` (nnU-Net's ensembles:
+#: N fully trained folds, N times the compute of one model), and score each fold alone
+#: on the test split too (``member_test_dice``). Without it, ``--folds N`` shares the
+#: budget among the folds.
+FULL_FOLDS = "--full-folds"
+
+
 def parse_variants(items: list[str]) -> dict[str, str]:
     """``["ablation"]``, ``["peers"]`` or ``["name=options", ...]`` -> {name: options}."""
     variants: dict[str, str] = {}
@@ -122,14 +131,43 @@ def measure(name: str, work: Path, train_options: list[str], seed: int,
     if "--sm-unet" in train_options:
         script = str(Path("benchmarks") / "peer_train.py")
         train_options = [option for option in train_options if option != "--sm-unet"]
-    train_seconds = run([sys.executable, script, "--data", str(train_path),
-                         "--input-channels", str(channels), "--seed", str(seed),
-                         "--output", str(run_dir), "--quiet", *train_options], log)
-    predict_seconds = run([sys.executable, "predict.py", "--model", str(run_dir),
-                           "--input", str(test_path / "images"), "--output", str(predictions),
-                           "--truth", str(test_path / "masks"), "--quiet"], log)
-    return result_row(name, variant, seed, run_dir, predictions, train_seconds,
-                      predict_seconds)
+    base = [sys.executable, script, "--data", str(train_path), "--input-channels",
+            str(channels), "--seed", str(seed), "--output", str(run_dir), "--quiet"]
+    full_folds = FULL_FOLDS in train_options
+    if full_folds:  # one train.py --fold k per fold: each gets the whole --time-budget
+        train_options = [option for option in train_options if option != FULL_FOLDS]
+        folds = fold_count(train_options)
+        train_seconds = sum(run([*base, *train_options, "--fold", str(k)], log)
+                            for k in range(folds))
+    else:
+        train_seconds = run([*base, *train_options], log)
+
+    def predict(model: Path, output: Path) -> float:
+        return run([sys.executable, "predict.py", "--model", str(model), "--input",
+                    str(test_path / "images"), "--output", str(output), "--truth",
+                    str(test_path / "masks"), "--quiet"], log)
+
+    predict_seconds = predict(run_dir, predictions)
+    row = result_row(name, variant, seed, run_dir, predictions, train_seconds,
+                     predict_seconds)
+    if full_folds:  # each member alone on the test split: one model's spread, same budget
+        row["member_test_dice"] = []
+        for k in range(folds):
+            member = work / f"{stem}-test-fold{k}"
+            predict(run_dir / f"fold_{k}", member)
+            summary = json.loads((member / "evaluation.json").read_text())
+            row["member_test_dice"].append(summary["classes"][scored]["pooled_dice"])
+    return row
+
+
+def fold_count(options: list[str]) -> int:
+    """The ``--folds N`` among train.py ``options`` (``--full-folds`` needs one)."""
+    for index, option in enumerate(options):
+        if option == "--folds" and index + 1 < len(options):
+            return int(options[index + 1])
+        if option.startswith("--folds="):
+            return int(option.split("=", 1)[1])
+    raise SystemExit(f"{FULL_FOLDS} needs --folds N among the variant's options")
 
 
 def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: Path,

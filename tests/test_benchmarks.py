@@ -256,6 +256,11 @@ def test_datasets_benchmark_variants_and_summary():
     assert datasets.summarize(rows) == [{
         "data_set": "ctc", "variant": "cbam", "seeds": 2, "val_dice_mean": 0.85,
         "val_dice_std": 0.05, "test_dice_mean": 0.8, "test_dice_std": 0.1}]
+    # --full-folds: the fold count it needs, in either spelling, or an error naming it
+    assert datasets.fold_count(["--time-budget", "20m", "--folds", "5"]) == 5
+    assert datasets.fold_count(["--folds=3"]) == 3
+    with pytest.raises(SystemExit, match="--full-folds needs --folds N"):
+        datasets.fold_count(["--time-budget", "20m"])
 
 
 @pytest.mark.slow
