@@ -64,3 +64,24 @@ def test_validation_covers_every_pixel_exactly_once():
                            minlength=IGNORE_LABEL + 1)[:3]
     np.testing.assert_array_equal(counts, expected)
     assert targets[..., 3].sum() == 37 * 50 + 16 * 16 - 1
+
+
+def test_validation_patches_hold_real_image_not_zero_padding():
+    """Border cells are scored in a patch shifted back inside the image, and an image
+    smaller than a patch is mirrored: no patch shows the model a band of zeros."""
+    rng = np.random.default_rng(2)
+    images = [rng.random(shape).astype(np.float32) + 0.5 for shape in ((37, 50, 1), (10, 12, 1))]
+    labels = [rng.integers(0, 2, im.shape[:2]).astype(np.uint16) for im in images]
+    dataset = validation_dataset(_source(images, labels), patch_size=16, batch_size=13)
+    x, y = next(dataset.as_numpy_iterator())
+    assert x.shape[0] == 13 and x.min() >= 0.5                 # no zeros anywhere
+    # The 37x50 image's last cell (rows 32-36, columns 48-49) is scored in the patch
+    # of rows 21-36, columns 34-49, with only its own 5x2 pixels counted.
+    np.testing.assert_array_equal(x[11], images[0][21:37, 34:50])
+    valid = y[11, ..., -1]
+    assert valid.sum() == 5 * 2 and valid[11:, 14:].all()
+    np.testing.assert_array_equal(y[11, 11:, 14:, 1], labels[0][32:, 48:])
+    # The 10x12 image: mirrored out to 16x16, its own pixels counted once.
+    np.testing.assert_array_equal(x[12, :10, :12], images[1])
+    np.testing.assert_array_equal(x[12, 10:, :12], images[1][8:2:-1])
+    assert y[12, ..., -1].sum() == 10 * 12 and y[12, :10, :12, -1].all()

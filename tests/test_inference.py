@@ -116,11 +116,11 @@ def test_labels_from_probabilities():
 
 def _reference_stitch(image, predictor, tile_size, overlap, batch_size, divisor):
     """The whole-image accumulation the streaming version must equal bit for bit."""
-    from unet_cbam.inference import _pad_to, gaussian_importance, tile_shape, tile_starts
+    from unet_cbam.inference import gaussian_importance, pad_to, tile_shape, tile_starts
 
     height, width = image.shape[:2]
     tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
-    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
+    padded = pad_to(image, max(height, tile_h), max(width, tile_w))
     weights = gaussian_importance(tile_h, tile_w)
     origins = [(y, x) for y in tile_starts(padded.shape[0], tile_h, overlap)
                for x in tile_starts(padded.shape[1], tile_w, overlap)]

@@ -94,7 +94,7 @@ def sliding_window_rows(image: np.ndarray, predictor: Predictor, *, tile_size: i
     convert = convert or (lambda tile: np.asarray(tile, np.float32))
     height, width = image.shape[:2]
     tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
-    padded = _pad_to(image, max(height, tile_h), max(width, tile_w))
+    padded = pad_to(image, max(height, tile_h), max(width, tile_w))
     full_h, full_w = padded.shape[:2]
     weights = (gaussian_importance(tile_h, tile_w) if blending == "gaussian"
                else np.ones((tile_h, tile_w), np.float32))
@@ -184,7 +184,7 @@ def resampled_predict(image: np.ndarray, predictor: Predictor, *, scale: float =
     return resize_image(probabilities, height, width).reshape(height, width, -1)
 
 
-def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     pad_h, pad_w = height - image.shape[0], width - image.shape[1]
     if pad_h == 0 and pad_w == 0:
         return image
