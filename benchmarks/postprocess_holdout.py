@@ -1,0 +1,107 @@
+"""Do the threshold and post-processing chosen on validation frames help on other ones?
+
+For each trained run (a single model or one fold), its best model predicts every
+validation image, whole, as training's tuning does. The validation images are split
+at random into halves A and B, several times; on each split the threshold and
+post-processing are chosen (``unet_cbam.postprocess.tune``, as training does) on
+random subsets of A of the sizes asked for (and on all of A), and each choice is
+scored on B, beside plain thresholding at 0.5 with no post-processing. Validation
+images only: the test split is neither used nor read.
+
+    python benchmarks/postprocess_holdout.py RUN [RUN ...] --label kvasir
+
+Prints a table (mean Dice on B over the repeats, of the class the run tunes on) and
+writes ``benchmarks/results/postprocess-holdout-<label>.json`` (commit, date, CPU and
+versions first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_json  # noqa: E402
+
+PLAIN = "0.5, none"
+
+
+def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, seed=0
+                   ) -> dict[str, list[float]]:
+    """{choice: Dice on half B for each repeat}; choices: ``PLAIN`` and one per subset
+    size of half A (``"all"``: the whole half)."""
+    from unet_cbam import postprocess
+    from unet_cbam.inference import probabilities_to_labels
+
+    rng = np.random.default_rng(seed)
+    label = list(class_names).index(tune_on) if tune_on else 1
+    half = len(pairs) // 2
+    counts = sorted({min(int(size), half) for size in sizes} | {half})
+    scores: dict[str, list[float]] = {PLAIN: []}
+    for _ in range(repeats):
+        order = rng.permutation(len(pairs))
+        a = [pairs[i] for i in order[:half]]
+        b = [pairs[i] for i in order[half:]]
+        scores[PLAIN].append(postprocess.pooled_dice(
+            [(probabilities_to_labels(p, 0.5), t) for p, t in b], label))
+        for count in counts:
+            subset = [a[i] for i in rng.choice(half, count, replace=False)]
+            chosen = postprocess.tune(subset, class_names, fingerprint, tune_on)
+            threshold = chosen.get("threshold", 0.5)
+            labels = [(postprocess.postprocess(probabilities_to_labels(p, threshold),
+                                               chosen, class_names), t) for p, t in b]
+            key = f"tuned on {count}" + (" (all of A)" if count == half else "")
+            scores.setdefault(key, []).append(postprocess.pooled_dice(labels, label))
+    return scores
+
+
+def run_scores(run_dir: Path, sizes, repeats) -> tuple[int, dict[str, list[float]]]:
+    import keras
+
+    from unet_cbam.run import RunFolder
+    from unet_cbam.training import prepare_data, validation_predictions
+
+    run = RunFolder(run_dir)
+    data = prepare_data(run.config, split=run.read_split(), progress=False)
+    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    pairs = validation_predictions(model, data.val, run.config.model.divisor,
+                                   limit=len(data.val))
+    if pairs[0][0].shape[-1] != 1:
+        raise SystemExit(f"{run_dir}: not a binary model; this study tunes a threshold")
+    return len(pairs), holdout_scores(pairs, data.class_names, data.fingerprint,
+                                      run.config.train.tune_on, sizes, repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="trained run folders (or folds)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64],
+                        help="subset sizes of half A to tune on (all of A is always tried)")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--label", required=True)
+    args = parser.parse_args(argv)
+
+    rows, results = [], []
+    for run_dir in args.runs:
+        images, scores = run_scores(run_dir, args.sizes, args.repeats)
+        row = {"run": str(run_dir), "validation images": images}
+        row.update({key: float(np.mean(values)) for key, values in scores.items()})
+        rows.append(row)
+        results.append({"run": str(run_dir), "validation_images": images, "scores": scores})
+        print(f"{run_dir}: " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items()),
+              flush=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    mean = {"run": "mean"}
+    mean.update({key: float(np.mean([row[key] for row in rows if key in row]))
+                 for key in columns[2:]})
+    print_table([*rows, mean], columns)
+    path = write_json(f"postprocess-holdout-{args.label}.json",
+                      {"sizes": args.sizes, "repeats": args.repeats, "runs": results})
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
