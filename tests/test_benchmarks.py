@@ -5,6 +5,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unet_cbam.config import ModelConfig
@@ -303,3 +304,24 @@ def test_peer_trains_through_train_py_and_predict_py_uses_it(isbi_dir, tmp_path)
     masks = sorted(out.rglob("slice00*.png"))
     assert masks, sorted(p.name for p in out.rglob("*"))
     assert read_raw(masks[0]).shape[:2] == (512, 512)
+
+
+def test_postprocess_holdout_scores_choices_on_the_other_half():
+    """Each image: a 10x10 object found (0.8) plus a 4-pixel false blob (0.8). Plain
+    thresholding keeps the blob (Dice 200/204 on any half); the tuned choice, made on the
+    other half, removes components under a tenth of the 100-pixel median object."""
+    module = load_script("postprocess_holdout")
+    pairs = []
+    for _ in range(8):
+        probabilities = np.zeros((32, 32, 1), np.float32)
+        truth = np.zeros((32, 32), np.uint8)
+        probabilities[5:15, 5:15] = 0.8
+        truth[5:15, 5:15] = 1
+        probabilities[25:27, 25:27] = 0.8
+        pairs.append((probabilities, truth))
+    fingerprint = {"objects": {"foreground": {"p5_area": 100, "median_area": 100}}}
+    scores = module.holdout_scores(pairs, ["background", "foreground"], fingerprint,
+                                   "foreground", sizes=[2, 100], repeats=3)
+    assert list(scores) == [module.PLAIN, "tuned on 2", "tuned on 4 (all of A)"]
+    assert scores[module.PLAIN] == pytest.approx([200 / 204] * 3)
+    assert scores["tuned on 2"] == scores["tuned on 4 (all of A)"] == [1.0] * 3
