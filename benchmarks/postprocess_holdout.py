@@ -31,8 +31,9 @@ PLAIN = "0.5, none"
 
 def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, seed=0
                    ) -> dict[str, list[float]]:
-    """{choice: Dice on half B for each repeat}; choices: ``PLAIN`` and one per subset
-    size of half A (``"all"``: the whole half)."""
+    """{choice: Dice on half B for each repeat}; choices: ``PLAIN`` and ``"tuned on N"``
+    for each subset size N of half A (capped at the half; the whole half is marked
+    ``"(all of A)"``)."""
     from unet_cbam import postprocess
     from unet_cbam.inference import probabilities_to_labels
 
@@ -67,10 +68,10 @@ def run_scores(run_dir: Path, sizes, repeats) -> tuple[int, dict[str, list[float
     run = RunFolder(run_dir)
     data = prepare_data(run.config, split=run.read_split(), progress=False)
     model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    if model.output_shape[-1] != 1:  # before predicting every validation image
+        raise SystemExit(f"{run_dir}: not a binary model; this study tunes a threshold")
     pairs = validation_predictions(model, data.val, run.config.model.divisor,
                                    limit=len(data.val))
-    if pairs[0][0].shape[-1] != 1:
-        raise SystemExit(f"{run_dir}: not a binary model; this study tunes a threshold")
     return len(pairs), holdout_scores(pairs, data.class_names, data.fingerprint,
                                       run.config.train.tune_on, sizes, repeats)
 
