@@ -4,9 +4,10 @@ For each trained run (a single model or one fold), its best model predicts every
 validation image, whole, as training's tuning does. The validation images are split
 at random into halves A and B, several times; on each split the threshold and
 post-processing are chosen (``unet_cbam.postprocess.tune``, as training does) on
-random subsets of A of the sizes asked for (and on all of A), and each choice is
-scored on B, beside plain thresholding at 0.5 with no post-processing. Validation
-images only: the test split is neither used nor read.
+random subsets of A of the sizes asked for (and on all of A), under each rule asked
+for (``--confidence``: 0 keeps any gain, as training did before; 0.95 is training's
+default), and each choice is scored on B, beside plain thresholding at 0.5 with no
+post-processing. Validation images only: the test split is neither used nor read.
 
     python benchmarks/postprocess_holdout.py RUN [RUN ...] --label kvasir
 
@@ -29,11 +30,15 @@ from common import print_table, write_json  # noqa: E402
 PLAIN = "0.5, none"
 
 
-def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, seed=0
-                   ) -> dict[str, list[float]]:
-    """{choice: Dice on half B for each repeat}; choices: ``PLAIN`` and ``"tuned on N"``
-    for each subset size N of half A (capped at the half; the whole half is marked
-    ``"(all of A)"``)."""
+def rule_name(confidence: float) -> str:
+    return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
+
+
+def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, seed=0,
+                   confidences=(0.0,)) -> dict[str, list[float]]:
+    """{choice: Dice on half B for each repeat}; choices: ``PLAIN`` and
+    ``"tuned on N, RULE"`` for each subset size N of half A (capped at the half; the whole
+    half is marked ``"(all of A)"``) and each rule (``rule_name`` of a confidence)."""
     from unet_cbam import postprocess
     from unet_cbam.inference import probabilities_to_labels
 
@@ -50,16 +55,20 @@ def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, see
             [(probabilities_to_labels(p, 0.5), t) for p, t in b], label))
         for count in counts:
             subset = [a[i] for i in rng.choice(half, count, replace=False)]
-            chosen = postprocess.tune(subset, class_names, fingerprint, tune_on)
-            threshold = chosen.get("threshold", 0.5)
-            labels = [(postprocess.postprocess(probabilities_to_labels(p, threshold),
-                                               chosen, class_names), t) for p, t in b]
-            key = f"tuned on {count}" + (" (all of A)" if count == half else "")
-            scores.setdefault(key, []).append(postprocess.pooled_dice(labels, label))
+            for confidence in confidences:
+                chosen = postprocess.tune(subset, class_names, fingerprint, tune_on,
+                                          confidence=confidence)
+                threshold = chosen.get("threshold", 0.5)
+                labels = [(postprocess.postprocess(probabilities_to_labels(p, threshold),
+                                                   chosen, class_names), t) for p, t in b]
+                key = (f"tuned on {count}" + (" (all of A)" if count == half else "")
+                       + f", {rule_name(confidence)}")
+                scores.setdefault(key, []).append(postprocess.pooled_dice(labels, label))
     return scores
 
 
-def run_scores(run_dir: Path, sizes, repeats) -> tuple[int, dict[str, list[float]]]:
+def run_scores(run_dir: Path, sizes, repeats, confidences
+               ) -> tuple[int, dict[str, list[float]]]:
     import keras
 
     from unet_cbam.run import RunFolder
@@ -73,7 +82,8 @@ def run_scores(run_dir: Path, sizes, repeats) -> tuple[int, dict[str, list[float
     pairs = validation_predictions(model, data.val, run.config.model.divisor,
                                    limit=len(data.val))
     return len(pairs), holdout_scores(pairs, data.class_names, data.fingerprint,
-                                      run.config.train.tune_on, sizes, repeats)
+                                      run.config.train.tune_on, sizes, repeats,
+                                      confidences=confidences)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,12 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64],
                         help="subset sizes of half A to tune on (all of A is always tried)")
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--confidence", nargs="+", type=float, default=[0.0, 0.95],
+                        help="the tuner's rules to compare (0: keep any gain)")
     parser.add_argument("--label", required=True)
     args = parser.parse_args(argv)
 
     rows, results = [], []
     for run_dir in args.runs:
-        images, scores = run_scores(run_dir, args.sizes, args.repeats)
+        images, scores = run_scores(run_dir, args.sizes, args.repeats, args.confidence)
         row = {"run": str(run_dir), "validation images": images}
         row.update({key: float(np.mean(values)) for key, values in scores.items()})
         rows.append(row)
@@ -100,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                  for key in columns[2:]})
     print_table([*rows, mean], columns)
     path = write_json(f"postprocess-holdout-{args.label}.json",
-                      {"sizes": args.sizes, "repeats": args.repeats, "runs": results})
+                      {"sizes": args.sizes, "repeats": args.repeats,
+                       "confidence": args.confidence, "runs": results})
     print(f"written: {path}")
 
 

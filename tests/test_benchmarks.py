@@ -321,7 +321,10 @@ def test_postprocess_holdout_scores_choices_on_the_other_half():
         pairs.append((probabilities, truth))
     fingerprint = {"objects": {"foreground": {"p5_area": 100, "median_area": 100}}}
     scores = module.holdout_scores(pairs, ["background", "foreground"], fingerprint,
-                                   "foreground", sizes=[2, 100], repeats=3)
-    assert list(scores) == [module.PLAIN, "tuned on 2", "tuned on 4 (all of A)"]
+                                   "foreground", sizes=[2, 100], repeats=3,
+                                   confidences=[0.0, 0.95])
+    assert list(scores) == [module.PLAIN, "tuned on 2, any gain", "tuned on 2, confidence 0.95",
+                            "tuned on 4 (all of A), any gain",
+                            "tuned on 4 (all of A), confidence 0.95"]
     assert scores[module.PLAIN] == pytest.approx([200 / 204] * 3)
-    assert scores["tuned on 2"] == scores["tuned on 4 (all of A)"] == [1.0] * 3
+    assert all(values == [1.0] * 3 for key, values in scores.items() if key != module.PLAIN)

@@ -8,9 +8,12 @@ import pytest
 from helpers import make_untrained_run
 from unet_cbam.config import InferenceConfig
 from unet_cbam.data.io import IGNORE_LABEL
+from unet_cbam.inference import probabilities_to_labels
 from unet_cbam.postprocess import (
     apply_steps,
+    dice_counts,
     fill_holes,
+    gain_confidence,
     keep_largest,
     pooled_dice,
     postprocess,
@@ -70,6 +73,47 @@ def test_small_false_components_are_removed_when_that_raises_validation_dice():
     before, after = steps["validation_dice"]
     assert after == pytest.approx(1.0) and before < after
     assert tuned["threshold"] == 0.5
+
+
+def test_a_gain_carried_by_one_image_is_not_kept():
+    # Image 0: a 400-px object plus ten false 9-px specks. Images 1-5: the same object
+    # and a true 9-px one, both found. Removing components under 10 px raises the pooled
+    # Dice (90 false pixels go, 45 true ones with them) but loses on five images of six:
+    # any gain keeps it; a bootstrap confidence of 0.95 does not.
+    pairs = []
+    for index in range(6):
+        truth = _square(np.zeros((64, 64), np.uint16), 10, 10, 20)
+        prediction = truth.copy()
+        if index == 0:
+            for k in range(10):
+                _square(prediction, 40 + 6 * (k // 5), 4 + 12 * (k % 5), 3)
+        else:
+            _square(truth, 50, 50, 3)
+            _square(prediction, 50, 50, 3)
+        pairs.append((_probabilities(prediction), truth))
+    names = ["background", "foreground"]
+    labels = [(probabilities_to_labels(p, 0.5), t) for p, t in pairs]
+    cleaned = [(apply_steps(p, 1, {"min_size": 10}), t) for p, t in labels]
+    assert pooled_dice(labels, 1) == pytest.approx(2 * 2445 / (2535 + 2445))
+    assert pooled_dice(cleaned, 1) == pytest.approx(2 * 2400 / (2400 + 2445))
+    confidence = gain_confidence(dice_counts(labels, 1), dice_counts(cleaned, 1))
+    assert 0.55 < confidence < 0.8  # wins only where image 0 is drawn: 1 - (5/6)^6 = 0.67
+    assert tune(pairs, names, FINGERPRINT, confidence=0.0)["classes"]["foreground"][
+        "min_size"] == 10
+    strict = tune(pairs, names, FINGERPRINT, confidence=0.95)
+    assert strict["confidence"] == 0.95 and strict["threshold"] == 0.5
+    assert strict["classes"]["foreground"] == {
+        "min_size": None, "largest_only": False, "fill_holes": False,
+        "validation_dice": [round(2 * 2445 / (2535 + 2445), 6)] * 2}
+
+
+def test_gain_confidence_on_counts():
+    before = np.array([[8, 10, 10], [5, 10, 10], [0, 0, 0]])
+    assert gain_confidence(before, before) == 0.0          # never differs
+    better = before + np.array([[1, 0, 0], [2, 0, 0], [0, 0, 0]])
+    assert gain_confidence(before, better) == 1.0           # wins wherever it differs
+    assert gain_confidence(better, before) == 0.0
+    assert gain_confidence(before[:1], better[:1]) == 1.0   # one image
 
 
 def test_small_true_objects_are_kept():
