@@ -1,12 +1,15 @@
-"""Which class the threshold and post-processing are chosen on: one model, every choice.
+"""How the threshold and post-processing are chosen: one model, every choice.
 
 A trained binary run's best model predicts its own validation images (as
-training does at its end); the threshold and post-processing are chosen on
-each class's validation Dice in turn (``unet_cbam.postprocess.tune`` with
-``tune_on``), and each choice, and plain thresholding at 0.5, goes through
-``predict.py --truth`` on a test folder. The test Dice of every class is
-reported: the test split is scored, never used for a choice. Same model for
-every row, so the rows differ only by the choice.
+training does at its end; a cross-validation run: its folds' out-of-fold
+predictions, and the rows are the fold ensemble's); the threshold and
+post-processing are chosen on each class's validation Dice in turn
+(``unet_cbam.postprocess.tune`` with ``tune_on``; ``--judge`` names fewer),
+under each rule asked for (``--confidence``; default: training's), and each
+choice, and plain thresholding at 0.5, goes through ``predict.py --truth`` on a
+test folder. The test Dice of every class is reported: the test split is
+scored, never used for a choice. Same model for every row, so the rows differ
+only by the choice.
 
     python benchmarks/tune_on.py --run RUN --test DIR --label isbi
 
@@ -31,39 +34,91 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, print_table, write_json  # noqa: E402
 
 
-def choices(run_dir: Path) -> tuple[dict[str, dict], list[str]]:
-    """{judged class: its inference section} for the run's best model, and the class names."""
+def rule_name(confidence: float) -> str:
+    return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
+
+
+def _validation(run_dir: Path):
+    """(validation pairs, class names, fingerprint): a single run's best model on its
+    validation images, or a cross-validation run's out-of-fold predictions, as training
+    chooses on them."""
     import keras
 
-    from unet_cbam import postprocess
-    from unet_cbam.run import RunFolder
-    from unet_cbam.training import prepare_data, validation_predictions
+    from unet_cbam.run import RunFolder, class_names
+    from unet_cbam.training import (
+        out_of_fold_predictions,
+        prepare_data,
+        validation_predictions,
+    )
 
     run = RunFolder(run_dir)
+    folds = run.folds()
+    if folds and not run.model_path.is_file():
+        first = folds[0]
+        return (out_of_fold_predictions(run, len(folds)),
+                class_names(first.config.data, first.codec), first.read_fingerprint())
     config = run.config
     data = prepare_data(config, split=run.read_split(), progress=False)
     model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-    pairs = validation_predictions(model, data.val, config.model.divisor)
-    if len(data.class_names) != 2:
-        raise SystemExit(f"{run_dir}: {len(data.class_names)} classes; tune_on needs two")
-    return ({name: postprocess.tune(pairs, data.class_names, data.fingerprint, name)
-             for name in data.class_names}, list(data.class_names))
+    return (validation_predictions(model, data.val, config.model.divisor),
+            list(data.class_names), data.fingerprint)
 
 
-def compare(run_dir: Path, test: Path, work: Path) -> list[dict]:
-    """A row per choice (and one for plain 0.5 thresholding): what was chosen, the
-    validation Dice it was chosen on, and the test Dice of every class."""
+def choices(run_dir: Path, judges: list[str] | None = None,
+            confidences: list[float] | None = None) -> tuple[list[dict], list[str]]:
+    """[{judge, rule, inference}] for the run's best model (or its folds' ensemble): one
+    choice per judged class (default: each of the two) and rule (default: training's),
+    and the class names."""
+    from unet_cbam import postprocess
+
+    pairs, names, fingerprint = _validation(run_dir)
+    if len(names) != 2:
+        raise SystemExit(f"{run_dir}: {len(names)} classes; tune_on needs two")
+    unknown = sorted(set(judges or []) - set(names))
+    if unknown:
+        raise SystemExit(f"--judge {', '.join(unknown)}: not a class of {run_dir} ({names})")
+    return ([{"judge": name, "rule": rule_name(confidence),
+              "inference": postprocess.tune(pairs, names, fingerprint, name,
+                                            confidence=confidence)}
+             for name in (judges or names)
+             for confidence in (confidences or [postprocess.CONFIDENCE])], names)
+
+
+def _copy_with(run_dir: Path, copy: Path, inference: dict | None) -> None:
+    """``run_dir`` at ``copy`` with its choice replaced: a single run copied, its
+    ``config.yaml`` rewritten; a cross-validation run's folds linked, its
+    ``cv_metrics.json`` rewritten."""
     from unet_cbam.run import RunFolder
 
-    tuned, names = choices(run_dir)
-    rows = []
-    for judge, inference in [*tuned.items(), ("none (0.5, no post-processing)", None)]:
-        copy = work / f"run-{len(rows)}"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy, ignore_errors=True)
+    run = RunFolder(run_dir)
+    folds = run.folds()
+    if folds and not run.model_path.is_file():
+        copy.mkdir(parents=True)
+        for fold in folds:
+            (copy / fold.path.name).symlink_to(fold.path, target_is_directory=True)
+        metrics = json.loads(run.cv_metrics_path.read_text()) \
+            if run.cv_metrics_path.is_file() else {}
+        metrics["inference"] = inference
+        (copy / run.cv_metrics_path.name).write_text(json.dumps(metrics, indent=2))
+        return
+    shutil.copytree(run_dir, copy)
+    if inference is not None:
         folder = RunFolder(copy)
-        if inference is not None:
-            folder.write_config(dataclasses.replace(folder.config, inference=inference))
+        folder.write_config(dataclasses.replace(folder.config, inference=inference))
+
+
+def compare(run_dir: Path, test: Path, work: Path, judges: list[str] | None = None,
+            confidences: list[float] | None = None) -> list[dict]:
+    """A row per choice (and one for plain 0.5 thresholding): what was chosen, the
+    validation Dice it was chosen on, and the test Dice of every class."""
+    tuned, names = choices(run_dir, judges, confidences)
+    plain = {"judge": "none (0.5, no post-processing)", "rule": "-", "inference": None}
+    rows = []
+    for choice in [*tuned, plain]:
+        inference = choice["inference"]
+        copy = work / f"run-{len(rows)}"
+        _copy_with(run_dir, copy, inference)
         output = work / f"test-{len(rows)}"
         shutil.rmtree(output, ignore_errors=True)
         subprocess.run([sys.executable, "predict.py", "--model", str(copy), "--input",
@@ -72,7 +127,7 @@ def compare(run_dir: Path, test: Path, work: Path) -> list[dict]:
                         *([] if inference else ["--no-postprocess"])],
                        cwd=ROOT, check=True)
         evaluation = json.loads((output / "evaluation.json").read_text())
-        row = {"chosen on": judge,
+        row = {"chosen on": choice["judge"], "rule": choice["rule"],
                "threshold": inference["threshold"] if inference else 0.5,
                "steps": ", ".join(
                    f"{name}: " + (", ".join(k for k in ("largest_only", "fill_holes")
@@ -89,19 +144,25 @@ def compare(run_dir: Path, test: Path, work: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a trained binary run folder")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="a trained binary run folder, or a cross-validation run's")
     parser.add_argument("--test", type=Path, required=True, help="folder with images/, masks/")
     parser.add_argument("--label", required=True, help="results/tune_on-LABEL.json")
     parser.add_argument("--work", type=Path, help="keep the copies here (default: temporary)")
+    parser.add_argument("--judge", nargs="+", help="classes to choose on (default: both)")
+    parser.add_argument("--confidence", nargs="+", type=float,
+                        help="the tuner's rules (0: keep any gain; default: training's)")
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         work = arguments.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        rows = compare(arguments.run.resolve(), arguments.test.resolve(), work)
+        rows = compare(arguments.run.resolve(), arguments.test.resolve(), work,
+                       arguments.judge, arguments.confidence)
     print_table(rows, list(rows[0]))
     print("written:", write_json(f"tune_on-{arguments.label}.json",
                                  {"run": str(arguments.run), "test": str(arguments.test),
-                                  "rows": rows}))
+                                  "judge": arguments.judge,
+                                  "confidence": arguments.confidence, "rows": rows}))
 
 
 if __name__ == "__main__":

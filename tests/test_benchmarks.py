@@ -194,20 +194,62 @@ def test_tune_on_benchmark_predicts_each_choice_of_one_model(isbi_run, isbi_dir,
     module = load_script("tune_on")
     tuned, names = module.choices(isbi_run)
     assert names == ["membrane", "cell"]
-    assert [section["tuned_on"] for section in tuned.values()] == names
+    assert [choice["judge"] for choice in tuned] == names
+    assert [choice["inference"]["tuned_on"] for choice in tuned] == names
     before = (isbi_run / "config.yaml").read_text()
-    rows = module.compare(isbi_run, test, tmp_path / "work")
+    rows = module.compare(isbi_run, test, tmp_path / "work", confidences=[0.0, 0.95])
     assert (isbi_run / "config.yaml").read_text() == before  # the run itself untouched
-    assert [row["chosen on"] for row in rows] == [*names, "none (0.5, no post-processing)"]
-    assert [row["threshold"] for row in rows] == [tuned["membrane"]["threshold"],
-                                                  tuned["cell"]["threshold"], 0.5]
+    assert [(row["chosen on"], row["rule"]) for row in rows] == [
+        ("membrane", "any gain"), ("membrane", "confidence 0.95"), ("cell", "any gain"),
+        ("cell", "confidence 0.95"), ("none (0.5, no post-processing)", "-")]
+    assert rows[-1]["threshold"] == 0.5
     copy = RunFolder(tmp_path / "work" / "run-0").config
-    assert copy.inference == tuned["membrane"] and isinstance(copy, RunConfig)
+    assert isinstance(copy, RunConfig)
+    assert copy.inference == module.choices(isbi_run, ["membrane"], [0.0])[0][0]["inference"]
     for row in rows:
         assert 0.0 < row["test dice membrane"] < 1.0 and 0.0 < row["test dice cell"] < 1.0
-    if rows[0]["threshold"] == rows[1]["threshold"] and rows[0]["steps"] == rows[1]["steps"]:
-        assert rows[0]["test dice membrane"] == rows[1]["test dice membrane"]
+    if rows[0]["threshold"] == rows[2]["threshold"] and rows[0]["steps"] == rows[2]["steps"]:
+        assert rows[0]["test dice membrane"] == rows[2]["test dice membrane"]
     assert np.isfinite(rows[0]["validation dice (chosen on)"])
+    with pytest.raises(SystemExit, match="--judge cells"):
+        module.choices(isbi_run, ["cells"])
+
+
+@pytest.mark.slow
+def test_tune_on_benchmark_scores_a_fold_ensemble_on_out_of_fold_predictions(tmp_path):
+    import json
+
+    from helpers import write_pairs
+    from unet_cbam.config import DataConfig, RunConfig, TrainConfig
+    from unet_cbam.run import RunFolder
+    from unet_cbam.training import train_folds
+
+    data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
+    config = RunConfig(
+        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+        data=DataConfig(data=str(data), augmentation="none"),
+        train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
+                          folds=2))
+    run = RunFolder(tmp_path / "cv")
+    train_folds(config, run, progress=False)
+    before = run.cv_metrics_path.read_text()
+    module = load_script("tune_on")
+    tuned, names = module.choices(run.path, confidences=[0.0])
+    assert [choice["judge"] for choice in tuned] == names and len(names) == 2
+    assert tuned[0]["inference"]["validation_images"] == 4  # both folds' validation pairs
+    rows = module.compare(run.path, data, tmp_path / "work", [names[1]], [0.0, 0.95])
+    assert run.cv_metrics_path.read_text() == before  # the run itself untouched
+    assert [row["rule"] for row in rows] == ["any gain", "confidence 0.95", "-"]
+    copy = tmp_path / "work" / "run-1"
+    assert sorted(path.name for path in copy.iterdir()) == ["cv_metrics.json", "fold_0",
+                                                           "fold_1"]
+    assert (copy / "fold_0").is_symlink() and (copy / "fold_0").resolve() == run.fold(0).path
+    saved = json.loads((copy / "cv_metrics.json").read_text())
+    assert saved["inference"] == module.choices(run.path, [names[1]], [0.95])[0][0][
+        "inference"]
+    assert saved["per_fold"] == json.loads(before)["per_fold"]
+    for row in rows:
+        assert 0.0 <= row[f"test dice {names[1]}"] <= 1.0
 
 
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):

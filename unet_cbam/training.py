@@ -872,15 +872,23 @@ def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool
     return results
 
 
-def tune_folds(run: RunFolder, folds: int) -> dict:
-    """Threshold and post-processing for the fold ensemble, chosen on the out-of-fold
-    predictions: each fold's best model on its own validation pairs."""
+def out_of_fold_predictions(run: RunFolder, folds: int
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each fold's best model on its own validation images (``validation_predictions``,
+    an equal share of ``MAX_IMAGES`` each): what the ensemble's choice is made on."""
     pairs, per_fold = [], max(1, postprocessing.MAX_IMAGES // folds)
     for index in range(folds):
         fold = run.fold(index)
         data = prepare_data(fold.config, split=fold.read_split(), progress=False)
         model = keras.saving.load_model(fold.model_path, safe_mode=True, compile=False)
         pairs += validation_predictions(model, data.val, fold.config.model.divisor, per_fold)
+    return pairs
+
+
+def tune_folds(run: RunFolder, folds: int) -> dict:
+    """Threshold and post-processing for the fold ensemble, chosen on the out-of-fold
+    predictions."""
+    pairs = out_of_fold_predictions(run, folds)
     names = class_names(run.fold(0).config.data, run.fold(0).codec)
     tuned = postprocessing.tune(pairs, names, run.fold(0).read_fingerprint(),
                                 run.fold(0).config.train.tune_on)
