@@ -79,7 +79,7 @@ def test_a_gain_carried_by_one_image_is_not_kept():
     # Image 0: a 400-px object plus ten false 9-px specks. Images 1-5: the same object
     # and a true 9-px one, both found. Removing components under 10 px raises the pooled
     # Dice (90 false pixels go, 45 true ones with them) but loses on five images of six:
-    # any gain keeps it; a bootstrap confidence of 0.95 does not.
+    # any gain keeps it; the default rule (bootstrap confidence 0.95) does not.
     pairs = []
     for index in range(6):
         truth = _square(np.zeros((64, 64), np.uint16), 10, 10, 20)
@@ -100,9 +100,9 @@ def test_a_gain_carried_by_one_image_is_not_kept():
     assert 0.55 < confidence < 0.8  # wins only where image 0 is drawn: 1 - (5/6)^6 = 0.67
     assert tune(pairs, names, FINGERPRINT, confidence=0.0)["classes"]["foreground"][
         "min_size"] == 10
-    strict = tune(pairs, names, FINGERPRINT, confidence=0.95)
-    assert strict["confidence"] == 0.95 and strict["threshold"] == 0.5
-    assert strict["classes"]["foreground"] == {
+    default = tune(pairs, names, FINGERPRINT)
+    assert default["confidence"] == 0.95 and default["threshold"] == 0.5
+    assert default["classes"]["foreground"] == {
         "min_size": None, "largest_only": False, "fill_holes": False,
         "validation_dice": [round(2 * 2445 / (2535 + 2445), 6)] * 2}
 
