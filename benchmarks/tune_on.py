@@ -38,45 +38,59 @@ def rule_name(confidence: float) -> str:
     return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
 
 
+def _folds(run_dir: Path) -> list:
+    """The fold runs of a cross-validation run folder; empty for a single run."""
+    from unet_cbam.run import RunFolder
+
+    run = RunFolder(run_dir)
+    return [] if run.model_path.is_file() else run.folds()
+
+
+def _class_names(run_dir: Path) -> list[str]:
+    from unet_cbam.run import RunFolder
+
+    folds = _folds(run_dir)
+    return list((folds[0] if folds else RunFolder(run_dir)).class_names)
+
+
 def _validation(run_dir: Path):
-    """(validation pairs, class names, fingerprint): a single run's best model on its
-    validation images, or a cross-validation run's out-of-fold predictions, as training
-    chooses on them."""
+    """(validation pairs, fingerprint): a single run's best model on its validation
+    images, or a cross-validation run's out-of-fold predictions, as training chooses on
+    them."""
     import keras
 
-    from unet_cbam.run import RunFolder, class_names
+    from unet_cbam.run import RunFolder
     from unet_cbam.training import (
         out_of_fold_predictions,
         prepare_data,
         validation_predictions,
     )
 
+    folds = _folds(run_dir)
+    if folds:
+        return out_of_fold_predictions(RunFolder(run_dir), len(folds)), \
+            folds[0].read_fingerprint()
     run = RunFolder(run_dir)
-    folds = run.folds()
-    if folds and not run.model_path.is_file():
-        first = folds[0]
-        return (out_of_fold_predictions(run, len(folds)),
-                class_names(first.config.data, first.codec), first.read_fingerprint())
     config = run.config
     data = prepare_data(config, split=run.read_split(), progress=False)
     model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-    return (validation_predictions(model, data.val, config.model.divisor),
-            list(data.class_names), data.fingerprint)
+    return validation_predictions(model, data.val, config.model.divisor), data.fingerprint
 
 
 def choices(run_dir: Path, judges: list[str] | None = None,
             confidences: list[float] | None = None) -> tuple[list[dict], list[str]]:
     """[{judge, rule, inference}] for the run's best model (or its folds' ensemble): one
     choice per judged class (default: each of the two) and rule (default: training's),
-    and the class names."""
+    and the class names. Classes are checked before any prediction."""
     from unet_cbam import postprocess
 
-    pairs, names, fingerprint = _validation(run_dir)
+    names = _class_names(run_dir)
     if len(names) != 2:
         raise SystemExit(f"{run_dir}: {len(names)} classes; tune_on needs two")
     unknown = sorted(set(judges or []) - set(names))
     if unknown:
         raise SystemExit(f"--judge {', '.join(unknown)}: not a class of {run_dir} ({names})")
+    pairs, fingerprint = _validation(run_dir)
     return ([{"judge": name, "rule": rule_name(confidence),
               "inference": postprocess.tune(pairs, names, fingerprint, name,
                                             confidence=confidence)}
@@ -92,8 +106,8 @@ def _copy_with(run_dir: Path, copy: Path, inference: dict | None) -> None:
 
     shutil.rmtree(copy, ignore_errors=True)
     run = RunFolder(run_dir)
-    folds = run.folds()
-    if folds and not run.model_path.is_file():
+    folds = _folds(run_dir)
+    if folds:
         copy.mkdir(parents=True)
         for fold in folds:
             (copy / fold.path.name).symlink_to(fold.path, target_is_directory=True)
