@@ -7,13 +7,12 @@ filling holes (background enclosed by the class). A step is kept only if it
 raises the class's Dice pooled over the validation images and does so
 consistently: in at least ``CONFIDENCE`` (0.95) of the paired bootstrap
 resamples of the validation images in which it changes the Dice
-(``gain_confidence``). For
-binary models the probability threshold is tuned first, under the same rule.
-With one foreground class, every choice is judged on the Dice of the class
-the plan names (``tune_on``: the rarer of the two, so the thin background
-membranes of an EM slice rather than the cells they enclose). The result is the run's
-``inference`` section (``config.yaml``), which predict.py applies unless
-``--no-postprocess``.
+(``gain_confidence``). For binary models the probability threshold is tuned
+first, under the same rule. With one foreground class, every choice is judged
+on the Dice of the class the plan names (``tune_on``: the rarer of the two,
+so the thin background membranes of an EM slice rather than the cells they
+enclose). The result is the run's ``inference`` section (``config.yaml``),
+which predict.py applies unless ``--no-postprocess``.
 
 numpy and OpenCV only (connected components: ``cv2.connectedComponentsWithStats``).
 """
