@@ -60,3 +60,15 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     return path
+
+
+def tiny_fold_config(data: Path, folds: int = 2, fold: int | None = None):
+    """A RunConfig for a seconds-long cross-validation run on ``write_pairs(...,
+    channels=1)`` data: one epoch of one step per fold (``fold``: that fold only)."""
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+        data=DataConfig(data=str(data), augmentation="none"),
+        train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
+                          folds=folds, fold=fold))

@@ -219,19 +219,13 @@ def test_tune_on_benchmark_predicts_each_choice_of_one_model(isbi_run, isbi_dir,
 def test_tune_on_benchmark_scores_a_fold_ensemble_on_out_of_fold_predictions(tmp_path):
     import json
 
-    from helpers import write_pairs
-    from unet_cbam.config import DataConfig, RunConfig, TrainConfig
+    from helpers import tiny_fold_config, write_pairs
     from unet_cbam.run import RunFolder
     from unet_cbam.training import train_folds
 
     data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
-    config = RunConfig(
-        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
-        data=DataConfig(data=str(data), augmentation="none"),
-        train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
-                          folds=2))
     run = RunFolder(tmp_path / "cv")
-    train_folds(config, run, progress=False)
+    train_folds(tiny_fold_config(data), run, progress=False)
     before = run.cv_metrics_path.read_text()
     module = load_script("tune_on")
     tuned, names = module.choices(run.path, confidences=[0.0])

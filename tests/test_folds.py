@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import make_untrained_run, write_pairs
+from helpers import make_untrained_run, tiny_fold_config, write_pairs
 from unet_cbam.cli.train import main as train_main
 from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig, TrainConfig
 from unet_cbam.data.dataset import kfold_split
@@ -60,11 +60,7 @@ def test_fold_k_alone_then_the_rest_give_cv_metrics(tmp_path):
     from unet_cbam.training import train_folds
 
     data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
-    config = RunConfig(
-        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
-        data=DataConfig(data=str(data), augmentation="none"),
-        train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
-                          folds=2, fold=1))
+    config = tiny_fold_config(data, folds=2, fold=1)
     run = RunFolder(tmp_path / "cv")
     train_folds(config, run, progress=False)
     assert [fold.path.name for fold in run.folds()] == ["fold_1"]
