@@ -106,6 +106,33 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
                          float_format=benchmark_number))
 
 
+def rule_name(confidence: float) -> str:
+    """How the post-processing tuner's rule (``postprocess.tune(confidence=)``) is named
+    in result tables."""
+    return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
+
+
+def run_validation_pairs(run_dir: Path, every_image: bool = False, binary: bool = False):
+    """(pairs, class names, fingerprint, tune_on) of a trained single run: its best model
+    on its validation images, whole, as training's tuning predicts them (at most
+    training's bound of them, evenly spread, unless ``every_image``). ``binary``: refuse
+    a model with more than one output before predicting anything."""
+    import keras
+
+    from unet_cbam.run import RunFolder
+    from unet_cbam.training import prepare_data, validation_predictions
+
+    run = RunFolder(run_dir)
+    config = run.config
+    if binary and config.model.num_classes != 1:
+        raise SystemExit(f"{run_dir}: not a binary model; this study tunes a threshold")
+    data = prepare_data(config, split=run.read_split(), progress=False)
+    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    pairs = validation_predictions(model, data.val, config.model.divisor,
+                                   *([len(data.val)] if every_image else []))
+    return pairs, list(data.class_names), data.fingerprint, config.train.tune_on
+
+
 def make_run(folder: Path) -> Path:
     """A run folder with the default model for 1-channel images (untrained)."""
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig

@@ -25,13 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json  # noqa: E402
+from common import print_table, rule_name, run_validation_pairs, write_json  # noqa: E402
 
 PLAIN = "0.5, none"
-
-
-def rule_name(confidence: float) -> str:
-    return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
 
 
 def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, seed=0,
@@ -69,20 +65,9 @@ def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, see
 
 def run_scores(run_dir: Path, sizes, repeats, confidences
                ) -> tuple[int, dict[str, list[float]]]:
-    import keras
-
-    from unet_cbam.run import RunFolder
-    from unet_cbam.training import prepare_data, validation_predictions
-
-    run = RunFolder(run_dir)
-    data = prepare_data(run.config, split=run.read_split(), progress=False)
-    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-    if model.output_shape[-1] != 1:  # before predicting every validation image
-        raise SystemExit(f"{run_dir}: not a binary model; this study tunes a threshold")
-    pairs = validation_predictions(model, data.val, run.config.model.divisor,
-                                   limit=len(data.val))
-    return len(pairs), holdout_scores(pairs, data.class_names, data.fingerprint,
-                                      run.config.train.tune_on, sizes, repeats,
+    pairs, names, fingerprint, tune_on = run_validation_pairs(run_dir, every_image=True,
+                                                              binary=True)
+    return len(pairs), holdout_scores(pairs, names, fingerprint, tune_on, sizes, repeats,
                                       confidences=confidences)
 
 

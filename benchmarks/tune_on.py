@@ -31,11 +31,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print_table, write_json  # noqa: E402
-
-
-def rule_name(confidence: float) -> str:
-    return "any gain" if confidence <= 0 else f"confidence {confidence:g}"
+from common import ROOT, print_table, rule_name, run_validation_pairs, write_json  # noqa: E402
 
 
 def _folds(run_dir: Path) -> list:
@@ -57,24 +53,15 @@ def _validation(run_dir: Path):
     """(validation pairs, fingerprint): a single run's best model on its validation
     images, or a cross-validation run's out-of-fold predictions, as training chooses on
     them."""
-    import keras
-
     from unet_cbam.run import RunFolder
-    from unet_cbam.training import (
-        out_of_fold_predictions,
-        prepare_data,
-        validation_predictions,
-    )
+    from unet_cbam.training import out_of_fold_predictions
 
     folds = _folds(run_dir)
     if folds:
         return out_of_fold_predictions(RunFolder(run_dir), len(folds)), \
             folds[0].read_fingerprint()
-    run = RunFolder(run_dir)
-    config = run.config
-    data = prepare_data(config, split=run.read_split(), progress=False)
-    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
-    return validation_predictions(model, data.val, config.model.divisor), data.fingerprint
+    pairs, _, fingerprint, _ = run_validation_pairs(run_dir)
+    return pairs, fingerprint
 
 
 def choices(run_dir: Path, judges: list[str] | None = None,
