@@ -57,3 +57,31 @@ def test_maps_survive_save_and_safe_load(tmp_path):
     for level in a:
         for key in a[level]:
             np.testing.assert_array_equal(a[level][key], b[level][key])
+
+
+@pytest.mark.parametrize("position", ["skip", "decoder", "encoder"])
+def test_attention_layers_know_their_level(position, tmp_path):
+    from unet_cbam.attention import attention_layers
+
+    model = build_unet(ModelConfig(depth=3, base_filters=4, attention_position=position,
+                                   attention_levels="all"))
+    layers = attention_layers(model)
+    assert sorted(layers) == [0, 1, 2]
+    assert all(layer.level == level and layer.name == f"{position}{level}_cbam"
+               for level, layer in layers.items())
+    model.save(tmp_path / "m.keras")  # the level is saved with the layer
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert {level: layer.level for level, layer in attention_layers(loaded).items()} == \
+        {0: 0, 1: 1, 2: 2}
+
+
+def test_models_saved_before_layers_had_a_level_are_read_by_their_names():
+    from pathlib import Path
+
+    from unet_cbam.attention import attention_layers
+
+    model = keras.saving.load_model(Path(__file__).parent / "data" / "cbam_skip_v1.keras",
+                                    safe_mode=True, compile=False)
+    layers = attention_layers(model)
+    assert layers and all(layer.level is None for layer in layers.values())
+    assert all(layer.name.startswith(f"skip{level}_") for level, layer in layers.items())

@@ -1,7 +1,7 @@
 """The ISBI benchmark's bookkeeping: which model each name trains, aggregation, the table."""
 
 import dataclasses
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -14,15 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_script(name: str):
-    """A benchmark script as a module (they import their sibling `common`)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    """A benchmark script's module (``python -m benchmarks.NAME``)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +152,7 @@ def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does
 
     from unet_cbam.attention import attention_maps
     from unet_cbam.data.io import read_raw
-    from unet_cbam.predict import load_run
+    from unet_cbam.loading import load_run
 
     module = load_script("attention_stats")
     images = module.validation_images(isbi_run)
@@ -205,7 +198,8 @@ def test_tune_on_benchmark_predicts_each_choice_of_one_model(isbi_run, isbi_dir,
     assert rows[-1]["threshold"] == 0.5
     copy = RunFolder(tmp_path / "work" / "run-0").config
     assert isinstance(copy, RunConfig)
-    assert copy.inference == module.choices(isbi_run, ["membrane"], [0.0])[0][0]["inference"]
+    assert copy.inference.to_config() == \
+        module.choices(isbi_run, ["membrane"], [0.0])[0][0]["inference"]
     for row in rows:
         assert 0.0 < row["test dice membrane"] < 1.0 and 0.0 < row["test dice cell"] < 1.0
     if rows[0]["threshold"] == rows[2]["threshold"] and rows[0]["steps"] == rows[2]["steps"]:
@@ -220,8 +214,8 @@ def test_tune_on_benchmark_scores_a_fold_ensemble_on_out_of_fold_predictions(tmp
     import json
 
     from helpers import tiny_fold_config, write_pairs
+    from unet_cbam.folds import train_folds
     from unet_cbam.run import RunFolder
-    from unet_cbam.training import train_folds
 
     data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
     run = RunFolder(tmp_path / "cv")
@@ -249,7 +243,8 @@ def test_tune_on_benchmark_scores_a_fold_ensemble_on_out_of_fold_predictions(tmp
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
     common = load_script("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path)
-    path = common.write_json("x.json", {"rows": [1]})
+    path = common.write_json("script", "x.json", {"rows": [1]})
+    assert path == tmp_path / "script" / "x.json"
     import json
 
     machine = json.loads(path.read_text())["machine"]
@@ -262,7 +257,11 @@ def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch
 def test_committed_results_record_their_provenance():
     import json
 
-    for path in sorted((BENCHMARKS / "results").glob("*.json")):
+    paths = sorted((BENCHMARKS / "results").glob("*/*.json"))
+    assert paths and not list((BENCHMARKS / "results").glob("*.json"))  # each in its folder
+    for path in paths:
+        if path.parent.name == "archive":  # measured before the provenance fields
+            continue
         machine = json.loads(path.read_text())["machine"]
         for key in ("commit", "date", "cpu", "packages"):
             assert machine.get(key), f"{path.name} lacks machine.{key}"
@@ -317,7 +316,7 @@ def test_peer_trains_through_train_py_and_predict_py_uses_it(isbi_dir, tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "out"
     root = BENCHMARKS.parent
     train = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "peer_train.py"), "--data", str(data),
+        [sys.executable, "-m", "benchmarks.peer_train", "--data", str(data),
          "--input-channels", "1", "--encoder", "resnet18", "--attention", "none",
          "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64",
          "--output", str(run_dir), "--quiet"],
@@ -364,3 +363,15 @@ def test_postprocess_holdout_scores_choices_on_the_other_half():
                             "tuned on 4 (all of A), confidence 0.95"]
     assert scores[module.PLAIN] == pytest.approx([200 / 204] * 3)
     assert all(values == [1.0] * 3 for key, values in scores.items() if key != module.PLAIN)
+
+
+def test_the_results_index_lists_every_file_and_is_up_to_date(tmp_path, monkeypatch, capsys):
+    index = load_script("index")
+    text = index.render()
+    for path in (BENCHMARKS / "results").glob("*/*.json"):
+        if path.parent.name != "archive":
+            assert f"`{path.name}`" in text, path
+    assert index.main(["--check"]) == 0, "run python -m benchmarks.index"
+    monkeypatch.setattr(index, "INDEX", tmp_path / "README.md")
+    assert index.main(["--check"]) == 1  # a missing (or stale) index is caught
+    assert "python -m benchmarks.index" in capsys.readouterr().err

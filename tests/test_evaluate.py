@@ -55,7 +55,7 @@ def test_folders_with_other_tools_values_and_missing_pairs(tmp_path, capsys):
     _write(truth, "a.png", [[0, 0, 255, 255], [0, 0, 255, 255]])
     _write(pred, "a.png", [[0, 1, 1, 1], [0, 0, 0, 1]])         # 0/1 against 0/255
     _write(truth, "b.png", [[255, 255], [255, 255]])
-    _write(pred, "b_mask.png", [[255, 255], [255, 0]])
+    _write(pred, "b.png", [[255, 255], [255, 0]])
     _write(truth, "c.png", [[0]])                                # no prediction
     _write(pred, "z.png", [[0]])                                 # no truth
     evaluation = evaluate_folders(pred, truth, MaskCodec("binary", 1), ["bg", "fg"])
@@ -81,6 +81,19 @@ def test_folders_with_other_tools_values_and_missing_pairs(tmp_path, capsys):
     rows = (pred / "evaluation.csv").read_text().splitlines()
     assert rows[0] == "file,truth,class,dice,iou,precision,recall,pixel_accuracy"
     assert len(rows) == 1 + 2 * 2
+
+
+def test_predictions_pair_by_their_exact_stem_only(tmp_path):
+    """A mask named b_mask.png (what predict.py once wrote) is not taken for b's: that
+    guess scored another file silently; both sides are reported unpaired instead."""
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _write(truth, "a.png", [[0, 255]])
+    _write(pred, "a.png", [[0, 255]])
+    _write(truth, "b.png", [[255, 255]])
+    _write(pred, "b_mask.png", [[255, 255]])
+    summary = evaluate_folders(pred, truth, MaskCodec("binary", 1), ["bg", "fg"]).summary()
+    assert summary["images"] == 1
+    assert summary["missing_predictions"] == ["b"] and summary["missing_truths"] == ["b_mask"]
 
 
 def test_multiclass_detection_and_unreadable_prediction(tmp_path):

@@ -48,7 +48,7 @@ def test_every_format_exports_with_parity_and_its_preprocessing(exports, run_dir
 
 def test_exports_take_any_divisible_size(exports, run_dir):
     from unet_cbam.export import run_exported
-    from unet_cbam.predict import load_run
+    from unet_cbam.loading import load_run
 
     model = load_run(run_dir).model
     images = np.random.default_rng(1).random((1, 36, 52, 1), dtype=np.float32)
@@ -77,7 +77,7 @@ def test_fixed_size_tflite(run_dir, tmp_path):
 
 def test_a_run_trained_in_bfloat16_exports_in_float32(tmp_path):
     from unet_cbam.export import run_exported
-    from unet_cbam.predict import load_run, model_policy
+    from unet_cbam.loading import load_run, model_policy
 
     # mixed bfloat16: what auto trains in on CPUs with bfloat16 units
     run_dir = make_untrained_run(tmp_path / "run", channels=1, policy="mixed_bfloat16")
@@ -114,7 +114,8 @@ def test_a_cross_validation_run_is_exported_fold_by_fold(tmp_path):
 def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, run_dir,
                                                                        tmp_path):
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     raw = (np.random.default_rng(2).random((37, 50)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "image.png"), raw)
@@ -144,7 +145,8 @@ def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, 
         loaded = tf.saved_model.load({str(exports["savedmodel"])!r})
         image = np.random.default_rng(0).random((1, 32, 44, 1), dtype=np.float32)
         print("savedmodel", loaded.serve(image).shape)
-        interpreter = tf.lite.Interpreter(model_path={str(exports["tflite"])!r})
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(model_path={str(exports["tflite"])!r})
         print("tflite", interpreter.get_input_details()[0]["shape_signature"].tolist())
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
@@ -155,7 +157,8 @@ def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, 
 
 def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     run = load_run(run_dir)
     raw = (np.random.default_rng(3).random((70, 90)) * 255).astype(np.uint8)
@@ -184,7 +187,7 @@ def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precisio
                                                 installed, expected):
     import importlib.util
 
-    from unet_cbam.predict import choose_runtime
+    from unet_cbam.runtime import choose_runtime
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -198,8 +201,9 @@ def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precisio
 
 def test_predict_with_auto_runtime_uses_onnxruntime_on_this_cpu(run_dir):
     from unet_cbam.config import InferenceConfig
+    from unet_cbam.loading import load_run
     from unet_cbam.precision import choose_precision
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.predict import BatchPredictor
 
     run = load_run(run_dir)
     predictor = BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32"))

@@ -100,10 +100,10 @@ def test_pixel_sampling_is_bounded(tmp_path, monkeypatch):
 def test_narrow_16_bit_data_gets_percentile_normalisation(tmp_path):
     fingerprint, _ = _fingerprint(_nuclei(tmp_path / "data"))
     config = plan_run(RunConfig(model=ModelConfig(input_channels=1)), fingerprint)
-    assert config.data.normalization == {"mode": "percentile", "low": [BACKGROUND],
-                                         "high": [NUCLEUS]}
+    normalization = config.data.normalization
+    assert normalization == Normalization("percentile", (BACKGROUND,), (NUCLEUS,))
+    assert config.plan["normalization"]["value"] == normalization.to_config()
     assert "16-bit range" in config.plan["normalization"]["reason"]
-    normalization = Normalization.from_config(config.data.normalization)
     raw = np.array([[0, 100, 550], [1000, 5000, 65535]], np.uint16)
     np.testing.assert_allclose(preprocess(raw, 1, normalization=normalization)[..., 0],
                                [[0, 0, 0.5], [1, 1, 1]], atol=1e-7)
@@ -253,7 +253,7 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     kept = plan_run(explicit, fingerprint)
     assert (kept.data.patch_size, kept.train.batch_size, kept.data.foreground_oversampling) \
         == (32, 2, 0.1)
-    assert kept.data.normalization == {"mode": "bitdepth"}
+    assert kept.data.normalization == Normalization("bitdepth")
     assert kept.plan["normalization"]["reason"] == "asked for"
     frozen = RunConfig(data=DataConfig(normalization={"mode": "bitdepth"}))
     assert "normalization" not in (plan_run(frozen, fingerprint).plan or {})
@@ -280,13 +280,14 @@ def test_fingerprint_of_an_empty_or_unreadable_folder_is_an_error(tmp_path, caps
     assert fingerprint_main([str(root), "--quiet"]) == 2
     assert "n0.tif: not a readable TIFF" in capsys.readouterr().err
     with pytest.raises(DataError):
-        from unet_cbam.training import prepare_data
+        from unet_cbam.data.prepare import prepare_data
         prepare_data(RunConfig(data=DataConfig(data=str(tmp_path / "empty"))), progress=False)
 
 
 def test_training_saves_fingerprint_and_plan_and_predict_applies_the_normalisation(tmp_path):
     from unet_cbam.inference import probabilities_to_labels
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
     from unet_cbam.run import RunFolder
     from unet_cbam.training import train
 
@@ -298,8 +299,7 @@ def test_training_saves_fingerprint_and_plan_and_predict_applies_the_normalisati
     run = RunFolder(tmp_path / "run")
     assert run.read_fingerprint()["intensity"]["all"]["p99.5"] == [NUCLEUS]
     saved = run.config
-    assert saved.data.normalization == {"mode": "percentile", "low": [BACKGROUND],
-                                        "high": [NUCLEUS]}
+    assert saved.data.normalization == Normalization("percentile", (BACKGROUND,), (NUCLEUS,))
     assert (saved.data.patch_size, saved.train.batch_size) == (64, 32)
     assert saved.data.binary_threshold == 0 and saved.data.foreground_oversampling == 1 / 3
     assert set(saved.plan) >= {"normalization", "patch_size", "batch_size"}
@@ -335,129 +335,6 @@ def test_time_budget_plans_epochs_and_steps_from_the_measured_step_time():
     assert "after 30 s of measuring and 45 s to trace" in traced.plan["epochs"]["reason"]
     tiny = plan_time_budget(RunConfig(train=TrainConfig(time_budget="2s")), 5.0, 100)
     assert (tiny.train.epochs, tiny.train.steps_per_epoch) == (1, 1)
-
-
-def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
-    from unet_cbam.training import TimeBudget
-
-    class Model:
-        stop_training = False
-    now = [0.0]
-    guard = TimeBudget(100.0, clock=lambda: now[0])
-    guard.set_model(Model())
-    for _ in range(11):  # 11 batches of 10 s: 110 s, within 15 % of 100 s
-        guard.on_train_batch_begin(0)
-        now[0] += 10.0
-        guard.on_train_batch_end(0)
-        now[0] += 5.0  # validation and the data pipeline between batches: not counted
-    assert not guard.model.stop_training
-    guard.on_train_batch_begin(0)
-    now[0] += 10.0
-    guard.on_train_batch_end(0)  # 120 s > 115 s
-    assert guard.model.stop_training
-
-
-def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
-           trace=0.0):
-    """Fit's loop around a TimeBudget on a fake clock: (epochs run, seconds spent,
-    the re-plans reported, the values agreed on)."""
-    from unet_cbam.training import TimeBudget
-
-    class Model:
-        stop_training = False
-    now, replans, agreed = [0.0], [], []
-    pacer = TimeBudget(budget, steps, epochs, max_epochs, schedule,
-                       agree=lambda value: agreed.append(value) or value,
-                       replanned=lambda *args: replans.append(args), clock=lambda: now[0])
-    pacer.set_model(Model())
-    run = 0
-    for epoch in range(max_epochs):
-        for step in range(steps):
-            pacer.on_train_batch_begin(step)
-            now[0] += seconds_a_step + (trace if epoch == step == 0 else 0.0)
-            pacer.on_train_batch_end(step)
-            if pacer.model.stop_training:
-                break
-        now[0] += 30.0  # validation: not counted
-        pacer.on_epoch_end(epoch)
-        run += 1
-        if pacer.model.stop_training:
-            break
-    return run, pacer.spent, replans, agreed
-
-
-def test_time_budget_pacer_refits_the_epochs_to_the_real_pace():
-    # Planned 5 epochs of 10 steps (2 s a step); the steps take 1 s: 10 epochs fill 100 s.
-    run, spent, replans, agreed = _paced(1.0)
-    assert (run, spent) == (10, 100.0)
-    assert replans == [(10, 1.0, 1)]  # extended once, after the first epoch, to the cap
-    assert agreed[0] == 10.0  # every worker takes the chief's value
-    # 3 s a step: after epoch 1, 70 s left are 2.33 epochs -> 3 epochs, 90 s of 100.
-    run, spent, replans, _ = _paced(3.0)
-    assert (run, spent) == (3, 90.0) and replans == [(3, 3.0, 1)]
-    # The first step also traces the training function (20 s): spent, but not the pace.
-    run, spent, replans, _ = _paced(1.0, trace=20.0)
-    assert (run, spent) == (8, 100.0) and replans == [(8, 1.0, 1)]
-    # On plan (2 s a step): no re-plan, 5 epochs, exactly the budget.
-    assert _paced(2.0)[:3] == (5, 100.0, [])
-    # Far slower than planned (25 s a step): the overrun guard stops within the first epoch.
-    run, spent, replans, _ = _paced(25.0)
-    assert (run, spent) == (1, 125.0) and replans == [(1, 25.0, 1)]
-
-
-def test_time_budget_pacer_moves_the_schedule_horizon():
-    import keras
-
-    from unet_cbam.training import MovableCosineDecay
-
-    schedule = MovableCosineDecay(1e-3, 50 - 10, warmup_steps=10)
-    _paced(1.0, schedule=schedule)
-    assert float(schedule.decay_steps.numpy()) == 10 * 10 - 10
-    reference = keras.optimizers.schedules.CosineDecay(1e-5, 90, alpha=0.01,
-                                                       warmup_target=1e-3, warmup_steps=10)
-    steps = np.array([0, 3, 10, 40, 99, 100, 140], np.int64)
-    np.testing.assert_allclose([float(schedule(s)) for s in steps],
-                               [float(reference(s)) for s in steps], rtol=1e-5)
-
-
-@pytest.mark.parametrize("warmup", [0, 7])
-def test_movable_cosine_decay_equals_keras_cosine_decay(warmup):
-    import keras
-
-    from unet_cbam.config import TrainConfig
-    from unet_cbam.training import make_optimizer, movable_schedule
-
-    train = TrainConfig(epochs=6, warmup_epochs=1 if warmup else 0, learning_rate=3e-3)
-    movable = movable_schedule(train, 7)
-    fixed = make_optimizer(train, 7)._learning_rate
-    assert isinstance(fixed, keras.optimizers.schedules.CosineDecay)
-    steps = [0, 1, 6, 7, 8, 20, 41, 42, 60]
-    np.testing.assert_allclose([float(movable(s)) for s in steps],
-                               [float(fixed(s)) for s in steps], rtol=1e-5)
-    assert movable.get_config()["decay_steps"] == 42 - warmup
-    assert movable_schedule(TrainConfig(lr_schedule="constant"), 7) is None
-
-
-def test_measure_step_seconds_times_only_the_steps_after_warm_up():
-    from unet_cbam.training import measure_step_seconds
-
-    calls, now = [], [0.0]
-
-    class Model:
-        def train_on_batch(self, x, y):
-            calls.append(x)
-            now[0] += 2.0 if len(calls) <= 2 else 0.5  # tracing makes the first steps slow
-    batches = iter([(i, i) for i in range(10)])
-    model = Model()
-    seconds, first = measure_step_seconds(lambda: model.train_on_batch(*next(batches)),
-                                          warmup=2, timed=4, clock=lambda: now[0])
-    assert (seconds, first) == (0.5, 2.0) and calls == list(range(6))
-    # The median: one step held up by the data pipeline does not move it.
-    pauses = iter([9.0, 1.0, 1.0, 1.0, 7.0, 1.2, 0.9])
-
-    def step():
-        now[0] += next(pauses)
-    assert measure_step_seconds(step, warmup=1, timed=6, clock=lambda: now[0]) == (1.0, 9.0)
 
 
 @pytest.mark.parametrize("value", ["soon", "20 minutes", "0s", "1x"])

@@ -11,7 +11,8 @@ from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig
 from unet_cbam.data.dataset import kfold_split
 from unet_cbam.data.verify import Sample
 from unet_cbam.inference import ensemble_predictor
-from unet_cbam.predict import BatchPredictor, load_run
+from unet_cbam.loading import load_run
+from unet_cbam.predict import BatchPredictor
 from unet_cbam.run import RunFolder
 
 
@@ -57,7 +58,7 @@ def test_more_folds_than_images_is_a_data_error(tmp_path, capsys):
 
 
 def test_fold_k_alone_then_the_rest_give_cv_metrics(tmp_path):
-    from unet_cbam.training import train_folds
+    from unet_cbam.folds import train_folds
 
     data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
     config = tiny_fold_config(data, folds=2, fold=1)
@@ -117,6 +118,7 @@ def test_a_time_budgeted_cross_validation_measures_the_step_time_once(tmp_path, 
     """Folds share the first fold's measurement: the same model and plan step alike, and
     each fold's share of the budget goes to training instead of measuring again."""
     import unet_cbam.training as training
+    from unet_cbam.folds import train_folds
 
     calls = []
 
@@ -133,7 +135,7 @@ def test_a_time_budgeted_cross_validation_measures_the_step_time_once(tmp_path, 
         train=TrainConfig(time_budget="6s", steps_per_epoch=2, batch_size=2, warmup_epochs=0,
                           folds=2))
     run = RunFolder(tmp_path / "cv")
-    training.train_folds(config, run, progress=False)
+    train_folds(config, run, progress=False)
     assert len(calls) == 1
     first, second = (fold.config.plan["epochs"]["reason"] for fold in run.folds())
     assert first.startswith("time_budget 3s: 0.5 s a step (measured after warm-up), ")

@@ -73,3 +73,61 @@ def test_tensorflow_allocates_from_its_bfc_pool_unless_told_not_to(setting, pool
                                cwd=ROOT, env=environment, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.split()[-1] == ("True" if pooled else "malloc")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at the top or inside a function."""
+    import ast
+
+    package = ROOT / "unet_cbam"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            imported |= {target for target in targets if target in modules}
+        # a package's __init__ re-exports its modules: importing them is not a dependency
+        graph[name] = {target for target in imported
+                       if target != name and not name.startswith(f"{target}.")}
+    return graph
+
+
+def test_the_package_has_no_import_circles():
+    graph = _import_graph()
+    circles, state = [], {}
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                circles.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, [" -> ".join(circle) for circle in circles]
+
+
+def test_arrows_point_down():
+    """Data does not import prediction or training; libraries do not import their CLIs."""
+    graph = _import_graph()
+    upward = {"unet_cbam.inference", "unet_cbam.predict", "unet_cbam.loading",
+              "unet_cbam.training", "unet_cbam.folds", "unet_cbam.models"}
+    for module, targets in graph.items():
+        if module.startswith("unet_cbam.data."):
+            assert not targets & upward, (module, sorted(targets & upward))
+        if not module.startswith("unet_cbam.cli") and module != "unet_cbam.__main__":
+            assert not any(t.startswith("unet_cbam.cli") for t in targets), module

@@ -116,7 +116,8 @@ def test_labels_from_probabilities():
 
 def _reference_stitch(image, predictor, tile_size, overlap, batch_size, divisor):
     """The whole-image accumulation the streaming version must equal bit for bit."""
-    from unet_cbam.inference import gaussian_importance, pad_to, tile_shape, tile_starts
+    from unet_cbam.data.io import pad_to
+    from unet_cbam.inference import gaussian_importance, tile_shape, tile_starts
 
     height, width = image.shape[:2]
     tile_h, tile_w = tile_shape(height, width, tile_size, divisor)

@@ -86,7 +86,8 @@ def test_predictive_entropy():
 def test_predict_writes_uncertainty_and_instances_and_scores_objects(tmp_path, capsys):
     from unet_cbam.cli.predict import main as predict_main
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     run = make_untrained_run(tmp_path / "run", channels=1)
     images, truth = tmp_path / "images", tmp_path / "truth"
@@ -116,7 +117,8 @@ def test_predict_writes_uncertainty_and_instances_and_scores_objects(tmp_path, c
 
 def test_instances_need_a_binary_model(tmp_path):
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, OutputOptions, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor, OutputOptions
 
     run = make_untrained_run(tmp_path / "run", channels=1, num_classes=3)
     with pytest.raises(ValueError, match="--instances needs a binary model; this one has 3"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import make_untrained_run
-from unet_cbam.config import InferenceConfig
+from unet_cbam.config import InferenceConfig, TunedInference
 from unet_cbam.data.io import IGNORE_LABEL
 from unet_cbam.inference import probabilities_to_labels
 from unet_cbam.postprocess import (
@@ -68,11 +68,11 @@ def test_small_false_components_are_removed_when_that_raises_validation_dice():
             _square(prediction, y, x, 3)                                      # 9 px specks
         pairs.append((_probabilities(prediction), truth))
     tuned = tune(pairs, ["background", "foreground"], FINGERPRINT)
-    steps = tuned["classes"]["foreground"]
+    steps = tuned.classes["foreground"]
     assert steps["min_size"] == 10 and not steps["largest_only"]  # the gentler size
     before, after = steps["validation_dice"]
     assert after == pytest.approx(1.0) and before < after
-    assert tuned["threshold"] == 0.5
+    assert tuned.threshold == 0.5
 
 
 def test_a_gain_carried_by_one_image_is_not_kept():
@@ -98,11 +98,11 @@ def test_a_gain_carried_by_one_image_is_not_kept():
     assert pooled_dice(cleaned, 1) == pytest.approx(2 * 2400 / (2400 + 2445))
     confidence = gain_confidence(dice_counts(labels, 1), dice_counts(cleaned, 1))
     assert 0.55 < confidence < 0.8  # wins only where image 0 is drawn: 1 - (5/6)^6 = 0.67
-    assert tune(pairs, names, FINGERPRINT, confidence=0.0)["classes"]["foreground"][
+    assert tune(pairs, names, FINGERPRINT, confidence=0.0).classes["foreground"][
         "min_size"] == 10
     default = tune(pairs, names, FINGERPRINT)
-    assert default["confidence"] == 0.95 and default["threshold"] == 0.5
-    assert default["classes"]["foreground"] == {
+    assert default.confidence == 0.95 and default.threshold == 0.5
+    assert default.classes["foreground"] == {
         "min_size": None, "largest_only": False, "fill_holes": False,
         "validation_dice": [round(2 * 2445 / (2535 + 2445), 6)] * 2}
 
@@ -125,7 +125,7 @@ def test_small_true_objects_are_kept():
         prediction = truth.copy()
         prediction[2, 2:4] = 1
         pairs.append((_probabilities(prediction), truth))
-    steps = tune(pairs, ["background", "foreground"], FINGERPRINT)["classes"]["foreground"]
+    steps = tune(pairs, ["background", "foreground"], FINGERPRINT).classes["foreground"]
     assert steps["min_size"] is None and not steps["largest_only"]
 
 
@@ -133,8 +133,8 @@ def test_threshold_is_tuned_for_binary_models_and_ignored_pixels_do_not_count():
     truth = _square(np.zeros((32, 32), np.uint16), 8, 8, 16)
     probabilities = np.where(truth[..., None] == 1, 0.42, 0.1).astype(np.float32)
     tuned = tune([(probabilities, truth)], ["background", "foreground"])
-    assert 0.1 < tuned["threshold"] < 0.42
-    assert tuned["threshold_dice"]["0.5"] == 0.0
+    assert 0.1 < tuned.threshold < 0.42
+    assert tuned.threshold_dice["0.5"] == 0.0
     truth[0, :] = IGNORE_LABEL
     prediction = truth.copy()
     prediction[0, :] = 1  # predicted foreground where the truth is ignored: no penalty
@@ -158,12 +158,12 @@ def test_choices_are_judged_on_the_class_tune_on_names():
     names = ["background", "foreground"]
     on_cells = tune(pairs, names)
     on_membrane = tune(pairs, names, tune_on="background")
-    assert "tuned_on" not in on_cells and on_membrane["tuned_on"] == "background"
-    assert on_cells["threshold"] == 0.5
-    assert on_membrane["threshold"] >= 0.65
-    assert on_membrane["threshold_dice"][f"{on_membrane['threshold']:g}"] == \
+    assert on_cells.tuned_on is None and on_membrane.tuned_on == "background"
+    assert on_cells.threshold == 0.5
+    assert on_membrane.threshold >= 0.65
+    assert on_membrane.threshold_dice[f"{on_membrane.threshold:g}"] == \
         pytest.approx(2 * 80 / (2 * 80 + 22))
-    before, after = on_membrane["classes"]["foreground"]["validation_dice"]
+    before, after = on_membrane.classes["foreground"]["validation_dice"]
     assert before == pytest.approx(2 * 80 / (2 * 80 + 22)) and after >= before
     with pytest.raises(ValueError, match="tune_on 'cells'"):
         tune(pairs, names, tune_on="cells")
@@ -186,12 +186,13 @@ def test_hole_filling_is_kept_or_dropped_by_the_judged_class():
     filled = apply_steps(prediction, 1, {"fill_holes": True})
     assert pooled_dice([(filled, truth)], 1) > pooled_dice([(prediction, truth)], 1) + 1e-3
     assert pooled_dice([(filled, truth)], 0) < pooled_dice([(prediction, truth)], 0) - 0.05
-    assert tune(pairs, names)["classes"]["foreground"]["fill_holes"]
-    assert not tune(pairs, names, tune_on="background")["classes"]["foreground"]["fill_holes"]
+    assert tune(pairs, names).classes["foreground"]["fill_holes"]
+    assert not tune(pairs, names, tune_on="background").classes["foreground"]["fill_holes"]
 
 
 def test_predict_applies_the_saved_postprocessing_unless_told_not_to(tmp_path):
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     folder = make_untrained_run(tmp_path / "run", channels=1)
     run = RunFolder(folder)
@@ -206,8 +207,8 @@ def test_predict_applies_the_saved_postprocessing_unless_told_not_to(tmp_path):
     tuned = BatchPredictor(loaded, InferenceConfig())
     assert tuned.threshold == 0.3
     labels, _ = tuned.predict_raw(raw)
-    expected = postprocess((probabilities[..., 0] > 0.3).astype(np.uint16), inference,
-                           ["background", "foreground"])
+    expected = postprocess((probabilities[..., 0] > 0.3).astype(np.uint16),
+                           TunedInference.from_config(inference), ["background", "foreground"])
     np.testing.assert_array_equal(labels, expected)
     assert not np.array_equal(labels, labels_plain)
     given = BatchPredictor(loaded, InferenceConfig(threshold=0.7))

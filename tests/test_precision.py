@@ -46,7 +46,8 @@ def test_explicit_and_unknown_precisions(caplog):
 
 
 def test_prediction_rebuilds_a_model_in_the_precision_asked_for(tmp_path):
-    from unet_cbam.predict import BatchPredictor, load_run, model_policy
+    from unet_cbam.loading import load_run, model_policy
+    from unet_cbam.predict import BatchPredictor
 
     previous = keras.config.dtype_policy()
     folder = make_untrained_run(tmp_path / "run", channels=1, policy="mixed_float16")

@@ -19,16 +19,12 @@ from unet_cbam.config import InferenceConfig, ModelConfig, RunConfig, load_yaml,
 from unet_cbam.data.io import MaskCodec, read_image, read_mask, read_mask_raw, read_raw
 from unet_cbam.files import is_temporary
 from unet_cbam.inference import probabilities_to_labels
+from unet_cbam.inputs import list_inputs
+from unet_cbam.loading import load_run
 from unet_cbam.models import build_unet
-from unet_cbam.predict import (
-    BatchPredictor,
-    OutputOptions,
-    list_inputs,
-    load_run,
-    parse_shard,
-    take_shard,
-)
+from unet_cbam.predict import BatchPredictor, OutputOptions
 from unet_cbam.run import CONFIG_FILE
+from unet_cbam.shards import parse_shard, take_shard
 
 
 def _make_run(folder, num_classes=1, encoding="binary", **data):
@@ -477,7 +473,7 @@ def test_a_full_disk_fails_the_items_it_hits_and_the_batch_reports_them(tmp_path
 def test_a_summary_that_cannot_be_written_is_reported(tmp_path, monkeypatch, capsys):
     import errno
 
-    import unet_cbam.predict as predict_module
+    import unet_cbam.summary as summary_module
 
     run = _make_run(tmp_path / "run")
     images = _images(tmp_path / "in", sizes=((16, 16),))
@@ -485,7 +481,7 @@ def test_a_summary_that_cannot_be_written_is_reported(tmp_path, monkeypatch, cap
     def refuse(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(predict_module, "write_text", refuse)
+    monkeypatch.setattr(summary_module, "write_text", refuse)
     code = predict_main(["--model", str(run), "--input", str(images), "--output",
                          str(tmp_path / "out"), "--quiet"])
     captured = capsys.readouterr()

@@ -10,8 +10,9 @@ from unet_cbam.config import DataConfig, InferenceConfig, ModelConfig, RunConfig
 from unet_cbam.data.io import resize_image, scaled_size
 from unet_cbam.explore import inspect_data
 from unet_cbam.inference import resampled_predict, sliding_window_predict
+from unet_cbam.loading import load_run
 from unet_cbam.plan import TARGET_PASSES, choose_scale, plan_run, plan_scale
-from unet_cbam.predict import BatchPredictor, load_run
+from unet_cbam.predict import BatchPredictor
 
 
 def _bars(root, count=3, size=(64, 64), bar=6):

@@ -13,12 +13,8 @@ import yaml
 
 from helpers import make_untrained_run
 from unet_cbam.files import is_temporary
-from unet_cbam.predict import (
-    SUMMARY_COLUMNS,
-    merge_summaries,
-    shard_from_environment,
-    shard_summary_name,
-)
+from unet_cbam.shards import merge_summaries, shard_from_environment, shard_summary_name
+from unet_cbam.summary import SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,20 +9,30 @@ import weakref
 import keras
 import numpy as np
 
-from unet_cbam.layers import CBAM, ChannelAttention, SpatialAttention
+from unet_cbam.layers import ChannelAttention, SpatialAttention
+from unet_cbam.layers.cbam import AttentionLayer
 
-_ATTENTION_NAME = re.compile(r"^(?:skip|decoder|encoder)(\d+)_")
+#: How models saved before attention layers had a ``level`` name them.
+_LEGACY_NAME = re.compile(r"^(?:skip|decoder|encoder)(\d+)_")
 # Sub-models reading the skip tensors, built once per model (building one per call retraces).
 _SKIP_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
-    """The model's attention layers keyed by level (stride ``2**level``)."""
+    """The model's attention layers keyed by level (stride ``2**level``): each layer's
+    ``level``; a model saved before layers had one is read by its layers' names
+    (``skip2_cbam``: level 2)."""
     found = {}
     for layer in model.layers:
-        match = _ATTENTION_NAME.match(layer.name)
-        if match and isinstance(layer, (CBAM, ChannelAttention, SpatialAttention)):
-            found[int(match.group(1))] = layer
+        if not isinstance(layer, AttentionLayer):
+            continue
+        level = layer.level
+        if level is None:
+            match = _LEGACY_NAME.match(layer.name)
+            if match is None:
+                continue
+            level = int(match.group(1))
+        found[level] = layer
     return dict(sorted(found.items()))
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from unet_cbam.data.normalization import Normalization
 from unet_cbam.files import write_text
 
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class ModelConfig:
         "transpose", "decoder upsampling: 'transpose' (learned 2x2), 'bilinear' or 'nearest'")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _require(self.num_classes >= 1, "num_classes", self.num_classes, "must be >= 1")
         _require(self.input_channels >= 1, "input_channels", self.input_channels,
                  "must be >= 1")
@@ -240,10 +242,11 @@ class DataConfig:
         "data's 0.5-99.5th percentiles, scale to [0, 1]), zscore (clip, then subtract the mean "
         "and divide by the standard deviation) or auto (percentile for float data and for data "
         "that uses a small part of its bit depth's range, else bitdepth)")
-    normalization: dict[str, Any] | None = option(
+    normalization: Normalization | None = option(
         None,
-        "the frozen statistics of the normalisation (mode, low, high, mean, std), written by "
-        "training and applied by predict.py; none: bitdepth")
+        "the frozen statistics of the normalisation (mode, low, high, mean, std), decided by "
+        "the plan and applied by training and predict.py; none: planned (runs written "
+        "before it was saved: bitdepth)")
     foreground_oversampling: float | None = option(
         None,
         "probability that a training patch is centred on foreground (0 disables); none: "
@@ -263,6 +266,7 @@ class DataConfig:
         "not decoded")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
                  "must be in [0, 1)")
         _require(self.foreground_oversampling is None
@@ -289,6 +293,8 @@ class DataConfig:
                  "data", self.data, "cannot be combined with images/masks")
         _require((self.images is None) == (self.masks is None), "images", self.images,
                  "and masks must be given together")
+        if isinstance(self.normalization, dict):  # as a config file or older code has it
+            self.normalization = Normalization.from_config(self.normalization)
 
 
 Optimizer = Literal["adam", "adamw", "sgd"]
@@ -338,16 +344,16 @@ class TrainConfig:
         "tf.distribute strategy: default (one device), mirrored (all local GPUs) or "
         "multiworker (several machines; the cluster from TF_CONFIG or a SLURM job step). "
         "batch_size is the global batch, split over the replicas")
-    cluster_timeout: str = option(
-        "10m", "multiworker: how long workers wait for each other to start, e.g. 90s, 10m; "
-        "then a clear error instead of a hang")
+    cluster_timeout: float | str = option(
+        "10m", "multiworker: how long workers wait for each other to start, e.g. 90s, 10m "
+        "(seconds once loaded); then a clear error instead of a hang")
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
-    time_budget: str | None = option(
+    time_budget: float | str | None = option(
         None,
-        "training time, e.g. 20m, 1h30m, 90s: the step time is measured after warm-up and the "
-        "epochs and steps (given steps_per_epoch: the epochs) are planned to fill it, then "
-        "re-planned after each epoch from the real pace; validation comes on top. none: "
-        "epochs and steps_per_epoch as given")
+        "training time, e.g. 20m, 1h30m, 90s (seconds once loaded): the step time is measured "
+        "after warm-up and the epochs and steps (given steps_per_epoch: the epochs) are "
+        "planned to fill it, then re-planned after each epoch from the real pace; validation "
+        "comes on top. none: epochs and steps_per_epoch as given")
     folds: int | None = option(
         None,
         "k-fold cross-validation: train k models (fold_0 ... fold_k-1 in the run folder), each "
@@ -363,15 +369,17 @@ class TrainConfig:
         "foreground class is judged on its own Dice")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _require(self.folds is None or self.folds >= 2, "folds", self.folds,
                  "must be >= 2 (or none for a single model)")
         if self.fold is not None:
             _require(self.folds is not None, "fold", self.fold, "needs folds (the fold count)")
             _require(0 <= self.fold < self.folds, "fold", self.fold,
                      f"must be between 0 and {(self.folds or 1) - 1} (folds {self.folds})")
+        # Durations are parsed here, once: everything downstream reads seconds.
         if self.time_budget is not None:
-            parse_duration(self.time_budget, "time_budget")
-        parse_duration(self.cluster_timeout, "cluster_timeout")
+            self.time_budget = parse_duration(self.time_budget, "time_budget")
+        self.cluster_timeout = parse_duration(self.cluster_timeout, "cluster_timeout")
         _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         _require(self.batch_size is None or self.batch_size >= 1, "batch_size",
                  self.batch_size, "must be >= 1")
@@ -392,8 +400,13 @@ class TrainConfig:
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([hms])")
 
 
-def parse_duration(text: str, name: str = "duration") -> float:
-    """Seconds in ``90``, ``90s``, ``20m``, ``1.5h`` or ``1h30m``; an error names the value."""
+def parse_duration(text: str | float, name: str = "duration") -> float:
+    """Seconds in ``90``, ``90s``, ``20m``, ``1.5h`` or ``1h30m`` (or a number of seconds);
+    an error names the value."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{name} {text!r} must be longer than 0 seconds")
+        return float(text)
     value = str(text).strip().lower()
     if re.fullmatch(r"\d+(?:\.\d*)?", value):
         seconds = float(value)
@@ -407,9 +420,58 @@ def parse_duration(text: str, name: str = "duration") -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """``1200`` -> ``20m``, ``5400`` -> ``1h30m``, ``2.5`` -> ``2.5s``: what ``parse_duration``
+    reads back to the same seconds."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    text = "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"),
+                                                        (secs, "s")) if value)
+    return text or "0s"
+
+
 def monitor_mode(metric: str) -> Literal["min", "max"]:
     """Whether ``metric`` improves downwards (losses) or upwards (scores)."""
     return "min" if metric.endswith("loss") else "max"
+
+
+#: Binary models: foreground where the probability is above this, unless a run's validation
+#: chose another threshold (``TunedInference``) or one is given.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class TunedInference:
+    """A run's ``inference`` section: the threshold and per-class post-processing chosen on
+    its validation images (``unet_cbam.postprocess.tune``), with the Dice that chose them.
+
+    ``classes``: ``{class name: {min_size, largest_only, fill_holes, validation_dice:
+    [before, after]}}``; ``threshold`` and ``threshold_dice`` (at 0.5 and at the chosen
+    threshold) for binary models only.
+    """
+
+    validation_images: int = 0
+    confidence: float | None = None  # the rule's (runs tuned before it had one: none)
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned_on: str | None = None
+    threshold: float | None = None
+    threshold_dice: dict[str, float] | None = None
+
+    @classmethod
+    def from_config(cls, value: dict[str, Any]) -> TunedInference:
+        return from_dict(cls, value, "inference")
+
+    def to_config(self) -> dict[str, Any]:
+        """The section as saved: what is set, in this order."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
+                if getattr(self, item.name) is not None}
+
+    @property
+    def has_postprocessing(self) -> bool:
+        return any(steps.get(key) for steps in self.classes.values()
+                   for key in ("min_size", "largest_only", "fill_holes"))
 
 
 @dataclass
@@ -445,6 +507,7 @@ class InferenceConfig:
         "not decoded")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _require(self.tile_size >= 1, "tile_size", self.tile_size, "must be >= 1")
         _require(0.0 <= self.overlap < 1.0, "overlap", self.overlap, "must be in [0, 1)")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
@@ -452,6 +515,21 @@ class InferenceConfig:
                  self.threshold, "must be in (0, 1)")
         _require(1 <= self.max_pixels <= DEFAULT_MAX_PIXELS, "max_pixels", self.max_pixels,
                  f"must be between 1 and {DEFAULT_MAX_PIXELS} (OpenCV's limit)")
+
+    def resolve_threshold(self, tuned: TunedInference | None) -> float:
+        """The threshold applied: the one given, else the run's, chosen on validation
+        (unless ``postprocess`` is off), else ``DEFAULT_THRESHOLD``."""
+        if self.threshold is not None:
+            return self.threshold
+        if self.postprocess and tuned is not None and tuned.threshold is not None:
+            return tuned.threshold
+        return DEFAULT_THRESHOLD
+
+    def postprocessing(self, tuned: TunedInference | None) -> TunedInference | None:
+        """The run's post-processing to apply: none when ``postprocess`` is off or the run
+        chose no step."""
+        return tuned if self.postprocess and tuned is not None and tuned.has_postprocessing \
+            else None
 
 
 @dataclass
@@ -464,7 +542,23 @@ class RunConfig:
     #: What the automatic configuration decided, and why: {setting: {value, reason}}.
     plan: dict[str, Any] | None = None
     #: Threshold and post-processing chosen on validation (``unet_cbam.postprocess``).
-    inference: dict[str, Any] | None = None
+    inference: TunedInference | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inference, dict):  # as a run's config file has it
+            self.inference = TunedInference.from_config(self.inference)
+
+
+def _check_choices(config: Any) -> None:
+    """Every field whose type is (or holds) a ``Literal`` gets one of its values: the
+    Python API is checked like a config file or the command line, whoever builds it."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        kind = hints[item.name]
+        kinds = typing.get_args(kind) if typing.get_origin(kind) in (
+            typing.Union, types.UnionType) else (kind,)
+        if any(typing.get_origin(k) is Literal for k in kinds):
+            setattr(config, item.name, check_type(getattr(config, item.name), kind, item.name))
 
 
 def _require(condition: bool, name: str, value: Any, problem: str) -> None:
@@ -477,11 +571,17 @@ def _require(condition: bool, name: str, value: Any, problem: str) -> None:
 # --------------------------------------------------------------------------
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A plain, YAML-safe dict of a config dataclass (tuples become lists)."""
-    return _plain(dataclasses.asdict(config))
+    """A plain, YAML-safe dict of a config dataclass (tuples become lists; a value with
+    ``to_config``, such as ``Normalization``, is written as that)."""
+    return _plain(config)
 
 
 def _plain(value: Any) -> Any:
+    if hasattr(value, "to_config"):
+        return _plain(value.to_config())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: _plain(getattr(value, item.name))
+                for item in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -549,6 +649,15 @@ def check_type(value: Any, kind: Any, name: str) -> Any:
         return value
     if kind is Any:
         return value
+    if isinstance(kind, type) and hasattr(kind, "from_config"):  # e.g. Normalization
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+        try:
+            return kind.from_config(value)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name}: expected true or false, got {value!r}")

@@ -41,8 +41,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # distribute is imported before TensorFlow may start (multiworker)
+    import keras
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +226,7 @@ def deadline(seconds: float, message: str) -> Iterator[None]:
 
 
 def is_multiworker(strategy) -> bool:
+    """Whether ``strategy`` spans several machines (its own training loop runs them)."""
     import tensorflow as tf
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -312,7 +318,8 @@ class DistributedLoop:
             validation batches; every worker must get the same number of batches.
     """
 
-    def __init__(self, model, strategy, training: Callable, validation: Callable | None = None):
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy,
+                 training: Callable, validation: Callable | None = None):
         import tensorflow as tf
 
         self.model, self.strategy = model, strategy
@@ -344,6 +351,7 @@ class DistributedLoop:
                 for name, value in self.model.get_metrics_result().items()}
 
     def evaluate(self) -> dict[str, float]:
+        """One validation pass over this worker's shard; the ``val_`` logs, summed over workers."""
         self.model.reset_metrics()
         for batch in self._validation:
             self._test_step(batch)

@@ -76,6 +76,7 @@ def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
 
 @dataclass
 class Evaluation:
+    """Per-image and per-class scores of a folder of predictions, and what could not be paired."""
     class_names: list[str]
     rows: list[dict] = field(default_factory=list)            # one per image and class
     pooled: np.ndarray | None = None                          # summed confusion matrix
@@ -144,17 +145,17 @@ def mask_files(folder: Path) -> list[Path]:
 
 def pair_predictions(pred_dir: Path, truth_dir: Path
                      ) -> tuple[list[Sample], list[str], list[str]]:
-    """Pairs (``image_path`` = prediction, ``mask_path`` = truth) by stem.
+    """Pairs (``image_path`` = prediction, ``mask_path`` = truth) by their exact stem.
 
-    A prediction named ``a_mask.png`` (predict.py's name when it writes into
-    the input folder) also matches truth ``a``. Returns the pairs and the
-    stems missing on each side.
+    Returns the pairs and the stems missing on each side. (A prediction named
+    ``a_mask.png``, as predict.py once wrote, is not guessed to be ``a``'s: it is
+    reported unpaired.)
     """
     predictions = {p.stem: p for p in mask_files(pred_dir)}
     truths = {p.stem: p for p in mask_files(truth_dir)}
     pairs = []
     for stem, truth in truths.items():
-        prediction = predictions.get(stem) or predictions.get(f"{stem}_mask")
+        prediction = predictions.get(stem)
         if prediction is not None:
             pairs.append(Sample(stem, prediction, truth))
     matched = {s.image_path.stem for s in pairs}
@@ -308,3 +309,11 @@ def format_summary(summary: dict) -> str:
                      f"{', '.join(summary['missing_truths'][:10])}")
     lines += [f"error: {error}" for error in summary["errors"]]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the command lives in the CLI: say so, never exit 0 silently
+    import sys
+
+    print("python -m unet_cbam.evaluate is not a command; use: unet-cbam evaluate --pred DIR "
+          "--truth DIR (or python -m unet_cbam evaluate ...)", file=sys.stderr)
+    sys.exit(2)

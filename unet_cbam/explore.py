@@ -20,10 +20,7 @@ from unet_cbam.data.verify import (
     DataError,
     DatasetReport,
     data_folders,
-    detect_codec,
-    find_pairs,
-    resolve_binary_threshold,
-    verify_pairs,
+    verify_data,
 )
 from unet_cbam.evaluate import confusion_matrix, scores
 from unet_cbam.fingerprint import fingerprint_from_report
@@ -88,20 +85,18 @@ def _counts(counter: Counter) -> str:
 
 def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
                  ) -> DataOverview:
-    """Pair and verify a data folder like train.py does, but report instead of raising."""
-    images_dir, masks_dir = data_folders(data)
-    samples, problems = find_pairs(images_dir, masks_dir)
-    data, threshold_reason = resolve_binary_threshold(samples, data, model.num_classes)
+    """Pair and verify a data folder as train.py does (``prepare.verify_data``), but report
+    the problems instead of raising."""
     try:
-        codec = detect_codec(samples, data, model.num_classes)
+        verified = verify_data(data, model, progress, cache=False)
     except DataError as error:
+        images_dir, masks_dir = data_folders(data)
         return DataOverview(images_dir, masks_dir, None, [],
-                            DatasetReport(samples=[], codec=None), problems + error.problems)
-    report = verify_pairs(samples, codec, model.input_channels, progress=progress,
-                          max_pixels=data.max_pixels, explain_values=threshold_reason is None)
-    names = class_names(data, codec)
-    return DataOverview(images_dir, masks_dir, codec, names, report,
-                        problems + report.problems + report.warnings, threshold_reason)
+                            DatasetReport(samples=[], codec=None), error.problems)
+    report = verified.report
+    return DataOverview(verified.images_dir, verified.masks_dir, verified.codec,
+                        class_names(verified.data, verified.codec), report,
+                        report.problems + report.warnings, verified.threshold_reason)
 
 
 def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0,

@@ -116,3 +116,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def one_line(error: BaseException, path: str | Path | None = None) -> str:
+    """The error on one line, without a leading ``path: `` (callers name the file)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if path is not None and text.startswith(f"{path}: "):
+        text = text[len(f"{path}: "):]
+    return text

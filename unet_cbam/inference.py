@@ -91,6 +91,8 @@ def sliding_window_rows(image: np.ndarray, predictor: Predictor, *, tile_size: i
         raise ValueError(f"divisor must be >= 1, got {divisor}")
     if blending not in ("gaussian", "constant"):
         raise ValueError(f"blending must be 'gaussian' or 'constant', got {blending!r}")
+    from unet_cbam.data.io import pad_to  # here: importing this module stays light
+
     convert = convert or (lambda tile: np.asarray(tile, np.float32))
     height, width = image.shape[:2]
     tile_h, tile_w = tile_shape(height, width, tile_size, divisor)
@@ -182,15 +184,6 @@ def resampled_predict(image: np.ndarray, predictor: Predictor, *, scale: float =
     probabilities = sliding_window_predict(small.reshape(small.shape[:2] + (-1,)), predictor,
                                            **tiling)
     return resize_image(probabilities, height, width).reshape(height, width, -1)
-
-
-def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
-    if pad_h == 0 and pad_w == 0:
-        return image
-    # Reflection needs the pad to be smaller than the image; repeat it for tiny images.
-    mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
 
 
 # --------------------------------------------------------------------------

@@ -52,7 +52,8 @@ import dataclasses
 import math
 from typing import Any
 
-from unet_cbam.config import RunConfig, parse_duration
+from unet_cbam.config import RunConfig, format_duration
+from unet_cbam.data.normalization import Normalization
 
 #: Data using less than this share of its bit depth's range is rescaled by percentiles.
 NARROW_RANGE = 0.25
@@ -103,8 +104,8 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
             "binary_threshold", threshold["value"], threshold["reason"]))
     if data.normalization is None:
         normalization, reason = choose_normalization(data.normalize, fingerprint)
-        data = dataclasses.replace(data, normalization=decide("normalization", normalization,
-                                                              reason))
+        decide("normalization", normalization, reason)
+        data = dataclasses.replace(data, normalization=Normalization.from_config(normalization))
     if data.scale is None and config.train.time_budget is None:
         data = dataclasses.replace(data, scale=decide("scale", 1.0, (
             "no time budget: the images' own resolution (with one, the plan trades "
@@ -179,6 +180,8 @@ def choose_normalization(mode: str, fingerprint: dict[str, Any]
 
 def choose_patch_size(fingerprint: dict[str, Any], divisor: int, scale: float = 1.0
                       ) -> tuple[int, str]:
+    """(patch side, reason): the median image's shorter side (at ``scale``), a multiple of
+    ``divisor``, at most ``MAX_PATCH_SIDE``."""
     height, width = (value * scale for value in fingerprint["image_size"]["median"])
     side = min(height, width)
     limit = max(divisor, MAX_PATCH_SIDE // divisor * divisor)
@@ -239,12 +242,15 @@ def plan_scale(config: RunConfig, fingerprint: dict[str, Any], passes: float) ->
 
 
 def choose_batch_size(patch_size: int) -> tuple[int, str]:
+    """(patches a batch, reason): about ``BATCH_PIXELS`` pixels a batch, ``MIN_BATCH`` to
+    ``MAX_BATCH`` patches."""
     batch = min(MAX_BATCH, max(MIN_BATCH, BATCH_PIXELS // (patch_size * patch_size)))
     return batch, (f"{BATCH_PIXELS} pixels a batch ({MIN_BATCH} to {MAX_BATCH} patches) "
                    f"with {patch_size}x{patch_size} patches")
 
 
 def choose_oversampling(fingerprint: dict[str, Any]) -> tuple[float, str]:
+    """(share of patches centred on foreground, reason): from the rarest class's pixel share."""
     frequencies = list(fingerprint["class_frequency"].items())[1:]
     if not frequencies:
         return DEFAULT_OVERSAMPLING, "no foreground class"
@@ -289,7 +295,7 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
     ``MAX_BUDGET_EPOCHS``. The learning-rate schedule spans the result.
     """
     train = config.train
-    budget = parse_duration(train.time_budget, "time_budget")
+    budget = train.time_budget
     remaining = max(0.0, budget - spent_seconds - trace_seconds)
     total = max(1, int(remaining // step_seconds))
     if train.steps_per_epoch is not None:
@@ -301,7 +307,7 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
     tracing = f" and {trace_seconds:.0f} s to trace the training function" \
         if trace_seconds >= 0.5 else ""
     where = f" in {measured_in}" if measured_in else ""
-    reason = (f"time_budget {train.time_budget}: {step_seconds:.3g} s a step (measured after "
+    reason = (f"time_budget {format_duration(budget)}: {step_seconds:.3g} s a step (measured after "
               f"warm-up{where}), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring"
               f"{tracing}: {epochs} x {steps} = {epochs * steps} steps")
     plan = dict(config.plan or {})

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from unet_cbam.config import DEFAULT_THRESHOLD, TunedInference
 from unet_cbam.data.io import IGNORE_LABEL
 from unet_cbam.inference import probabilities_to_labels
 
@@ -91,10 +92,10 @@ def apply_steps(labels: np.ndarray, label: int, steps: dict[str, Any]) -> np.nda
     return result
 
 
-def postprocess(labels: np.ndarray, inference: dict[str, Any] | None,
+def postprocess(labels: np.ndarray, inference: TunedInference | None,
                 class_names: Sequence[str]) -> np.ndarray:
     """A run's chosen post-processing (its ``inference`` section) on a label image."""
-    for name, steps in ((inference or {}).get("classes") or {}).items():
+    for name, steps in (inference.classes if inference is not None else {}).items():
         if name in class_names and any(steps.get(k) for k in ("min_size", "largest_only",
                                                                 "fill_holes")):
             labels = apply_steps(labels, list(class_names).index(name), steps)
@@ -149,7 +150,7 @@ def size_candidates(fingerprint: dict[str, Any] | None, name: str) -> list[int]:
 
 
 def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] | None = None,
-         tune_on: str | None = None, confidence: float = CONFIDENCE) -> dict[str, Any]:
+         tune_on: str | None = None, confidence: float = CONFIDENCE) -> TunedInference:
     """The ``inference`` section: threshold (binary) and per-class steps, each kept only
     where it raises the pooled validation Dice by more than ``MIN_GAIN`` and wins in at
     least ``confidence`` of the bootstrap resamples (``gain_confidence``; 0: any gain
@@ -179,7 +180,7 @@ def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] |
                    and gain_confidence(base, candidates[key]) >= confidence]
         return max(passing, key=lambda item: item[0])[1] if passing else None
 
-    threshold = 0.5
+    threshold = DEFAULT_THRESHOLD
     if binary:
         scored_label = 1 if judge is None else judge
         counts = {t: dice_counts([(probabilities_to_labels(p, t), truth)
@@ -188,7 +189,7 @@ def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] |
         # Nearer 0.5 first, so that a tie keeps the milder threshold.
         order = sorted((t for t in THRESHOLDS if t != 0.5), key=lambda t: (abs(t - 0.5), t))
         chosen = better({t: counts[t] for t in order}, counts[0.5])
-        threshold = 0.5 if chosen is None else chosen
+        threshold = DEFAULT_THRESHOLD if chosen is None else chosen
         result["threshold"] = threshold
         result["threshold_dice"] = {
             key: float(_dice(counts[t].sum(axis=0)))
@@ -220,4 +221,4 @@ def tune(pairs: Pairs, class_names: Sequence[str], fingerprint: dict[str, Any] |
             "min_size": steps.get("min_size"), "largest_only": bool(steps.get("largest_only")),
             "fill_holes": bool(steps.get("fill_holes")),
             "validation_dice": [round(before, 6), round(float(_dice(base.sum(axis=0))), 6)]}
-    return result
+    return TunedInference(**result)

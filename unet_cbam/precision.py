@@ -5,7 +5,7 @@
 - CPUs with AVX512_BF16 or AMX (bfloat16 units): mixed bfloat16. Its accuracy
   parity with float32 was measured on such a CPU (ISBI benchmark, 3 seeds,
   2026-12-03: membrane Dice 0.810 +- 0.001 against 0.809 +- 0.002, within the
-  0.003 asked for; ``benchmarks/results/isbi2012-float32-bfloat16.json``).
+  0.003 asked for; ``benchmarks/results/isbi2012/isbi2012-float32-bfloat16.json``).
 - GPUs of compute capability 7.0 or more (tensor cores): mixed float16
   (Keras scales the loss). Ampere and newer (8.0+) also have bfloat16 tensor
   cores, but bfloat16's parity has not been measured on a GPU (none was
@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: Where bfloat16 training and prediction were measured within 0.003 membrane Dice of
 #: float32 on the ISBI benchmark (3 seeds) on hardware with bfloat16 units: on a CPU with
-#: AVX512_BF16 (2026-12-03, ``python benchmarks/isbi2012.py --models unet-cbam --precisions
+#: AVX512_BF16 (2026-12-03, ``python -m benchmarks.isbi2012 --models unet-cbam --precisions
 #: float32 bfloat16``), not yet on a GPU.
 BFLOAT16_PARITY_MEASURED = {"cpu": True, "gpu": False}
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")

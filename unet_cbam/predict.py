@@ -13,35 +13,22 @@ and ``b/x.png`` under the input folder become ``OUTPUT/a/x.png`` and
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import importlib.util
-import io
-import json
 import logging
 import os
-import re
 import tempfile
-import threading
 import time
-import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
 import numpy as np
-from tqdm.auto import tqdm
 
 from unet_cbam.attention import attention_layers, attention_maps
-from unet_cbam.config import InferenceConfig, RunConfig
+from unet_cbam.config import InferenceConfig
 from unet_cbam.data.io import (
     IGNORE_LABEL,
     ImageReadError,
-    MaskCodec,
-    Normalization,
     is_image_file,
-    preprocess,
     read_mask,
     read_raw,
     resize_image,
@@ -52,7 +39,7 @@ from unet_cbam.data.io import (
 )
 from unet_cbam.data.verify import Sample
 from unet_cbam.evaluate import Evaluation, evaluate_instances, evaluate_pairs
-from unet_cbam.files import atomic_write, remove_stale_temporaries, write_text
+from unet_cbam.files import atomic_write, one_line, remove_stale_temporaries
 from unet_cbam.inference import (
     ensemble_predictor,
     keras_predictor,
@@ -64,415 +51,23 @@ from unet_cbam.inference import (
     sliding_window_rows,
     with_tta,
 )
+from unet_cbam.inputs import check_output_folder
 from unet_cbam.instances import label_instances, min_distance_for
+from unet_cbam.loading import LoadedRun, in_precision
 from unet_cbam.postprocess import postprocess
-from unet_cbam.precision import POLICIES, choose_precision
-from unet_cbam.run import MODEL_FILE, RunFolder
+from unet_cbam.precision import choose_precision
+from unet_cbam.progress import progress as progress_of
+from unet_cbam.run import RunFolder
+from unet_cbam.runtime import choose_runtime, to_onnx
+from unet_cbam.summary import ItemResult, SummaryWriter
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["file", "status", "mask", "height", "width", "seconds",
-                   "foreground_fraction", "error"]
-
-
-@dataclass
-class LoadedRun:
-    """A model with what is needed to preprocess for it and write its masks."""
-
-    model: keras.Model
-    config: RunConfig
-    codec: MaskCodec
-    class_names: list[str]
-    path: Path
-    #: Every model whose probabilities are averaged: the folds of a cross-validation run,
-    #: or just ``model``. ``model`` is the first (attention maps come from it).
-    members: list[keras.Model] = field(default_factory=list)
-    #: The resolution each member was trained at (``data.scale``; 1 for older runs).
-    scales: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.members:
-            self.members = [self.model]
-        if not self.scales:
-            self.scales = [self.config.data.scale or 1.0] * len(self.members)
-
-    @property
-    def channels(self) -> int:
-        return self.config.model.input_channels
-
-    @property
-    def normalization(self) -> Normalization:
-        """The run's frozen intensity normalisation (bit depth for older runs)."""
-        return Normalization.from_config(self.config.data.normalization)
-
-    def preprocess(self, raw: np.ndarray, path: str | Path = "", standardize: bool = True
-                   ) -> np.ndarray:
-        """What training fed the model, for an image as stored (see ``io.preprocess``)."""
-        return preprocess(raw, self.channels, path, self.normalization, standardize)
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """A run folder, or a ``.keras`` file with the run's config.yaml beside it, or a
-    cross-validation folder (``fold_0`` ... from ``train.py --folds``): its folds'
-    models, averaged."""
-    path = Path(path)
-    if path.is_dir() and not (path / MODEL_FILE).exists() and RunFolder(path).folds():
-        return _load_folds(RunFolder(path))
-    model_path = path / MODEL_FILE if path.is_dir() else path
-    run = RunFolder(model_path.parent)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model file not found")
-    if not run.exists():
-        raise FileNotFoundError(
-            f"{run.config_path}: not found; predict.py needs the run's config.yaml beside the "
-            "model (it holds the preprocessing and the mask encoding)")
-    if not zipfile.is_zipfile(model_path):
-        raise ValueError(f"{model_path}: not a readable .keras model file (corrupt, truncated "
-                         "or another format)")
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as error:  # Keras raises TypeError, ValueError, OSError ...
-        raise ValueError(f"{model_path}: cannot load the model in safe mode: "
-                         f"{_one_line(error)}") from None
-    return LoadedRun(model, run.config, run.codec, run.class_names, run.path)
-
-
-def to_onnx(model: keras.Model, path: Path) -> str:
-    """``model`` converted to ONNX at ``path`` (any height and width), for onnxruntime."""
-    import tensorflow as tf
-
-    try:
-        import onnxruntime  # noqa: F401
-        import tf2onnx  # noqa: F401
-    except ImportError as error:
-        raise ValueError(f"runtime onnxruntime needs the export extra (pip install "
-                         f"'unet_cbam[export]'): {error}") from None
-    shape = (None, *model.inputs[0].shape[1:])  # a model's fixed input size stays fixed
-    model.export(str(path), format="onnx", verbose=False,
-                 input_signature=[tf.TensorSpec(shape, tf.float32)])
-    return str(path)
-
-
-#: onnxruntime's images/s over Keras' in float32 on a CPU, measured by benchmarks/runtime.py
-#: (predict.py's tiling, default model, 512x512): 1.30 on this project's 2-core AMD EPYC
-#: (AVX2), 1.25 on an AVX-512 EPYC. No GPU build of onnxruntime is installed by the extra.
-ONNXRUNTIME_CPU_SPEEDUP = 1.30
-
-
-def choose_runtime(requested: str, precision: str, gpus: int | None = None
-                   ) -> tuple[str, str]:
-    """(keras | onnxruntime, reason) for ``requested`` (keras, onnxruntime or auto).
-
-    auto's rule, from measurements (``ONNXRUNTIME_CPU_SPEEDUP``): onnxruntime for float32
-    on a CPU when onnxruntime and tf2onnx are installed; keras otherwise (on a GPU, Keras
-    runs there; onnxruntime runs float32 only).
-    """
-    if requested != "auto":
-        return requested, "asked for"
-    if precision != "float32":
-        return "keras", f"onnxruntime runs float32 only; precision is {precision}"
-    if gpus is None:
-        import tensorflow as tf
-
-        gpus = len(tf.config.list_physical_devices("GPU"))
-    if gpus:
-        return "keras", "a GPU is visible (the onnxruntime of the export extra is CPU-only)"
-    missing = [name for name in ("onnxruntime", "tf2onnx")
-               if importlib.util.find_spec(name) is None]
-    if missing:
-        return "keras", (f"{' and '.join(missing)} not installed (pip install "
-                         "'unet_cbam[export]' for onnxruntime, measured "
-                         f"{ONNXRUNTIME_CPU_SPEEDUP:.2f}x faster on CPUs)")
-    return "onnxruntime", (f"float32 on a CPU: measured {ONNXRUNTIME_CPU_SPEEDUP:.2f}x Keras' "
-                           "images/s (benchmarks/runtime.py)")
-
-
-def model_policy(model: keras.Model) -> str:
-    """The dtype policy ``model`` computes in: its convolutions' (a loaded model's own
-    policy is the default one, whatever its layers use)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            return model_policy(layer)
-        if isinstance(layer, keras.layers.Conv2D):
-            return layer.dtype_policy.name
-    return model.dtype_policy.name
-
-
-def in_precision(model: keras.Model, config, precision: str) -> keras.Model:
-    """``model`` rebuilt under ``precision``'s dtype policy with the same weights, or
-    ``model`` itself when it already computes in it."""
-    policy = POLICIES[precision]
-    if model_policy(model) == policy:
-        return model
-    from unet_cbam.models import build_unet
-
-    previous = keras.config.dtype_policy()
-    try:
-        keras.config.set_dtype_policy(policy)
-        rebuilt = build_unet(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-def _load_folds(run: RunFolder) -> LoadedRun:
-    """The folds of a cross-validation run, checked to share their preprocessing."""
-    folds = run.folds()
-    expected = folds[0].config.train.folds or len(folds)
-    numbers = [int(fold.path.name.rsplit("_", 1)[1]) for fold in folds]
-    missing = [index for index in range(expected) if index not in numbers
-               or not run.fold(index).model_path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{run.path}: fold(s) {', '.join(map(str, missing))} of {expected} have no "
-            f"{MODEL_FILE} yet; train them (train.py --output {run.path} --folds {expected} "
-            f"--fold K), or predict with one fold's folder")
-    loaded = [load_run(fold.path) for fold in folds]
-    first = loaded[0]
-    for fold, other in zip(folds[1:], loaded[1:], strict=True):
-        for what, mine, theirs in (
-                ("model", first.config.model, other.config.model),
-                ("normalization", first.config.data.normalization,
-                 other.config.data.normalization),
-                ("mask encoding", first.codec, other.codec)):
-            if mine != theirs:
-                raise ValueError(f"{fold.path}: its {what} differs from {folds[0].path.name}'s; "
-                                 "the folds of one run must share it to be averaged")
-    # The ensemble's threshold and post-processing were chosen on the folds' out-of-fold
-    # predictions (cv_metrics.json); a single fold's own choice does not carry over.
-    tuned = (json.loads(run.cv_metrics_path.read_text()).get("inference")
-             if run.cv_metrics_path.is_file() else None)
-    config = dataclasses.replace(first.config, inference=tuned)
-    return LoadedRun(first.model, config, first.codec, first.class_names, run.path,
-                     members=[other.model for other in loaded],
-                     scales=[other.scales[0] for other in loaded])
-
-
-def list_inputs(spec: str | Path, output_dir: Path | None = None) -> list[Path]:
-    """Image files of a folder (and its subfolders), a single file, or a glob, sorted.
-
-    Symlinked folders are never descended into (``**`` included), so a link
-    loop cannot multiply the inputs. When the output folder lies inside the
-    input folder, nothing under it is an input.
-    """
-    spec = str(spec)
-    path = Path(spec)
-    if path.is_dir():
-        return sorted(_walk_images(path, output_dir))
-    if path.is_file():
-        return [path]
-    if not _is_pattern(spec):
-        raise FileNotFoundError(f"{spec}: no such file or folder")
-    root = input_root(spec)
-    pattern = str(path.relative_to(root)) if path.is_absolute() or root != Path(".") \
-        else spec
-    # An output folder below the pattern's root is not read back; the root itself as
-    # output is refused later (check_output_folder), so its files stay inputs here.
-    excluded = None
-    if output_dir is not None and root.resolve() in output_dir.resolve().parents:
-        excluded = output_dir.resolve()
-    # pathlib's "**" does not follow symlinked folders (glob.glob's does, into loops).
-    files = [p for p in root.glob(pattern) if p.is_file() and is_image_file(p)
-             and (excluded is None or excluded not in p.resolve().parents)]
-    return sorted(files)
-
-
-def input_root(spec: str | Path) -> Path:
-    """The folder that outputs mirror: the folder itself, a file's folder, or the
-    part of a glob before its first wildcard."""
-    path = Path(spec)
-    if path.is_dir():
-        return path
-    if path.is_file():
-        return path.parent
-    parts = []
-    for part in path.parts:
-        if _is_pattern(part):
-            break
-        parts.append(part)
-    return Path(*parts) if parts else Path(".")
-
-
-def _is_pattern(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def _walk_images(folder: Path, output_dir: Path | None) -> list[Path]:
-    excluded = output_dir.resolve() if output_dir is not None else None
-    files = []
-    for directory, subfolders, names in os.walk(folder):  # does not follow symlinked folders
-        here = Path(directory)
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
-                               and (excluded is None or (here / name).resolve() != excluded))
-        files += [here / name for name in names
-                  if is_image_file(here / name) and (here / name).is_file()]
-    return files
-
-
-def check_output_folder(output_dir: Path, files: list[Path]) -> None:
-    """Refuse an output folder that holds any input, or that cannot be written.
-
-    Writing next to the inputs is where inputs get dropped, skipped or
-    replaced (a genuine ``b_mask.png``, masks of masks on a second run); the
-    one safe rule is that outputs and inputs never share a folder tree.
-    """
-    resolved = output_dir.resolve()
-    inside = [f for f in files if resolved == f.resolve().parent
-              or resolved in f.resolve().parents]
-    if inside:
-        raise ValueError(
-            f"{output_dir}: holds {len(inside)} of the input images (e.g. {inside[0]}); "
-            "choose an --output folder that holds no input, e.g. a new folder beside them")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"{output_dir}: is a file, not a folder")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise ValueError(f"{output_dir}: cannot write there ({error.strerror or error})") \
-            from None
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4): the second of four shards (1-based)."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"shard {text!r} must look like I/N, e.g. 1/4") from None
-    if not 1 <= index <= count:
-        raise ValueError(f"shard {text!r}: I must be between 1 and N")
-    return index, count
-
-
-def take_shard(files: list[Path], index: int, count: int) -> list[Path]:
-    """Every ``count``-th file starting at ``index - 1``: disjoint, covering, balanced."""
-    return files[index - 1::count]
-
-
-#: Where a Kubernetes Indexed Job's shard count comes from without --shard-count.
-SHARD_COUNT_VARIABLE = "UNET_CBAM_SHARD_COUNT"
-
-
-def shard_from_environment(environ: dict[str, str] | None = None, count: int | None = None
-                           ) -> tuple[int, int]:
-    """``--shard auto``: (index, count), 1-based, from the scheduler's environment.
-
-    A SLURM job array (``SLURM_ARRAY_TASK_ID`` with ``SLURM_ARRAY_TASK_COUNT``, or
-    with ``SLURM_ARRAY_TASK_MIN``/``MAX`` for arrays such as ``--array=0-7``), or a
-    Kubernetes Indexed Job (``JOB_COMPLETION_INDEX``, 0-based; its count from
-    ``count`` (``--shard-count``) or ``UNET_CBAM_SHARD_COUNT``).
-    """
-    env = dict(os.environ if environ is None else environ)
-
-    def number(name: str) -> int:
-        try:
-            return int(env[name])
-        except ValueError:
-            raise ValueError(f"--shard auto: {name}={env[name]!r} is not a number") from None
-
-    if "SLURM_ARRAY_TASK_ID" in env:
-        task = number("SLURM_ARRAY_TASK_ID")
-        low = number("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
-        if count is None and "SLURM_ARRAY_TASK_COUNT" in env:
-            count = number("SLURM_ARRAY_TASK_COUNT")
-        elif count is None and "SLURM_ARRAY_TASK_MAX" in env:
-            count = number("SLURM_ARRAY_TASK_MAX") - low + 1
-        if count is None:
-            raise ValueError("--shard auto: SLURM_ARRAY_TASK_ID is set but neither "
-                             "SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX; give "
-                             "--shard-count N")
-        index = task - low + 1
-        where = f"SLURM array task {task} of {low}..{low + count - 1}"
-    elif "JOB_COMPLETION_INDEX" in env:
-        index = number("JOB_COMPLETION_INDEX") + 1
-        if count is None and SHARD_COUNT_VARIABLE in env:
-            count = number(SHARD_COUNT_VARIABLE)
-        if count is None:
-            raise ValueError("--shard auto: JOB_COMPLETION_INDEX is set but the shard count is "
-                             f"not: give --shard-count N or set {SHARD_COUNT_VARIABLE} (the "
-                             "job's completions)")
-        where = f"Kubernetes completion index {index - 1} of {count}"
-    else:
-        raise ValueError("--shard auto: not in a SLURM job array (no SLURM_ARRAY_TASK_ID) nor "
-                         "a Kubernetes Indexed Job (no JOB_COMPLETION_INDEX); give --shard I/N")
-    if not 1 <= index <= count:
-        raise ValueError(f"--shard auto: {where} is outside 1..{count}")
-    return index, count
-
-
-SHARD_SUMMARY = re.compile(r"^summary-shard(\d+)of(\d+)\.csv$")
-
-
-def shard_summary_name(index: int, count: int) -> str:
-    return f"summary-shard{index}of{count}.csv"
-
-
-@dataclass
-class MergeReport:
-    """What ``merge_summaries`` found: problems make the exit status 1."""
-
-    summary: Path
-    rows: int
-    shards: int
-    missing_shards: list[int] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    not_predicted: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing_shards or self.duplicates or self.failed
-                    or self.not_predicted)
-
-
-def merge_summaries(output_dir: str | Path, inputs: list[Path] | None = None) -> MergeReport:
-    """Join the shards' ``summary-shardIofN.csv`` into ``summary.csv`` (sorted, atomic).
-
-    Reports shards whose summary is missing, inputs listed by several shards,
-    failed inputs and, given ``inputs`` (the whole list), inputs no shard lists.
-    """
-    output_dir = Path(output_dir)
-    found = {}
-    if output_dir.is_dir():
-        for path in output_dir.iterdir():
-            match = SHARD_SUMMARY.match(path.name)
-            if match:
-                found[(int(match.group(1)), int(match.group(2)))] = path
-    if not found:
-        raise FileNotFoundError(f"{output_dir}: no shard summaries (summary-shardIofN.csv) "
-                                "to merge")
-    counts = {count for _, count in found}
-    if len(counts) > 1:
-        raise ValueError(f"{output_dir}: shard summaries of different shard counts "
-                         f"({', '.join(map(str, sorted(counts)))}): remove the stale ones")
-    count = counts.pop()
-    rows: dict[str, list[dict]] = {}
-    for key in sorted(found):
-        with open(found[key], newline="") as handle:
-            for row in csv.DictReader(handle):
-                rows.setdefault(row["file"], []).append(row)
-    merged = [versions[0] for _, versions in sorted(rows.items())]
-    summary = output_dir / "summary.csv"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(merged)
-    write_text(summary, buffer.getvalue())
-    listed = {str(path) for path in inputs or []}
-    return MergeReport(
-        summary=summary, rows=len(merged), shards=count,
-        missing_shards=[i for i in range(1, count + 1) if (i, count) not in found],
-        duplicates=sorted(name for name, versions in rows.items() if len(versions) > 1),
-        failed=sorted(name for name, versions in rows.items()
-                      if all(v["status"] == "failed" for v in versions)),
-        not_predicted=sorted(listed - set(rows)) if inputs is not None else [])
-
 
 @dataclass
 class OutputOptions:
+    """Which outputs beside the masks a batch writes, and whether it replaces existing ones."""
     save_probabilities: bool = False
     probability_format: str = "png"   # png (16-bit) or npy (float16)
     save_overlays: bool = False
@@ -483,19 +78,8 @@ class OutputOptions:
 
 
 @dataclass
-class ItemResult:
-    file: Path
-    status: str                   # ok, skipped (outputs exist), failed
-    mask: Path | None = None
-    height: int | None = None
-    width: int | None = None
-    seconds: float | None = None
-    foreground_fraction: float | None = None
-    error: str | None = None
-
-
-@dataclass
 class BatchResult:
+    """A batch's items (ok, skipped or failed), its summary CSV and, with truth, its scores."""
     items: list[ItemResult] = field(default_factory=list)
     summary_csv: Path | None = None  # None when it could not be written
     evaluation: Evaluation | None = None
@@ -530,11 +114,9 @@ class BatchPredictor:
         #: Watershed seed spacing, from the training data's object sizes.
         self.min_distance = min_distance_for((folds[0] if folds else RunFolder(run.path))
                                              .read_fingerprint())
-        tuned = run.config.inference if inference.postprocess else None
         #: The threshold applied: given, else tuned on validation, else 0.5.
-        self.threshold = inference.threshold if inference.threshold is not None else \
-            float((tuned or {}).get("threshold", 0.5))
-        self.postprocessing = tuned if tuned and tuned.get("classes") else None
+        self.threshold = inference.resolve_threshold(run.config.inference)
+        self.postprocessing = inference.postprocessing(run.config.inference)
         #: The precision of the forward passes, and the models in it.
         if inference.runtime == "onnxruntime" and inference.precision == "auto":
             self.precision, why = "float32", "runtime onnxruntime runs float32 models"
@@ -730,7 +312,7 @@ class BatchPredictor:
         if root is None and files:
             root = Path(os.path.commonpath([f.parent.resolve() for f in files]))
         result = BatchResult(summary_csv=self.output_dir / summary_name)
-        summary = _SummaryWriter(result.summary_csv)
+        summary = SummaryWriter(result.summary_csv)
         claimed: dict[Path, Path] = {}
         todo: list[tuple[Path, dict[str, Path]]] = []
         for source in files:
@@ -759,16 +341,16 @@ class BatchPredictor:
                     self._write_outputs(*outputs)
                 except Exception as error:
                     logger.error("%s: cannot write outputs: %s", item.file,
-                                 _one_line(error, item.file))
+                                 one_line(error, item.file))
                     item.status, item.mask = "failed", None
-                    item.error = f"writing: {_one_line(error, item.file)}"
+                    item.error = f"writing: {one_line(error, item.file)}"
                 summary.add(item)
 
             # Read one image ahead and write in the background: the model never waits on I/O.
             pending: Future | None = readers.submit(read, todo[0][0]) if todo else None
             writes: list[Future] = []
-            bar = tqdm(todo, desc="predicting", unit="image", disable=not progress)
-            for index, (source, paths) in enumerate(bar):
+            for index, (source, paths) in enumerate(progress_of(
+                    todo, desc="predicting", unit="image", enabled=progress)):
                 current = pending
                 pending = readers.submit(read, todo[index + 1][0]) if index + 1 < len(todo) \
                     else None
@@ -781,7 +363,7 @@ class BatchPredictor:
                     attention = self.attention(self.run.preprocess(
                         self.attention_view(image), source)) if "attention" in paths else None
                 except Exception as error:  # a bad item must not stop the batch
-                    message = _one_line(error, source)
+                    message = one_line(error, source)
                     logger.error("%s: %s", source, message)
                     item = ItemResult(source, "failed", error=message)
                     result.items.append(item)
@@ -811,7 +393,7 @@ class BatchPredictor:
             item.foreground_fraction = float(((labels > 0) & (labels != IGNORE_LABEL)).mean())
         except (ImageReadError, OSError) as error:
             logger.warning("%s: existing mask not readable (%s); --overwrite predicts it again",
-                           mask, _one_line(error, mask))
+                           mask, one_line(error, mask))
         return item
 
     def evaluate_instances(self, result: BatchResult, truth_dir: str | Path) -> dict:
@@ -841,55 +423,3 @@ class BatchPredictor:
         return evaluation
 
 
-class _SummaryWriter:
-    """summary.csv, a row appended as each item finishes, rewritten sorted at the end.
-
-    Rows are appended (one write and a flush each) so a killed run still
-    leaves a summary of what it finished; the final rewrite is atomic. A
-    summary that cannot be written is logged, never the end of the batch.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.lock = threading.Lock()
-        self.broken = False
-        self._guard(lambda: write_text(path, ",".join(SUMMARY_COLUMNS) + "\n"))
-
-    def add(self, item: ItemResult) -> None:
-        def append():
-            with open(self.path, "a", newline="") as handle:
-                handle.write(_csv_line(item))
-        with self.lock:
-            if not self.broken:
-                self._guard(append)
-
-    def rewrite(self, items: list[ItemResult]) -> None:
-        text = ",".join(SUMMARY_COLUMNS) + "\n" + "".join(_csv_line(i) for i in items)
-        self.broken = False
-        self._guard(lambda: write_text(self.path, text))
-
-    def _guard(self, action) -> None:
-        try:
-            action()
-        except OSError as error:
-            self.broken = True
-            logger.error("%s: cannot write the summary (%s)", self.path,
-                         error.strerror or error)
-
-
-def _csv_line(item: ItemResult) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerow([
-        item.file, item.status, item.mask or "", item.height or "", item.width or "",
-        "" if item.seconds is None else f"{item.seconds:.3f}",
-        "" if item.foreground_fraction is None else f"{item.foreground_fraction:.6f}",
-        item.error or ""])
-    return buffer.getvalue()
-
-
-def _one_line(error: BaseException, path: str | Path | None = None) -> str:
-    """The error on one line, without a leading ``path: `` (callers name the file)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if path is not None and text.startswith(f"{path}: "):
-        text = text[len(f"{path}: "):]
-    return text

@@ -177,6 +177,7 @@ class RunFolder:
         return self._config
 
     def write_config(self, config: RunConfig) -> None:
+        """Save ``config`` as the run's config.yaml (atomically)."""
         save_yaml(config, self.config_path)
         self._config = config
 
@@ -195,6 +196,7 @@ class RunFolder:
         return _read_json(self.split_path)
 
     def write_split(self, train: list[str], val: list[str]) -> None:
+        """Save which stems train and which validate (split.json)."""
         write_text(self.split_path, json.dumps({"train": list(train), "val": list(val)},
                                                indent=1))
 
@@ -203,17 +205,34 @@ class RunFolder:
         return _read_json(self.fingerprint_path) if self.fingerprint_path.is_file() else None
 
     def write_fingerprint(self, fingerprint: dict) -> None:
+        """Save the data fingerprint (fingerprint.json)."""
         write_text(self.fingerprint_path, json.dumps(fingerprint, indent=2))
 
     def read_metrics(self) -> dict:
+        """The best model's validation scores (metrics.json)."""
         return _read_json(self.metrics_path)
 
     def write_metrics(self, metrics: dict) -> None:
+        """Save the best model's validation scores (metrics.json)."""
         write_text(self.metrics_path, json.dumps(metrics, indent=2))
+
+    def read_cv_metrics(self) -> dict | None:
+        """A cross-validation folder's summary (``unet_cbam.folds``), or None before every
+        fold has finished."""
+        return _read_json(self.cv_metrics_path) if self.cv_metrics_path.is_file() else None
+
+    def write_cv_metrics(self, summary: dict) -> None:
+        """Save a cross-validation folder's summary (cv_metrics.json)."""
+        write_text(self.cv_metrics_path, json.dumps(summary, indent=2))
+
+    def load_model(self):
+        """The run's best model, loaded in safe mode (``load_model``)."""
+        return load_model(self.model_path)
 
     # -- checkpoints ----------------------------------------------------------------
 
     def checkpoint_path(self, epochs: int) -> Path:
+        """The weights file of the checkpoint after ``epochs`` epochs."""
         return self.checkpoint_dir / f"epoch-{epochs:04d}.weights.h5"
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -264,6 +283,7 @@ class RunFolder:
     # -- history ------------------------------------------------------------------
 
     def read_history(self) -> dict[str, list[float]]:
+        """history.csv as ``{column: [value per epoch]}``."""
         return read_history(self.history_path)
 
     def history_rows(self) -> list[dict[str, str]]:

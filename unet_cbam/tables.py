@@ -7,6 +7,7 @@ from typing import Any
 
 
 def four_decimals(value: float) -> str:
+    """The default float format of ``markdown_table``."""
     return f"{value:.4f}"
 
 

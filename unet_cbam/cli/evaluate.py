@@ -23,9 +23,10 @@ def _color(text: str) -> list[int]:
     return color
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options; ``prog`` names the command in help and errors (default: as invoked)."""
     parser = argparse.ArgumentParser(
-        prog="unet-cbam-evaluate",
+        prog=prog,
         description="Per-image and per-class Dice, IoU, precision, recall and pixel accuracy "
                     "of a folder of predicted masks against ground truth, paired by file stem. "
                     "The mask encoding comes from --config, or from the options given here "
@@ -59,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Score ``--pred`` against ``--truth``; the exit status (1: unpaired or bad files)."""
+    parser = build_parser(prog)
+    arguments = parser.parse_args(argv)
     setup_logging(arguments)
     from unet_cbam.config import RunConfig, load_yaml
     from unet_cbam.evaluate import (
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from unet_cbam.run import RunFolder, class_names, codec_from_config
 
     if arguments.instances:
-        return _instances(arguments)
+        return _instances(arguments, parser.prog)
     names = arguments.class_names
     try:
         if arguments.config is not None:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 ignore_value=arguments.ignore_value, colors=arguments.class_colors)
         evaluation = evaluate_folders(arguments.pred, arguments.truth, codec, names)
     except (ValueError, FileNotFoundError) as error:
-        print(f"unet-cbam-evaluate: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     report = arguments.report or arguments.pred / "evaluation.json"
     json_path, csv_path = write_reports(evaluation, report)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
-def _instances(arguments) -> int:
+def _instances(arguments, prog: str) -> int:
     import json
 
     from unet_cbam.data.io import ImageReadError
@@ -108,7 +111,7 @@ def _instances(arguments) -> int:
     try:
         scores = evaluate_instance_folders(arguments.pred, arguments.truth)
     except (ValueError, FileNotFoundError, ImageReadError) as error:
-        print(f"unet-cbam-evaluate: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     report = arguments.report or arguments.pred / "instance_evaluation.json"
     write_text(report, json.dumps(scores, indent=2))

@@ -19,9 +19,10 @@ from unet_cbam.cli.options import add_logging_options, import_tensorflow, setup_
 FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options; ``prog`` names the command in help and errors (default: as invoked)."""
     parser = argparse.ArgumentParser(
-        prog="unet-cbam-export", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, metavar="RUN_DIR", help="a run folder from train.py")
     parser.add_argument("--format", required=True, choices=FORMAT_NAMES,
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Export ``RUN`` in ``--format``; the exit status (2: bad arguments)."""
+    parser = build_parser(prog)
+    arguments = parser.parse_args(argv)
     setup_logging(arguments)
     import_tensorflow(arguments)
     from unet_cbam.export import PREPROCESSING_FILE, export_run
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         output = export_run(arguments.run, arguments.format, arguments.output,
                             arguments.input_size)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"unet-cbam-export: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     spec = (output if arguments.format == "savedmodel" else output.parent) / PREPROCESSING_FILE
     print(f"exported: {output}\npreprocessing: {spec}")

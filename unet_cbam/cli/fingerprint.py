@@ -19,9 +19,10 @@ from pathlib import Path
 from unet_cbam.cli.options import add_logging_options, setup_logging
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options; ``prog`` names the command in help and errors (default: as invoked)."""
     parser = argparse.ArgumentParser(
-        prog="unet-cbam-fingerprint", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="data folder holding images/ and masks/")
     parser.add_argument("--num-classes", type=int, default=1,
@@ -41,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Print a data folder's fingerprint and plan; the exit status (2: no usable pairs)."""
+    parser = build_parser(prog)
+    arguments = parser.parse_args(argv)
     setup_logging(arguments)
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig
     from unet_cbam.explore import inspect_data
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no usable pairs in {arguments.data}:\n{lines}")
         plan = plan_run(RunConfig(model=model, data=data), fingerprint).plan
     except ValueError as error:
-        print(f"unet-cbam-fingerprint: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"## Fingerprint of {arguments.data}\n\n{format_fingerprint(fingerprint)}\n")
     print("## Plan (train.py --data with no tuning options)\n")

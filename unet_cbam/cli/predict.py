@@ -24,9 +24,10 @@ from unet_cbam.config import InferenceConfig
 logger = logging.getLogger("unet_cbam.predict")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options; ``prog`` names the command in help and errors (default: as invoked)."""
     parser = argparse.ArgumentParser(
-        prog="predict.py", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Outputs: OUTPUT/<stem>.png masks in the training masks' encoding (binary "
                "masks in the same two values, class ids, or palette PNGs), summary.csv, "
@@ -83,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Predict, and with ``--truth`` evaluate; the exit status (1: an item failed)."""
+    parser = build_parser(prog)
     arguments = parser.parse_args(argv)
     setup_logging(arguments)
     if arguments.merge_summaries is not None:
-        return _merge(arguments)
+        return _merge(arguments, parser.prog)
     missing = [f"--{name}" for name in ("model", "input", "output")
                if getattr(arguments, name) is None]
     if missing:
@@ -96,13 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     import_tensorflow(arguments)
     from unet_cbam.evaluate import format_summary, write_reports
     from unet_cbam.files import write_text
-    from unet_cbam.predict import (
-        BatchPredictor,
-        OutputOptions,
-        check_output_folder,
-        input_root,
-        list_inputs,
-        load_run,
+    from unet_cbam.inputs import check_output_folder, input_root, list_inputs
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor, OutputOptions
+    from unet_cbam.shards import (
         parse_shard,
         shard_from_environment,
         shard_summary_name,
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=arguments.overwrite)
         predictor = BatchPredictor(run, inference, arguments.output, options)
     except (ValueError, FileNotFoundError) as error:
-        print(f"predict.py: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
 
     summary_name = shard_summary_name(*shard) if shard else "summary.csv"
@@ -163,22 +162,23 @@ def main(argv: list[str] | None = None) -> int:
                       f"{objects['f1']:.4f}, precision {objects['precision']:.4f}, recall "
                       f"{objects['recall']:.4f}\ninstance evaluation: {path}")
         except OSError as error:
-            print(f"predict.py: error: cannot write the evaluation in {arguments.output} "
+            print(f"{parser.prog}: error: cannot write the evaluation in {arguments.output} "
                   f"({error.strerror or error})", file=sys.stderr)
             return 1
     return 1 if result.failed or result.summary_csv is None else 0
 
 
-def _merge(arguments) -> int:
+def _merge(arguments, prog: str) -> int:
     """--merge-summaries: join the shard summaries; status 1 unless all is well."""
-    from unet_cbam.predict import list_inputs, merge_summaries
+    from unet_cbam.inputs import list_inputs
+    from unet_cbam.shards import merge_summaries
 
     try:
         inputs = list_inputs(arguments.input, arguments.merge_summaries) \
             if arguments.input else None
         report = merge_summaries(arguments.merge_summaries, inputs)
     except (ValueError, FileNotFoundError) as error:
-        print(f"predict.py: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"{report.rows} input(s) from {report.shards} shard(s) -> {report.summary}")
     for label, values in (("missing shard summaries", report.missing_shards),

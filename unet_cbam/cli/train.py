@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,22 @@ from unet_cbam.cli.options import (
     add_config_options,
     add_logging_options,
     apply_options,
+    exit_at_once,
     import_tensorflow,
     setup_logging,
 )
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml
+from unet_cbam.files import one_line
 from unet_cbam.run import RunFolder
 
 logger = logging.getLogger("unet_cbam.train")
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options; ``prog`` names the command in help and errors (default: as invoked)."""
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, metavar="FILE.yaml",
                         help="a run config (model/data/train sections), e.g. a run's config.yaml")
@@ -48,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Train (or resume) one run or a cross-validation; the exit status."""
+    parser = build_parser(prog)
+    arguments = parser.parse_args(argv)
     run = RunFolder(arguments.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     setup_logging(arguments)
     try:
@@ -69,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
 
             describe_cluster()  # a missing or malformed cluster: refused before any work
     except (ValueError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
 
     import_tensorflow(arguments)
     from unet_cbam.data.verify import DataError
-    from unet_cbam.training import train, train_folds
+    from unet_cbam.folds import train_folds
+    from unet_cbam.training import train
 
     try:
         if config.train.folds is not None:
@@ -87,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nthis worker's part is done; the chief wrote the run folder {run.path}")
             return 0
     except DataError as error:
-        print(f"train.py: {error}", file=sys.stderr)
+        print(f"{parser.prog}: {error}", file=sys.stderr)
         return 2
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a crash inside training, e.g. in a tf.data worker
         logger.debug("training failed", exc_info=True)
-        message = " ".join(str(error).split())[:600]
-        print(f"train.py: error: training failed: {type(error).__name__}: {message}"
+        message = one_line(error)[:600]
+        print(f"{parser.prog}: error: training failed: {type(error).__name__}: {message}"
               f"{'' if arguments.verbose else ' (--verbose shows the traceback)'}",
               file=sys.stderr)
         return 1
@@ -125,19 +130,8 @@ def _print_folds(run: RunFolder, results) -> None:
 
 
 def entry() -> None:
-    """The console script: ``main``, then an exit that cannot hang.
-
-    Tearing down tf.data's iterators at interpreter exit can block forever
-    (seen after errors inside model.fit and after resumed runs). Every file
-    of the run is complete and closed when ``main`` returns (written
-    atomically; TensorBoard's writers close at the end of training), so the
-    process flushes its streams and ends at once.
-    """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    """The console script: ``main``, then an exit that cannot hang (``exit_at_once``)."""
+    exit_at_once(main())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from unet_cbam.data.io import (
     IGNORE_LABEL,
     MaskCodec,
     Normalization,
+    pad_to,
     preprocess,
     read_mask,
     read_raw,
@@ -35,7 +36,6 @@ from unet_cbam.data.io import (
     scaled_size,
 )
 from unet_cbam.data.verify import Sample
-from unet_cbam.inference import pad_to
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -130,6 +130,7 @@ class PairSource:
         return len(self.samples)
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` as training reads it: (image, labels), from the cache when held."""
         sample = self.samples[index]
         cached = self.cache.get(sample.stem)
         return cached if cached is not None else self._read(index)

@@ -21,6 +21,13 @@ import tifffile
 from PIL import Image
 
 from unet_cbam.config import DEFAULT_MAX_PIXELS
+from unet_cbam.data.normalization import (  # noqa: F401 (read from here by the package)
+    BITDEPTH,
+    NORMALIZE_MODES,
+    ImageReadError,
+    Normalization,
+    to_float,
+)
 from unet_cbam.files import atomic_write
 
 if TYPE_CHECKING:
@@ -31,8 +38,6 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")
-#: Float images may overshoot [0, 1] by this much (rounding in other tools).
-FLOAT_TOLERANCE = 1e-3
 # PIL's decompression-bomb check is replaced by check_pixels (a 1 MB PNG can declare
 # 32000x32000 pixels): the header is read, the limit applied, nothing decoded.
 Image.MAX_IMAGE_PIXELS = None
@@ -40,10 +45,6 @@ Image.MAX_IMAGE_PIXELS = None
 IGNORE_LABEL = np.iinfo(np.uint16).max
 
 cv2.setNumThreads(1)  # tf.data runs many decoders in parallel; avoid oversubscription
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be used, with the path in the message."""
 
 
 class MultiPageError(ImageReadError):
@@ -59,6 +60,7 @@ class MultiPageError(ImageReadError):
 
 
 def is_image_file(path: Path) -> bool:
+    """Whether ``path`` has one of the image extensions this tool reads."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -158,31 +160,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return array.shape[0], array.shape[1]
 
 
-def to_float(array: np.ndarray, path: str | Path = "") -> np.ndarray:
-    """Scale by bit depth: uint8 / 255, uint16 / 65535.
-
-    Float images have no bit depth to scale by: they are taken as they are if
-    every value lies in [0, 1] (what the model sees), and refused otherwise,
-    naming the range found, so a float TIFF in 0-255 can never reach the
-    model unscaled.
-    """
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise ImageReadError(f"{path}: float image with NaN or infinite values")
-        low, high = float(values.min()), float(values.max())
-        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
-            raise ImageReadError(
-                f"{path}: float image with values in [{low:.4g}, {high:.4g}]; float images "
-                "must be scaled to [0, 1] (or saved as 8- or 16-bit integers)")
-        return np.clip(values, 0.0, 1.0)
-    raise ImageReadError(f"{path}: unsupported pixel type {array.dtype}")
-
-
 def convert_channels(image: np.ndarray, channels: int, path: str | Path = "") -> np.ndarray:
     """``(H, W)`` or ``(H, W, C)`` to ``(H, W, channels)``; alpha is dropped."""
     if image.ndim == 2:
@@ -197,103 +174,6 @@ def convert_channels(image: np.ndarray, channels: int, path: str | Path = "") ->
     if have == 3 and channels == 1:
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
     raise ImageReadError(f"{path}: image has {have} channels, the model takes {channels}")
-
-
-NORMALIZE_MODES = ("bitdepth", "percentile", "zscore")
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How raw pixel values become the model's input; frozen in the run's config.
-
-    ``bitdepth``: divide by the largest value of the type (uint8 / 255,
-    uint16 / 65535); float images must already lie in [0, 1].
-    ``percentile``: clip each channel to ``[low, high]`` (the data set's 0.5th
-    and 99.5th percentiles, in raw units) and scale that range to [0, 1].
-    ``zscore``: clip and scale like ``percentile``, then subtract ``mean`` and
-    divide by ``std`` (statistics of the clipped, scaled pixels), which is
-    ``(clip(x) - mean_raw) / std_raw``: nnU-Net's scheme for data of a fixed
-    intensity scale.
-
-    The standardisation of ``zscore`` is a separate step (``standardize``)
-    because augmentation (albumentations clips float images to [0, 1]) runs
-    between the two in training; ``preprocess`` applies both.
-    """
-
-    mode: str = "bitdepth"
-    low: tuple[float, ...] = ()
-    high: tuple[float, ...] = ()
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in NORMALIZE_MODES:
-            raise ValueError(f"normalization mode {self.mode!r} is not one of "
-                             f"{', '.join(NORMALIZE_MODES)}")
-        if self.mode != "bitdepth":
-            if not self.low or len(self.low) != len(self.high):
-                raise ValueError(f"normalization {self.mode}: needs low and high of one length "
-                                 f"per channel, got low {list(self.low)}, high {list(self.high)}")
-            if any(h <= lo for lo, h in zip(self.low, self.high, strict=True)):
-                raise ValueError(f"normalization {self.mode}: every high must be above its low, "
-                                 f"got low {list(self.low)}, high {list(self.high)}")
-        if self.std <= 0:
-            raise ValueError(f"normalization std {self.std!r} must be > 0")
-
-    @classmethod
-    def from_config(cls, value: dict | None) -> Normalization:
-        """From ``data.normalization`` of a run config; none (older runs): bit depth."""
-        if not value:
-            return cls()
-        try:
-            return cls(mode=value.get("mode", "bitdepth"),
-                       low=tuple(float(v) for v in value.get("low") or ()),
-                       high=tuple(float(v) for v in value.get("high") or ()),
-                       mean=float(value.get("mean", 0.0)), std=float(value.get("std", 1.0)))
-        except (TypeError, AttributeError) as error:
-            raise ValueError(f"normalization {value!r}: {error}") from None
-
-    def to_config(self) -> dict:
-        if self.mode == "bitdepth":
-            return {"mode": "bitdepth"}
-        values = {"mode": self.mode, "low": list(self.low), "high": list(self.high)}
-        if self.mode == "zscore":
-            values.update(mean=self.mean, std=self.std)
-        return values
-
-    def to_unit(self, raw: np.ndarray, path: str | Path = "") -> np.ndarray:
-        """Raw pixels ``(H, W[, C])`` -> float32 in [0, 1], as many channels as stored."""
-        if self.mode == "bitdepth":
-            return to_float(raw, path)
-        if raw.dtype.kind not in "uif":
-            raise ImageReadError(f"{path}: unsupported pixel type {raw.dtype}")
-        channels = 1 if raw.ndim == 2 else raw.shape[2]
-        low, high = self.low, self.high
-        if len(low) == 1:
-            low, high = low * channels, high * channels
-        if len(low) != channels:
-            raise ImageReadError(
-                f"{path}: image has {channels} channel(s); the run's {self.mode} normalisation "
-                f"was fitted on {len(self.low)}-channel images")
-        values = raw.astype(np.float32)
-        if raw.dtype.kind == "f" and not np.isfinite(values).all():
-            raise ImageReadError(f"{path}: float image with NaN or infinite values")
-        low_array = np.asarray(low, np.float32)
-        span = np.asarray(high, np.float32) - low_array
-        if raw.ndim == 2:
-            low_array, span = low_array[0], span[0]
-        values -= low_array
-        values /= span
-        return np.clip(values, 0.0, 1.0, out=values)
-
-    def standardize(self, image: np.ndarray) -> np.ndarray:
-        """The step after augmentation: z-score for ``zscore``, nothing otherwise."""
-        if self.mode != "zscore":
-            return image
-        return (image - np.float32(self.mean)) / np.float32(self.std)
-
-
-BITDEPTH = Normalization()
 
 
 def read_image(path: str | Path, channels: int,
@@ -528,3 +408,14 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: cv2 could not encode a {array.dtype} {array.shape} image")
     with atomic_write(path) as temporary:
         Path(temporary).write_bytes(encoded.tobytes())
+
+
+def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W, C)`` -> ``(height, width, C)``: padded at the bottom and right by reflection
+    (repeated for images smaller than the pad)."""
+    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # Reflection needs the pad to be smaller than the image; repeat it for tiny images.
+    mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
-from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig
+from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig, ModelConfig
 from unet_cbam.data.demo import ensure_demo
 from unet_cbam.data.io import (
     IGNORE_LABEL,
@@ -34,6 +33,7 @@ from unet_cbam.data.io import (
     read_palette,
     read_raw,
 )
+from unet_cbam.progress import progress as progress_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One pair: its stem, image file and mask file."""
     stem: str
     image_path: Path
     mask_path: Path
@@ -114,6 +115,7 @@ class DatasetReport:
         return np.sum(counts, axis=0) if counts else np.zeros(0, dtype=np.int64)
 
     def raise_for_problems(self) -> None:
+        """Raise ``DataError`` with every problem found, if there is any."""
         if self.problems:
             raise DataError(self.problems)
 
@@ -312,9 +314,9 @@ def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check, samples)
-        for sample, (problems, info, pixels, raw_values) in tqdm(
+        for sample, (problems, info, pixels, raw_values) in progress_of(
                 results, total=len(samples), desc="verifying data", unit="pair",
-                disable=not progress, leave=False):
+                enabled=progress, leave=False):
             if problems:
                 report.problems.extend(problems)
                 continue
@@ -456,3 +458,46 @@ def _sample_statistics(info: SampleInfo, stem: str, raw: np.ndarray, labels: np.
             if len(values) > DISTANCE_SAMPLES:
                 values = rng.choice(values, DISTANCE_SAMPLES, replace=False)
             info.label_distances[label] = values.astype(np.float32)
+
+
+@dataclass
+class VerifiedPairs:
+    """A data folder's pairs (and ``val_data``'s), their mask encoding, and every problem."""
+
+    images_dir: Path
+    masks_dir: Path
+    data: DataConfig            # with the binary threshold resolved
+    samples: list[Sample]       # the data folder's pairs
+    val_samples: list[Sample]   # val_data's pairs
+    codec: MaskCodec
+    report: DatasetReport       # problems: pairing's first, then each pair's
+    threshold_reason: str | None
+
+
+def verify_data(data: DataConfig, model: ModelConfig, progress: bool = True,
+                cache: bool = True) -> VerifiedPairs:
+    """Pair the data folder (and ``val_data``), resolve the binary threshold, detect the
+    mask encoding and verify every pair, collecting every problem in the report; raise
+    ``DataError`` only where nothing can be verified (no pairs, or masks whose encoding
+    cannot be told). ``cache``: keep decoded pixels in memory (up to ``cache_gb``)."""
+    images_dir, masks_dir = data_folders(data)
+    samples, problems = find_pairs(images_dir, masks_dir)
+    val_samples: list[Sample] = []
+    if data.val_data is not None:
+        val_samples, val_problems = find_pairs(Path(data.val_data) / "images",
+                                               Path(data.val_data) / "masks")
+        problems += val_problems
+    if not samples + val_samples:
+        raise DataError(problems)
+    data, threshold_reason = resolve_binary_threshold(samples + val_samples, data,
+                                                      model.num_classes)
+    try:
+        codec = detect_codec(samples + val_samples, data, model.num_classes)
+    except DataError as error:
+        raise DataError(problems + error.problems) from None
+    report = verify_pairs(samples + val_samples, codec, model.input_channels,
+                          cache_bytes=data.cache_gb * 1e9 if cache else 0, progress=progress,
+                          max_pixels=data.max_pixels, explain_values=threshold_reason is None)
+    report.problems = problems + report.problems  # every problem at once, pairing first
+    return VerifiedPairs(images_dir, masks_dir, data, samples, val_samples, codec, report,
+                         threshold_reason)

@@ -131,8 +131,23 @@ class _BlockedConv2D(keras.layers.Conv2D):
         return blocked_conv(inputs, self.kernel, self.bias)
 
 
+class AttentionLayer(keras.layers.Layer):
+    """What every attention layer of this package has: the ``level`` it sits at in a model
+    (its input's stride is ``2**level``; None outside a model), which
+    ``unet_cbam.attention`` reads, and saves with the layer."""
+
+    def __init__(self, level: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.level = None if level is None else int(level)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(level=self.level)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="unet_cbam")
-class ChannelAttention(keras.layers.Layer):
+class ChannelAttention(AttentionLayer):
     """Channel attention: which feature maps matter.
 
     One MLP (``channels -> max(1, channels // reduction_ratio) -> channels``)
@@ -208,7 +223,7 @@ class ChannelAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="unet_cbam")
-class SpatialAttention(keras.layers.Layer):
+class SpatialAttention(AttentionLayer):
     """Spatial attention: where the informative pixels are.
 
     The channel-wise mean and max maps are concatenated and convolved by one
@@ -262,7 +277,7 @@ class SpatialAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="unet_cbam")
-class CBAM(keras.layers.Layer):
+class CBAM(AttentionLayer):
     """Convolutional Block Attention Module: channel attention, then spatial.
 
     Args:

@@ -29,12 +29,14 @@ def layer_suffix(layer_class: type) -> str:
 
 def create_attention(kind: str, *, reduction_ratio: int = DEFAULT_REDUCTION_RATIO,
                      spatial_kernel_size: int = 7, variant: str = "paper",
-                     prefix: str | None = None) -> keras.layers.Layer | None:
+                     prefix: str | None = None, level: int | None = None
+                     ) -> keras.layers.Layer | None:
     """The attention layer called ``kind``, or None for ``"none"``.
 
     Each layer takes the options it has: channel attention the reduction
     ratio, spatial attention the kernel size, CBAM both. The layer is named
-    ``<prefix>_<suffix>`` (e.g. ``skip2_cbam``) when a prefix is given.
+    ``<prefix>_<suffix>`` (e.g. ``skip2_cbam``) when a prefix is given, and knows its
+    ``level`` in the model (``unet_cbam.attention`` reads it).
     """
     if kind == "none":
         return None
@@ -47,4 +49,4 @@ def create_attention(kind: str, *, reduction_ratio: int = DEFAULT_REDUCTION_RATI
     parameters = inspect.signature(layer_class).parameters
     accepted = {name: value for name, value in options.items() if name in parameters}
     name = f"{prefix}_{layer_suffix(layer_class)}" if prefix else None
-    return layer_class(**accepted, name=name)
+    return layer_class(**accepted, level=level, name=name)

@@ -25,6 +25,7 @@ import keras
 
 from unet_cbam.config import ModelConfig
 from unet_cbam.layers import PixelNormalization
+from unet_cbam.models.blocks import attention_block, conv_block
 from unet_cbam.segmentation_models import KERAS_SUBMODULES, sm
 
 logger = logging.getLogger(__name__)
@@ -99,29 +100,12 @@ def build_encoder(image: keras.KerasTensor, config: ModelConfig
     return _backbone_encoder(image, config)
 
 
-def conv_block(x: keras.KerasTensor, filters: int, config: ModelConfig, name: str
-               ) -> keras.KerasTensor:
-    """Two 3x3 convolutions, each followed by batch norm (optional) and ReLU."""
-    for index in (1, 2):
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", use_bias=not config.batch_norm,
-            kernel_initializer="he_normal", name=f"{name}_conv{index}",
-        )(x)
-        if config.batch_norm:
-            # momentum 0.9 (PyTorch's default) instead of Keras' 0.99: the moving
-            # statistics settle within tens of steps, which short runs need.
-            x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{index}")(x)
-        x = keras.layers.ReLU(name=f"{name}_relu{index}")(x)
-    return x
-
-
 def _encoder_attention(config: ModelConfig) -> set[int]:
     """Levels whose encoder stage output gets attention (``attention_position: encoder``)."""
     return set(config.attended_levels) if config.attention_position == "encoder" else set()
 
 
 def _plain_encoder(image, config):
-    from unet_cbam.models.unet import attention_block
 
     skips = {}
     x = image
@@ -129,7 +113,7 @@ def _plain_encoder(image, config):
     for level in range(config.resolved_depth):
         x = conv_block(x, config.base_filters * 2**level, config, f"encoder_stage{level}")
         if level in attended:
-            x = attention_block(x, config, f"encoder{level}")
+            x = attention_block(x, config, "encoder", level)
         skips[level] = x
         x = keras.layers.MaxPooling2D(2, name=f"encoder_stage{level}_pool")(x)
     bottleneck = conv_block(x, config.base_filters * 2**config.resolved_depth, config,
@@ -176,7 +160,6 @@ def _with_stage_attention(encoder: keras.Model, x: keras.KerasTensor,
     deeper stages and the skip see the attended features. The backbone's layers (and
     weights) are reused; they become layers of the UNet itself rather than of a nested
     ``encoder`` model."""
-    from unet_cbam.models.unet import attention_block
 
     # Which operation produces each target tensor (a backbone layer is called once).
     produced_by = {}
@@ -191,7 +174,7 @@ def _with_stage_attention(encoder: keras.Model, x: keras.KerasTensor,
         if level is None:
             return operation
         return lambda *args, **kwargs: attention_block(operation(*args, **kwargs), config,
-                                                       f"encoder{level}")
+                                                       "encoder", level)
     return encoder._run_through_graph(x, operation_fn)
 
 

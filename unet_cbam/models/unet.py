@@ -22,8 +22,8 @@ from __future__ import annotations
 import keras
 
 from unet_cbam.config import ModelConfig
-from unet_cbam.layers import create_attention
-from unet_cbam.models.encoders import build_encoder, conv_block
+from unet_cbam.models.blocks import attention_block, conv_block
+from unet_cbam.models.encoders import build_encoder
 
 
 def build_unet(config: ModelConfig) -> keras.Model:
@@ -49,11 +49,11 @@ def build_unet(config: ModelConfig) -> keras.Model:
         if level in skips:
             skip = skips[level]
             if config.attention_position == "skip" and level in attended:
-                skip = attention_block(skip, config, f"skip{level}")
+                skip = attention_block(skip, config, "skip", level)
             x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
         x = conv_block(x, filters, config, name)
         if config.attention_position == "decoder" and level in attended:
-            x = attention_block(x, config, f"decoder{level}")
+            x = attention_block(x, config, "decoder", level)
 
     binary = config.num_classes == 1
     x = keras.layers.Conv2D(config.num_classes, 1, name="head_conv")(x)
@@ -61,21 +61,6 @@ def build_unet(config: ModelConfig) -> keras.Model:
         "sigmoid" if binary else "softmax", dtype="float32", name="head")(x)
     name = f"unet_{config.encoder}_{config.attention}"
     return keras.Model(image, probabilities, name=name)
-
-
-def attention_block(skip: keras.KerasTensor, config: ModelConfig, prefix: str
-                    ) -> keras.KerasTensor:
-    """Apply ``config.attention`` to one skip tensor (identity for "none"); with
-    ``attention_identity``, ``skip + attention(skip)``."""
-    layer = create_attention(
-        config.attention, reduction_ratio=config.reduction_ratio,
-        spatial_kernel_size=config.spatial_kernel_size, variant=config.cbam_variant,
-        prefix=prefix)
-    if layer is None:
-        return skip
-    if config.attention_identity:
-        return keras.layers.Add(name=f"{prefix}_identity")([skip, layer(skip)])
-    return layer(skip)
 
 
 def _upsample(x: keras.KerasTensor, filters: int, mode: str, name: str) -> keras.KerasTensor:

@@ -1,0 +1,145 @@
+"""The training callbacks: the time budget's pacer and overrun guard (on a fake clock), the
+step timing it starts from, and early stopping that survives a resume."""
+
+import numpy as np
+
+
+def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
+    from unet_cbam.callbacks import TimeBudget
+
+    class Model:
+        stop_training = False
+    now = [0.0]
+    guard = TimeBudget(100.0, clock=lambda: now[0])
+    guard.set_model(Model())
+    for _ in range(11):  # 11 batches of 10 s: 110 s, within 15 % of 100 s
+        guard.on_train_batch_begin(0)
+        now[0] += 10.0
+        guard.on_train_batch_end(0)
+        now[0] += 5.0  # validation and the data pipeline between batches: not counted
+    assert not guard.model.stop_training
+    guard.on_train_batch_begin(0)
+    now[0] += 10.0
+    guard.on_train_batch_end(0)  # 120 s > 115 s
+    assert guard.model.stop_training
+
+
+def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
+           trace=0.0):
+    """Fit's loop around a TimeBudget on a fake clock: (epochs run, seconds spent,
+    the re-plans reported, the values agreed on)."""
+    from unet_cbam.callbacks import TimeBudget
+
+    class Model:
+        stop_training = False
+    now, replans, agreed = [0.0], [], []
+    pacer = TimeBudget(budget, steps, epochs, max_epochs, schedule,
+                       agree=lambda value: agreed.append(value) or value,
+                       replanned=lambda *args: replans.append(args), clock=lambda: now[0])
+    pacer.set_model(Model())
+    run = 0
+    for epoch in range(max_epochs):
+        for step in range(steps):
+            pacer.on_train_batch_begin(step)
+            now[0] += seconds_a_step + (trace if epoch == step == 0 else 0.0)
+            pacer.on_train_batch_end(step)
+            if pacer.model.stop_training:
+                break
+        now[0] += 30.0  # validation: not counted
+        pacer.on_epoch_end(epoch)
+        run += 1
+        if pacer.model.stop_training:
+            break
+    return run, pacer.spent, replans, agreed
+
+
+def test_time_budget_pacer_refits_the_epochs_to_the_real_pace():
+    # Planned 5 epochs of 10 steps (2 s a step); the steps take 1 s: 10 epochs fill 100 s.
+    run, spent, replans, agreed = _paced(1.0)
+    assert (run, spent) == (10, 100.0)
+    assert replans == [(10, 1.0, 1)]  # extended once, after the first epoch, to the cap
+    assert agreed[0] == 10.0  # every worker takes the chief's value
+    # 3 s a step: after epoch 1, 70 s left are 2.33 epochs -> 3 epochs, 90 s of 100.
+    run, spent, replans, _ = _paced(3.0)
+    assert (run, spent) == (3, 90.0) and replans == [(3, 3.0, 1)]
+    # The first step also traces the training function (20 s): spent, but not the pace.
+    run, spent, replans, _ = _paced(1.0, trace=20.0)
+    assert (run, spent) == (8, 100.0) and replans == [(8, 1.0, 1)]
+    # On plan (2 s a step): no re-plan, 5 epochs, exactly the budget.
+    assert _paced(2.0)[:3] == (5, 100.0, [])
+    # Far slower than planned (25 s a step): the overrun guard stops within the first epoch.
+    run, spent, replans, _ = _paced(25.0)
+    assert (run, spent) == (1, 125.0) and replans == [(1, 25.0, 1)]
+
+
+def test_time_budget_pacer_moves_the_schedule_horizon():
+    import keras
+
+    from unet_cbam.optim import MovableCosineDecay
+
+    schedule = MovableCosineDecay(1e-3, 50 - 10, warmup_steps=10)
+    _paced(1.0, schedule=schedule)
+    assert float(schedule.decay_steps.numpy()) == 10 * 10 - 10
+    reference = keras.optimizers.schedules.CosineDecay(1e-5, 90, alpha=0.01,
+                                                       warmup_target=1e-3, warmup_steps=10)
+    steps = np.array([0, 3, 10, 40, 99, 100, 140], np.int64)
+    np.testing.assert_allclose([float(schedule(s)) for s in steps],
+                               [float(reference(s)) for s in steps], rtol=1e-5)
+
+
+def test_measure_step_seconds_times_only_the_steps_after_warm_up():
+    from unet_cbam.callbacks import measure_step_seconds
+
+    calls, now = [], [0.0]
+
+    class Model:
+        def train_on_batch(self, x, y):
+            calls.append(x)
+            now[0] += 2.0 if len(calls) <= 2 else 0.5  # tracing makes the first steps slow
+    batches = iter([(i, i) for i in range(10)])
+    model = Model()
+    seconds, first = measure_step_seconds(lambda: model.train_on_batch(*next(batches)),
+                                          warmup=2, timed=4, clock=lambda: now[0])
+    assert (seconds, first) == (0.5, 2.0) and calls == list(range(6))
+    # The median: one step held up by the data pipeline does not move it.
+    pauses = iter([9.0, 1.0, 1.0, 1.0, 7.0, 1.2, 0.9])
+
+    def step():
+        now[0] += next(pauses)
+    assert measure_step_seconds(step, warmup=1, timed=6, clock=lambda: now[0]) == (1.0, 9.0)
+
+
+class _Model:
+    stop_training = False
+
+
+def _early_stopping(history, patience, monitor="val_loss"):
+    from unet_cbam.callbacks import ResumableEarlyStopping
+
+    callback = ResumableEarlyStopping(monitor, patience, history)
+    callback.set_model(_Model())
+    callback.on_train_begin()
+    return callback
+
+
+def test_early_stopping_continues_the_count_of_a_resumed_run():
+    """Best at epoch 2 of 4 (0-based 1): two epochs waited already, one more stops a
+    patience of 3, where Keras' own callback would wait three more."""
+    callback = _early_stopping([0.5, 0.4, 0.45, 0.46], patience=3)
+    assert (callback.best, callback.wait) == (0.4, 2)
+    callback.on_epoch_end(4, {"val_loss": 0.41})
+    assert callback.model.stop_training
+    # A score improves upwards; ties keep the first best; a NaN epoch counts as waited.
+    callback = _early_stopping([0.2, 0.6, float("nan"), 0.6], patience=5,
+                               monitor="val_mean_dice")
+    assert (callback.best, callback.wait) == (0.6, 2)
+    callback.on_epoch_end(4, {"val_mean_dice": 0.7})
+    assert (callback.best, callback.wait, callback.model.stop_training) == (0.7, 0, False)
+
+
+def test_early_stopping_of_a_new_run_starts_from_nothing():
+    callback = _early_stopping(None, patience=2)
+    assert (callback.best, callback.wait) == (None, 0)
+    for epoch, loss in enumerate([0.5, 0.6, 0.7]):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+    assert callback.model.stop_training

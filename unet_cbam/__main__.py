@@ -1,0 +1,7 @@
+"""``python -m unet_cbam train|predict|evaluate|fingerprint|export ...``: see
+``unet_cbam.cli.main``."""
+
+from unet_cbam.cli.main import entry
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,225 @@
+"""Keras callbacks of a training run: learning-rate logging, the atomic best model, the
+run folder's checkpoint and history, the curves figure, replica statistics, and the time
+budget's pacer (``TimeBudget``) with the step timing it starts from."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from unet_cbam import distribute
+from unet_cbam.config import monitor_mode
+from unet_cbam.files import atomic_write
+from unet_cbam.optim import MovableCosineDecay
+from unet_cbam.run import RunFolder, read_history
+from unet_cbam.visualize import plot_history
+
+logger = logging.getLogger(__name__)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save ``model.keras`` when the monitored value improves, atomically.
+
+    Keras' ModelCheckpoint writes in place; a run killed while saving would
+    leave a truncated best model. This writes a temporary file and renames it.
+    Losses improve downwards, scores upwards (``monitor_mode``).
+
+    Args:
+        path: the model file.
+        monitor: a logged value, e.g. ``val_mean_dice`` or ``val_loss``.
+        best: the best value of earlier epochs (resume), or None.
+    """
+
+    def __init__(self, path: Path, monitor: str, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor = Path(path), monitor
+        self.lower_is_better = monitor_mode(monitor) == "min"
+        self.best = best if best is not None else (np.inf if self.lower_is_better else -np.inf)
+
+    def improved(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far (lower for losses, higher for scores)."""
+        return value < self.best if self.lower_is_better else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitor {self.monitor!r} is not among the logged values "
+                           f"{sorted(logs or {})}")
+        if self.improved(float(value)):
+            logger.info("epoch %d: %s improved from %.4f to %.4f, saving %s",
+                        epoch + 1, self.monitor, self.best, value, self.path)
+            self.best = float(value)
+            with atomic_write(self.path) as temporary:
+                self.model.save(temporary)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping, continued where a resumed run stopped.
+
+    Keras restarts its count at every ``fit``, so a run resumed after each few epochs
+    would never stop early. This takes the best value and the epochs waited since it
+    from the run's earlier epochs (``history``: the monitor's values, oldest first).
+    """
+
+    def __init__(self, monitor: str, patience: int, history: list[float] | None = None):
+        super().__init__(monitor, mode=monitor_mode(monitor), patience=patience)
+        self.history = [float(value) for value in history or []]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        values = [(index, value) for index, value in enumerate(self.history)
+                  if not np.isnan(value)]
+        if values:
+            pick = min if monitor_mode(self.monitor) == "min" else max
+            best_index, self.best = pick(values, key=lambda item: item[1])  # first of ties
+            self.wait = len(self.history) - 1 - best_index
+
+
+class AverageReplicaStatistics(keras.callbacks.Callback):
+    """``fit`` with several replicas (mirrored): batch normalisation's replica-local moving
+    statistics set to their mean after every epoch's training steps
+    (``distribute.statistics_averager``): fit validates next, then saves. (The multi-worker
+    loop does the same itself.)"""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy, self.average = strategy, None
+
+    def on_test_begin(self, logs=None):
+        if self.average is None:
+            self.average = distribute.statistics_averager(self.model, self.strategy)
+        self.average()
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: the checkpoint, then the history row (see ``unet_cbam.run``).
+
+    Replaces Keras' BackupAndRestore (which rewrites its weights file in
+    place: a kill inside that window left a run that could never resume)
+    and CSVLogger (whose row came after the checkpoint and the best model, so
+    a kill in between lost the row for good).
+    """
+
+    def __init__(self, run: RunFolder):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        self.run.write_checkpoint(epoch + 1, self.model.save_weights, logs)
+        self.run.append_history(epoch, logs)
+
+
+class PlotHistory(keras.callbacks.Callback):
+    """Redraw training_curves.png from history.csv after every epoch."""
+
+    def __init__(self, history_path: Path, figure_path: Path, title: str):
+        super().__init__()
+        self.history_path, self.figure_path, self.title = history_path, figure_path, title
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.history_path.exists():
+            figure = plot_history(read_history(self.history_path), self.title)
+            with atomic_write(self.figure_path) as temporary:
+                figure.savefig(temporary, dpi=110, format="png")
+
+
+def measure_step_seconds(step: Callable[[], object], warmup: int = 2, timed: int = 5,
+                         clock: Callable[[], float] = time.perf_counter
+                         ) -> tuple[float, float]:
+    """Seconds of one training ``step`` (of a throwaway model: its weights change): the
+    median of ``timed`` steps after ``warmup`` steps; and the seconds of the first step,
+    which traces the training function (as the real model's first step will again)."""
+    seconds = []
+    for _ in range(warmup + timed):
+        start = clock()
+        step()
+        seconds.append(clock() - start)
+    return max(float(np.median(seconds[warmup:])), 1e-6), seconds[0]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Fits training into ``seconds``: the pacer of ``--time-budget``.
+
+    The plan turns the budget into epochs from a few steps of a throwaway
+    model, which on a busy 2-core machine reads 20-30 % off either way (too
+    slow leaves budget unused, too fast overruns it). After each epoch this
+    re-plans the epochs still to run from the pace of the run's own training
+    steps (all but the first, which traces the training function), so the run
+    ends within about half an epoch of the budget, and it moves the horizon of
+    a ``MovableCosineDecay`` with them, so the learning rate still anneals
+    over the whole run. Within an epoch it stops an overrun of ``OVERRUN`` x
+    ``seconds`` (a machine that slows down). Validation time is not counted:
+    the budget is for training.
+
+    Args:
+        seconds: the training budget still to spend.
+        steps_per_epoch: the plan's steps an epoch.
+        epochs: the plan's epochs (the run's total, counting those before
+            ``initial_epoch`` of a resumed run).
+        max_epochs: the most epochs it may extend to (``fit``'s ``epochs``).
+        schedule: the schedule whose horizon follows the epochs, if any.
+        agree: ``value -> the chief's value`` (every worker plans the same epochs).
+        replanned: called with ``(epochs, seconds_a_step, after_epochs)`` on a change.
+    """
+
+    OVERRUN = 1.15
+
+    def __init__(self, seconds: float, steps_per_epoch: int = 1, epochs: int = 1,
+                 max_epochs: int | None = None, schedule: MovableCosineDecay | None = None,
+                 agree: Callable[[float], float] = lambda value: value,
+                 replanned: Callable[[int, float, int], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        super().__init__()
+        self.seconds, self.steps_per_epoch, self.epochs = seconds, steps_per_epoch, epochs
+        self.max_epochs = max_epochs if max_epochs is not None else epochs
+        self.schedule, self.agree, self.replanned, self.clock = schedule, agree, replanned, clock
+        self.spent, self.steps, self.started, self.first = 0.0, 0, None, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        seconds = self.clock() - self.started
+        self.spent += seconds
+        self.steps += 1
+        if self.steps == 1:
+            self.first = seconds  # it traces the training function: not the pace
+        if self.spent > self.OVERRUN * self.seconds and not self.model.stop_training:
+            logger.warning("time budget: training took %.0f s of %.0f s planned; stopping",
+                           self.spent, self.seconds)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        pace = (self.spent - self.first) / (self.steps - 1) if self.steps > 1 else self.spent
+        more = round(max(0.0, self.seconds - self.spent) / (pace * self.steps_per_epoch))
+        epochs = int(self.agree(float(min(self.max_epochs, done + more))))
+        if epochs != self.epochs:
+            logger.info("time budget: %.3g s a step so far, %.0f s of %.0f s spent after "
+                        "epoch %d: %d epochs instead of %d", pace, self.spent, self.seconds,
+                        done, epochs, self.epochs)
+            self.epochs = epochs
+            if self.schedule is not None:
+                self.schedule.decay_steps.assign(float(max(
+                    1, epochs * self.steps_per_epoch - self.schedule.warmup_steps)))
+            if self.replanned is not None:
+                self.replanned(epochs, pace, done)
+        if done >= self.epochs:
+            self.model.stop_training = True
+
