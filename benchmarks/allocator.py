@@ -9,9 +9,9 @@ times ``model.predict`` of 4 images of 512x512 and ``train_on_batch`` of 8 patch
 256x256 and of 128x128, best of --rounds, interleaved; and it reports its peak resident
 memory.
 
-    python benchmarks/allocator.py [--repeats 2] [--rounds 5]
+    python -m benchmarks.allocator [--repeats 2] [--rounds 5]
 
-Prints a Markdown table and writes benchmarks/results/allocator.json.
+Prints a Markdown table and writes benchmarks/results/allocator/allocator.json.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import ROOT, machine, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 SETTINGS = {"malloc": "false", "bfc": "true"}
 #: The workloads, model builder and timing are attention_cost.py's.
@@ -73,8 +75,9 @@ def main() -> None:
         for name, value in SETTINGS.items():
             environment = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC=value)
             output = subprocess.run(
-                [sys.executable, __file__, "--child", "--rounds", str(arguments.rounds)],
-                env=environment, capture_output=True, text=True, check=True).stdout
+                [sys.executable, "-m", f"benchmarks.{SCRIPT}",
+                 "--child", "--rounds", str(arguments.rounds)],
+                cwd=ROOT, env=environment, capture_output=True, text=True, check=True).stdout
             runs[name].append(json.loads(output.strip().splitlines()[-1]))
             print(f"repeat {repeat + 1}/{arguments.repeats}, {name}: done", flush=True)
     rows = []
@@ -90,7 +93,7 @@ def main() -> None:
             speedup[key] = round(rows[0][key] / rows[1][key], 2)
     rows.append(speedup)
     print_table(rows, list(rows[0]))
-    path = write_json("allocator.json", {
+    path = write_json(SCRIPT, "allocator.json", {
         "machine": info, "repeats": arguments.repeats, "rounds": arguments.rounds,
         "note": "seconds: best over the child processes of each setting; peak MiB: the "
                 "largest peak resident memory of a child (all models and workloads)",

@@ -11,9 +11,9 @@ overhead is given two ways against attention none: best time over best time
 speed drifts between rounds (a shared host) moves far less. Target (issue
 10): CBAM on the skips at most 5 % slower in all three.
 
-    python benchmarks/attention_cost.py [--rounds 20] [--variants none cbam ...] [--label L]
+    python -m benchmarks.attention_cost [--rounds 20] [--variants none cbam ...] [--label L]
 
-Prints a Markdown table and writes benchmarks/results/attention_cost.json
+Prints a Markdown table and writes benchmarks/results/attention_cost/attention_cost.json
 (attention_cost-L.json with --label).
 """
 
@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import machine, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 #: name: ModelConfig fields
 VARIANTS = {
@@ -115,7 +116,7 @@ def main() -> None:
     columns = ["variant", "params"] + [c for c in rows[0] if c not in ("variant", "params")]
     print_table(rows, columns)
     name = f"attention_cost-{arguments.label}.json" if arguments.label else "attention_cost.json"
-    path = write_json(name, {
+    path = write_json(SCRIPT, name, {
         "machine": info, "rounds": arguments.rounds,
         "variants": {n: VARIANTS[n] for n in models}, "results": rows,
         "seconds": {f"{v} | {w}": [round(t, 4) for t in ts] for (v, w), ts in times.items()}})

@@ -6,28 +6,30 @@ model without attention cannot learn. This script measures, for each
 attention level of each run, how the gates vary across channels, across
 images and (for the spatial map) across pixels:
 
-    python benchmarks/datasets.py --data-sets kvasir --seeds 1 --work runs/kvasir
-    python benchmarks/attention_stats.py runs/kvasir/kvasir-default-seed1
+    python -m benchmarks.datasets --data-sets kvasir --seeds 1 --work runs/kvasir
+    python -m benchmarks.attention_stats runs/kvasir/kvasir-default-seed1
 
 By default on each run's own validation images (its split.json; never a test
 split), prepared as predict.py prepares them (the run's normalisation and
 training resolution), one image at a time so sizes may differ; ``--images``
 measures on given files instead. Prints a table and writes
-benchmarks/results/attention_stats.json.
+benchmarks/results/attention_stats/attention_stats.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import RESULTS, write_json  # noqa: E402
+
+from benchmarks.common import RESULTS, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 
 def gate_statistics(maps: dict) -> list[dict]:
@@ -89,7 +91,8 @@ def run_statistics(path: Path, images: list[Path]) -> list[dict]:
     """Gate statistics of one run on ``images``, each prepared as predict.py prepares it."""
     from unet_cbam.config import InferenceConfig
     from unet_cbam.data.io import read_raw
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     predictor = BatchPredictor(load_run(path), InferenceConfig())
     per_level: dict[int, dict[str, list]] = {}
@@ -112,7 +115,7 @@ def main() -> None:
                         help="images to measure on (default: each run's validation images)")
     parser.add_argument("--max-images", type=int, default=40,
                         help="at most this many images a run, the first by name (default 40)")
-    parser.add_argument("--output", type=Path, default=RESULTS / "attention_stats.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / SCRIPT / "attention_stats.json")
     arguments = parser.parse_args()
 
     from unet_cbam.tables import markdown_table
@@ -129,7 +132,7 @@ def main() -> None:
     table = [[Path(run).name, row["level"], *(row.get(key) for key in keys)]
              for run, rows in report.items() for row in rows]
     print(markdown_table(table, ["run", "level", *keys], float_format="{:.3f}".format))
-    write_json(arguments.output.resolve(), {"images": measured_on, "runs": report})
+    write_json(SCRIPT, arguments.output.resolve(), {"images": measured_on, "runs": report})
     print(f"\nwritten to {arguments.output}")
 
 

@@ -84,9 +84,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json(name: str | Path, payload: dict) -> Path:
-    """``benchmarks/results/NAME`` (or the path given), with the machine recorded first."""
-    path = RESULTS / name
+def write_json(script: str, name: str | Path, payload: dict) -> Path:
+    """``benchmarks/results/SCRIPT/NAME`` (or the absolute path given), with the machine
+    recorded first: each script's results in its own folder (``python -m benchmarks.index``
+    lists them)."""
+    path = RESULTS / script / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if "machine" not in payload:
         payload = {"machine": machine(), **payload}
@@ -119,8 +121,9 @@ def run_validation_pairs(run_dir: Path, every_image: bool = False, binary: bool 
     a model with more than one output before predicting anything."""
     import keras
 
+    from unet_cbam.data.prepare import prepare_data
     from unet_cbam.run import RunFolder
-    from unet_cbam.training import prepare_data, validation_predictions
+    from unet_cbam.validation import validation_predictions
 
     run = RunFolder(run_dir)
     config = run.config

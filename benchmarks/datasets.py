@@ -5,17 +5,17 @@ given, by default none but ``--time-budget``), then ``predict.py --truth`` on
 its test split, and the pooled test Dice of the class of interest (CTC
 nuclei and Kvasir-SEG: the foreground; ISBI 2012: the membrane, mask value
 0). Test splits are only predicted and scored, never used for a choice.
-Prints a table and writes ``benchmarks/results/datasets-<label>.json``
+Prints a table and writes ``benchmarks/results/datasets/datasets-<label>.json``
 (commit, date, CPU and versions recorded first).
 
-    python benchmarks/datasets.py --time-budget 20m                       # auto-configured
-    python benchmarks/datasets.py --label old --train-options "--epochs 10 --steps-per-epoch 40
+    python -m benchmarks.datasets --time-budget 20m                       # auto-configured
+    python -m benchmarks.datasets --label old --train-options "--epochs 10 --steps-per-epoch 40
         --batch-size 8 --patch-size 128 --normalize bitdepth --binary-threshold 0"
-    python benchmarks/datasets.py --quick                                 # a few minutes
-    python benchmarks/datasets.py --variants ablation --seeds 1 2 3       # issue 10's ablation
-    python benchmarks/datasets.py --variants peers                        # issue 9's peers
-    python benchmarks/datasets.py --variants none="--attention none" folds="--folds 5"
-    python benchmarks/datasets.py --variants full-folds="--folds 5 --full-folds"
+    python -m benchmarks.datasets --quick                                 # a few minutes
+    python -m benchmarks.datasets --variants ablation --seeds 1 2 3       # issue 10's ablation
+    python -m benchmarks.datasets --variants peers                        # issue 9's peers
+    python -m benchmarks.datasets --variants none="--attention none" folds="--folds 5"
+    python -m benchmarks.datasets --variants full-folds="--folds 5 --full-folds"
 
 Each variant (NAME="train.py options") runs on every data set and seed; the
 summary gives each data set and variant the mean and standard deviation over
@@ -34,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, print_table, write_json  # noqa: E402
+from benchmarks.common import ROOT, machine, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 SHARED = ROOT.parent / "shared" / "datasets"
 #: name: (train folder, test folder, input channels, class scored)
@@ -127,11 +129,11 @@ def measure(name: str, work: Path, train_options: list[str], seed: int,
     stem = f"{name}-{variant}-seed{seed}" if variant != "default" else f"{name}-seed{seed}"
     run_dir, predictions = work / stem, work / f"{stem}-test"
     log = work / f"{stem}.log"
-    script = "train.py"
+    program = ["train.py"]
     if "--sm-unet" in train_options:
-        script = str(Path("benchmarks") / "peer_train.py")
+        program = ["-m", "benchmarks.peer_train"]
         train_options = [option for option in train_options if option != "--sm-unet"]
-    base = [sys.executable, script, "--data", str(train_path), "--input-channels",
+    base = [sys.executable, *program, "--data", str(train_path), "--input-channels",
             str(channels), "--seed", str(seed), "--output", str(run_dir), "--quiet"]
     full_folds = FULL_FOLDS in train_options
     if full_folds:  # one train.py --fold k per fold: each gets the whole --time-budget
@@ -256,7 +258,7 @@ def main() -> None:
                 print(f"{name} {variant} seed {seed}: test Dice {row['test_dice']:.3f} "
                       f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)",
                       flush=True)
-                write_json(f"datasets-{arguments.label}.json", {
+                write_json(SCRIPT, f"datasets-{arguments.label}.json", {
                     "machine": info, "train_options": options, "variants": variants,
                     "work": str(work), "runs": rows, "summary": summarize(rows),
                     "complete": False})
@@ -266,7 +268,7 @@ def main() -> None:
     print()
     print_table(summary, ["data_set", "variant", "seeds", "val_dice_mean", "val_dice_std",
                           "test_dice_mean", "test_dice_std"])
-    path = write_json(f"datasets-{arguments.label}.json", {
+    path = write_json(SCRIPT, f"datasets-{arguments.label}.json", {
         "machine": info, "train_options": options, "variants": variants, "work": str(work),
         "runs": rows, "summary": summary, "complete": True})
     print(f"written: {path}")

@@ -20,15 +20,15 @@ Reported per model (mean and standard deviation over seeds): membrane Dice
 pooled over the 6 test slices; parameters; training patches/s; inference
 images/s at 512x512; peak resident memory; training time.
 
-    python benchmarks/isbi2012.py            # full: 3 seeds, 600 steps of 8 patches of 128x128
-    python benchmarks/isbi2012.py --quick    # 1 seed, 150 steps: 8 minutes on 2 CPU cores
-    python benchmarks/isbi2012.py --set base_filters=32 --models unet-none unet-cbam
+    python -m benchmarks.isbi2012            # full: 3 seeds, 600 steps of 8 patches of 128x128
+    python -m benchmarks.isbi2012 --quick    # 1 seed, 150 steps: 8 minutes on 2 CPU cores
+    python -m benchmarks.isbi2012 --set base_filters=32 --models unet-none unet-cbam
                                   # try another default: writes isbi2012-base_filters32.*
-    python benchmarks/isbi2012.py --keep-runs runs/isbi   # keep the run folders (notebooks)
-    python benchmarks/isbi2012.py --models unet-cbam --precisions float32 bfloat16
+    python -m benchmarks.isbi2012 --keep-runs runs/isbi   # keep the run folders (notebooks)
+    python -m benchmarks.isbi2012 --models unet-cbam --precisions float32 bfloat16
                                   # bfloat16's parity: writes isbi2012-float32-bfloat16.*
 
-Writes benchmarks/results/isbi2012[-quick][-FIELDVALUE][-PRECISION...].json and .md, and a
+Writes benchmarks/results/isbi2012/isbi2012[-quick][-FIELDVALUE][-PRECISION...].json and .md, and a
 plot of test membrane Dice against training time (.png). Each (model, seed) trains in a
 fresh process, so memory and speed figures do not mix.
 """
@@ -47,9 +47,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, RESULTS, build_peer, machine, peak_rss_mb, write_json  # noqa: E402
+from benchmarks.common import ISBI, RESULTS, ROOT, build_peer, machine, peak_rss_mb, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 TRAIN_SLICES = range(0, 24)
 TEST_SLICES = range(24, 30)
@@ -127,8 +129,10 @@ def child(label: str, seed: int, work: Path, budget: dict) -> dict:
     import keras
 
     from unet_cbam.config import DataConfig, InferenceConfig, RunConfig, TrainConfig
+    from unet_cbam.inputs import list_inputs
+    from unet_cbam.loading import load_run
     from unet_cbam.models import build_unet
-    from unet_cbam.predict import BatchPredictor, list_inputs, load_run
+    from unet_cbam.predict import BatchPredictor
     from unet_cbam.run import RunFolder
     from unet_cbam.training import train
 
@@ -334,9 +338,10 @@ def main() -> None:
             for model, precision in itertools.product(arguments.models, arguments.precisions):
                 started = time.perf_counter()
                 completed = subprocess.run(
-                    [sys.executable, __file__, "--child", f"{model}@{precision}", str(seed),
+                    [sys.executable, "-m", f"benchmarks.{SCRIPT}",
+                     "--child", f"{model}@{precision}", str(seed),
                      str(work)],
-                    capture_output=True, text=True, env=environment)
+                    cwd=ROOT, capture_output=True, text=True, env=environment)
                 lines = [line for line in completed.stdout.splitlines()
                          if line.startswith("RESULT ")]
                 if completed.returncode != 0 or not lines:
@@ -353,13 +358,13 @@ def main() -> None:
     table = markdown(rows, budget, info)
     print()
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(table + "\n")
-    write_json(f"{name}.json", {"machine": info, "budget": budget, "seeds": seeds,
+    (RESULTS / SCRIPT).mkdir(parents=True, exist_ok=True)
+    (RESULTS / SCRIPT / f"{name}.md").write_text(table + "\n")
+    write_json(SCRIPT, f"{name}.json", {"machine": info, "budget": budget, "seeds": seeds,
                                 "default_model": DEFAULT_MODEL, "summary": rows,
                                 "runs": results})
-    plot(results, rows, RESULTS / f"{name}.png")
-    print(f"\nwritten to {RESULTS / name}.json, .md and .png")
+    plot(results, rows, RESULTS / SCRIPT / f"{name}.png")
+    print(f"\nwritten to {RESULTS / SCRIPT / name}.json, .md and .png")
 
 
 if __name__ == "__main__":

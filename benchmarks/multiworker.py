@@ -9,12 +9,12 @@ the same in both (``--batch-size`` is global): each of 2 workers computes half o
 are fixed tensors in memory, so the figures are compute and communication, not the input
 pipeline. Rounds alternate between the configurations; the best step time of each counts.
 
-    python benchmarks/multiworker.py [--rounds 3] [--steps 12] [--patch 128] [--batch 8]
+    python -m benchmarks.multiworker [--rounds 3] [--steps 12] [--patch 128] [--batch 8]
 
 A third configuration is the reference: one process without a strategy, Keras'
 ``train_on_batch`` (fit's step) of the same model, loss and metrics on one thread.
 
-Prints a Markdown table and writes benchmarks/results/multiworker.json. One machine shares
+Prints a Markdown table and writes benchmarks/results/multiworker/multiworker.json. One machine shares
 its cores, memory bandwidth and caches between the workers, so this measures the loop's
 overhead and a lower bound of the scaling, not what separate machines give.
 """
@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import machine, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +100,8 @@ def launch(workers: int, arguments: argparse.Namespace) -> dict:
         if reference:
             del env["TF_CONFIG"]
         processes.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(0 if reference else workers),
+            [sys.executable, "-m", f"benchmarks.{SCRIPT}",
+             "--worker", str(0 if reference else workers),
              "--steps", str(arguments.steps), "--patch", str(arguments.patch), "--batch",
              str(arguments.batch)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -142,7 +145,7 @@ def main() -> None:
              "efficiency": round(one / best[workers]["step_s"] / max(workers, 1), 3)}
             for workers in configurations]
     print_table(rows, list(rows[0]))
-    path = write_json("multiworker.json", {
+    path = write_json(SCRIPT, "multiworker.json", {
         "machine": info, "rows": rows,
         "settings": {"rounds": arguments.rounds, "timed_steps": arguments.steps,
                      "patch": arguments.patch, "global_batch": arguments.batch,

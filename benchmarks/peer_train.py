@@ -6,19 +6,14 @@ then uses as any other (it loads the saved network). Pass ``--encoder resnet18
 --attention none`` so that the run's config records the encoder whose input-size divisor
 (32) the plan and predict.py use; ``benchmarks/datasets.py --variants peers`` does.
 
-    python benchmarks/peer_train.py --data DIR --encoder resnet18 --attention none [...]
+    python -m benchmarks.peer_train --data DIR --encoder resnet18 --attention none [...]
 """
 
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-
-from common import build_peer  # noqa: E402
+from benchmarks.common import build_peer
 
 
 def use_peer() -> None:

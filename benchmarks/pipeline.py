@@ -7,23 +7,24 @@ Measures, on the ISBI 2012 training slices, at one patch size:
   batches already in memory (so no pipeline cost is counted);
 and their ratio (the target is >= 3x).
 
-    python benchmarks/pipeline.py [--patch-size 256] [--batch-size 8] [--steps 20]
+    python -m benchmarks.pipeline [--patch-size 256] [--batch-size 8] [--steps 20]
 
-Prints a Markdown table and writes benchmarks/results/pipeline.json.
+Prints a Markdown table and writes benchmarks/results/pipeline/pipeline.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, machine, print_table, write_json  # noqa: E402
+from benchmarks.common import ISBI, machine, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 
 def main() -> None:
@@ -40,10 +41,10 @@ def main() -> None:
 
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig
     from unet_cbam.data.dataset import training_dataset
+    from unet_cbam.data.prepare import prepare_data
     from unet_cbam.losses import SegmentationLoss
     from unet_cbam.metrics import segmentation_metrics
     from unet_cbam.models import build_unet
-    from unet_cbam.training import prepare_data
 
     info = machine()  # before the measurement: the commit it ran on
     model_config = ModelConfig(input_channels=1)
@@ -81,7 +82,7 @@ def main() -> None:
         "model params": model.count_params(),
     }
     print_table([row], list(row))
-    path = write_json("pipeline.json", {"machine": info, "batch_size": batch,
+    path = write_json(SCRIPT, "pipeline.json", {"machine": info, "batch_size": batch,
                                         "steps": arguments.steps, "result": row,
                                         "keras": keras.__version__})
     print(f"\nwritten to {path}")

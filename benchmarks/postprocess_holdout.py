@@ -9,23 +9,24 @@ for (``--confidence``: 0 keeps any gain, as training did before; 0.95 is trainin
 default), and each choice is scored on B, beside plain thresholding at 0.5 with no
 post-processing. Validation images only: the test split is neither used nor read.
 
-    python benchmarks/postprocess_holdout.py RUN [RUN ...] --label kvasir
+    python -m benchmarks.postprocess_holdout RUN [RUN ...] --label kvasir
 
 Prints a table (mean Dice on B over the repeats, of the class the run tunes on) and
-writes ``benchmarks/results/postprocess-holdout-<label>.json`` (commit, date, CPU and
+writes ``benchmarks/results/postprocess_holdout/postprocess-holdout-<label>.json`` (commit, date, CPU and
 versions first).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, rule_name, run_validation_pairs, write_json  # noqa: E402
+from benchmarks.common import print_table, rule_name, run_validation_pairs, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 PLAIN = "0.5, none"
 
@@ -54,7 +55,7 @@ def holdout_scores(pairs, class_names, fingerprint, tune_on, sizes, repeats, see
             for confidence in confidences:
                 chosen = postprocess.tune(subset, class_names, fingerprint, tune_on,
                                           confidence=confidence)
-                threshold = chosen.get("threshold", 0.5)
+                threshold = chosen.threshold
                 labels = [(postprocess.postprocess(probabilities_to_labels(p, threshold),
                                                    chosen, class_names), t) for p, t in b]
                 key = (f"tuned on {count}" + (" (all of A)" if count == half else "")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     mean.update({key: float(np.mean([row[key] for row in rows if key in row]))
                  for key in columns[2:]})
     print_table([*rows, mean], columns)
-    path = write_json(f"postprocess-holdout-{args.label}.json",
+    path = write_json(SCRIPT, f"postprocess-holdout-{args.label}.json",
                       {"sizes": args.sizes, "repeats": args.repeats,
                        "confidence": args.confidence, "runs": results})
     print(f"written: {path}")

@@ -12,9 +12,9 @@
 The model is the default configuration for 1-channel images (untrained:
 speed does not depend on the weights).
 
-    python benchmarks/predict.py [--sizes 4096 8192] [--skip-large]
+    python -m benchmarks.predict [--sizes 4096 8192] [--skip-large]
 
-Prints a Markdown table and writes benchmarks/results/predict.json.
+Prints a Markdown table and writes benchmarks/results/predict/predict.json.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, machine, make_run, peak_rss_mb, print_table, write_json  # noqa: E402
+from benchmarks.common import ISBI, ROOT, machine, make_run, peak_rss_mb, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 
 def folder_speeds(run_dir: Path, images: Path, work: Path, rounds: int
@@ -41,7 +43,9 @@ def folder_speeds(run_dir: Path, images: Path, work: Path, rounds: int
 
     from unet_cbam.config import InferenceConfig
     from unet_cbam.data.io import read_image
-    from unet_cbam.predict import BatchPredictor, list_inputs, load_run
+    from unet_cbam.inputs import list_inputs
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     run = load_run(run_dir)
     files = list_inputs(images)
@@ -84,7 +88,8 @@ def large_image(size: int, folder: Path) -> Path:
 def single(run_dir: Path, image: Path, output: Path) -> None:
     """Child process: predict one image, print time and peak memory as JSON."""
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     run = load_run(run_dir)
     start = time.perf_counter()
@@ -123,16 +128,17 @@ def main() -> None:
             for size in arguments.sizes:
                 image = large_image(size, work)
                 completed = subprocess.run(
-                    [sys.executable, __file__, "--single", str(run_dir), str(image),
+                    [sys.executable, "-m", f"benchmarks.{SCRIPT}",
+                     "--single", str(run_dir), str(image),
                      str(work / f"large-out-{size}")],
-                    capture_output=True, text=True, check=True)
+                    cwd=ROOT, capture_output=True, text=True, check=True)
                 measured = json.loads(completed.stdout.strip().splitlines()[-1])
                 rows.append({"case": f"1 image {size}x{size} gray",
                              "seconds": measured["seconds"],
                              "peak memory MiB": measured["peak_rss_mb"]})
     columns = ["case", "images/s", "vs raw", "seconds", "peak memory MiB"]
     print_table(rows, columns)
-    path = write_json("predict.json", {"machine": info, "tile_size": 512,
+    path = write_json(SCRIPT, "predict.json", {"machine": info, "tile_size": 512,
                                        "overlap": 0.25, "rounds": arguments.rounds,
                                        "rows": rows})
     print(f"\nwritten to {path}")

@@ -15,9 +15,9 @@ In one process, each measurement interleaved with its other precision or runtime
 - the fraction of the conv peak of the same precision each reaches (training counts 3x the
   forward FLOPs: forward, and backward to the inputs and the weights).
 
-    python benchmarks/roofline.py [--rounds 3] [--images 8]
+    python -m benchmarks.roofline [--rounds 3] [--images 8]
 
-Prints a Markdown table and writes benchmarks/results/roofline.json. On a CPU without
+Prints a Markdown table and writes benchmarks/results/roofline/roofline.json. On a CPU without
 bfloat16 units (AVX512_BF16, AMX), TensorFlow emulates bfloat16 and its rows are slow; the
 JSON records the CPU's features.
 """
@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, machine, make_run, print_table, write_json  # noqa: E402
+from benchmarks.common import ISBI, machine, make_run, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -91,7 +92,8 @@ def forward_gflop(side: int) -> float:
 def prediction(images: list, rounds: int) -> dict[str, float]:
     """images/s of predict.py's tiling: (runtime, precision) -> images/s."""
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     with tempfile.TemporaryDirectory() as work:
         run = load_run(make_run(Path(work) / "run"))
@@ -172,7 +174,7 @@ def main() -> None:
                      "of_conv_peak": round(achieved / peak["conv3x3"][precision], 3)})
     print()
     print_table(rows, list(rows[0]))
-    path = write_json("roofline.json", {
+    path = write_json(SCRIPT, "roofline.json", {
         "machine": info,
         "peaks_gflop_s": peak,
         "forward_gflop": {"512x512": gflop_512, "256x256": gflop_256},

@@ -7,24 +7,25 @@ one process after a warm-up pass of each, best of --rounds. The model is the
 default configuration for 1-channel images (untrained: speed does not depend
 on the weights).
 
-    python benchmarks/runtime.py [--rounds 3] [--tta]
+    python -m benchmarks.runtime [--rounds 3] [--tta]
 
-Prints a Markdown table and writes benchmarks/results/runtime.json.
+Prints a Markdown table and writes benchmarks/results/runtime/runtime.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ISBI, machine, make_run, print_table, write_json  # noqa: E402
+from benchmarks.common import ISBI, machine, make_run, print_table, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 RUNTIMES = ("keras", "onnxruntime")
 
@@ -38,7 +39,8 @@ def main() -> None:
     arguments = parser.parse_args()
     info = machine()
     from unet_cbam.config import InferenceConfig
-    from unet_cbam.predict import BatchPredictor, load_run
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
 
     images = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
               for p in sorted((ISBI / "images").glob("*.png"))]
@@ -58,7 +60,7 @@ def main() -> None:
     rows = [{"runtime": name, "images_per_s": round(len(images) / best[name], 3),
              "vs_keras": round(best["keras"] / best[name], 3)} for name in RUNTIMES]
     print_table(rows, ["runtime", "images_per_s", "vs_keras"])
-    path = write_json("runtime.json", {"machine": info, "images": len(images),
+    path = write_json(SCRIPT, "runtime.json", {"machine": info, "images": len(images),
                                        "size": "512x512", "tta": arguments.tta,
                                        "rounds": arguments.rounds, "results": rows})
     print(f"written: {path}")

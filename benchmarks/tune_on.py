@@ -11,10 +11,10 @@ test folder. The test Dice of every class is reported: the test split is
 scored, never used for a choice. Same model for every row, so the rows differ
 only by the choice.
 
-    python benchmarks/tune_on.py --run RUN --test DIR --label isbi
+    python -m benchmarks.tune_on --run RUN --test DIR --label isbi
 
 ``DIR`` holds ``images/`` and ``masks/``. Prints a table and writes
-``benchmarks/results/tune_on-<label>.json`` (commit, date, CPU and versions
+``benchmarks/results/tune_on/tune_on-<label>.json`` (commit, date, CPU and versions
 first). The copies of the run (one per choice) and their predictions go to
 ``--work`` (default: a temporary folder).
 """
@@ -30,8 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print_table, rule_name, run_validation_pairs, write_json  # noqa: E402
+from benchmarks.common import ROOT, print_table, rule_name, run_validation_pairs, write_json
+
+#: Its results folder: benchmarks/results/SCRIPT/.
+SCRIPT = Path(__file__).stem
 
 
 def _folds(run_dir: Path) -> list:
@@ -53,8 +55,8 @@ def _validation(run_dir: Path):
     """(validation pairs, fingerprint): a single run's best model on its validation
     images, or a cross-validation run's out-of-fold predictions, as training chooses on
     them."""
+    from unet_cbam.folds import out_of_fold_predictions
     from unet_cbam.run import RunFolder
-    from unet_cbam.training import out_of_fold_predictions
 
     folds = _folds(run_dir)
     if folds:
@@ -80,7 +82,7 @@ def choices(run_dir: Path, judges: list[str] | None = None,
     pairs, fingerprint = _validation(run_dir)
     return ([{"judge": name, "rule": rule_name(confidence),
               "inference": postprocess.tune(pairs, names, fingerprint, name,
-                                            confidence=confidence)}
+                                            confidence=confidence).to_config()}
              for name in (judges or names)
              for confidence in (confidences or [postprocess.CONFIDENCE])], names)
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = compare(arguments.run.resolve(), arguments.test.resolve(), work,
                        arguments.judge, arguments.confidence)
     print_table(rows, list(rows[0]))
-    print("written:", write_json(f"tune_on-{arguments.label}.json",
+    print("written:", write_json(SCRIPT, f"tune_on-{arguments.label}.json",
                                  {"run": str(arguments.run), "test": str(arguments.test),
                                   "judge": arguments.judge,
                                   "confidence": arguments.confidence, "rows": rows}))
