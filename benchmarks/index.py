@@ -23,7 +23,8 @@ from unet_cbam.tables import markdown_table
 
 INDEX = RESULTS / "README.md"
 #: The settings of a results file that say what it measured, where it records them.
-SETTINGS = ("train_options", "data_sets", "variants", "seeds", "time_budget", "label", "models", "precisions",
+SETTINGS = ("train_options", "data_sets", "variants", "seeds", "time_budget", "label", "models",
+            "precisions",
             "runtimes", "sizes", "confidence", "judge", "images", "size", "rounds", "repeats",
             "tile_size", "budget", "note")
 

@@ -14,8 +14,8 @@ pipeline. Rounds alternate between the configurations; the best step time of eac
 A third configuration is the reference: one process without a strategy, Keras'
 ``train_on_batch`` (fit's step) of the same model, loss and metrics on one thread.
 
-Prints a Markdown table and writes benchmarks/results/multiworker/multiworker.json. One machine shares
-its cores, memory bandwidth and caches between the workers, so this measures the loop's
+Prints a Markdown table and writes benchmarks/results/multiworker/multiworker.json. One
+machine shares its cores, memory bandwidth and caches between the workers, so this measures the loop's
 overhead and a lower bound of the scaling, not what separate machines give.
 """
 

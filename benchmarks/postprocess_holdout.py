@@ -12,8 +12,8 @@ post-processing. Validation images only: the test split is neither used nor read
     python -m benchmarks.postprocess_holdout RUN [RUN ...] --label kvasir
 
 Prints a table (mean Dice on B over the repeats, of the class the run tunes on) and
-writes ``benchmarks/results/postprocess_holdout/postprocess-holdout-<label>.json`` (commit, date, CPU and
-versions first).
+writes ``benchmarks/results/postprocess_holdout/postprocess-holdout-<label>.json`` (commit,
+date, CPU and versions first).
 """
 
 from __future__ import annotations
