@@ -15,8 +15,8 @@ A third configuration is the reference: one process without a strategy, Keras'
 ``train_on_batch`` (fit's step) of the same model, loss and metrics on one thread.
 
 Prints a Markdown table and writes benchmarks/results/multiworker/multiworker.json. One
-machine shares its cores, memory bandwidth and caches between the workers, so this measures the loop's
-overhead and a lower bound of the scaling, not what separate machines give.
+machine shares its cores, memory bandwidth and caches between the workers, so this measures
+the loop's overhead and a lower bound of the scaling, not what separate machines give.
 """
 
 from __future__ import annotations
