@@ -16,12 +16,20 @@ def test_a_log_gets_a_line_every_hundred_items_and_one_at_the_end(caplog, capsys
     assert [m.split(",")[0] for m in messages[:2]] == [
         "predicting: 100 of 250 image(s)", "predicting: 200 of 250 image(s)"]
     assert len(messages) == 3 and messages[2].startswith("predicting: 250 image(s) in ")
-    assert capsys.readouterr().err == ""  # no bar drawn into a file
+    error = capsys.readouterr().err
+    assert "\r" not in error and "%|" not in error  # no bar drawn into a file
 
 
 def test_disabled_progress_is_the_items_themselves():
     items = [1, 2, 3]
     assert progress(items, desc="x", unit="y", enabled=False) is items
+
+
+def test_importing_ipykernel_is_not_a_notebook():
+    """papermill (the notebook tests) imports ipykernel; only a running kernel draws widgets."""
+    import ipykernel  # noqa: F401
+
+    assert not module._in_notebook()
 
 
 def test_a_terminal_gets_a_bar(monkeypatch):

@@ -21,7 +21,14 @@ LOG_EVERY = 100
 def interactive() -> bool:
     """Whether a person watches the output: standard error is a terminal, or this runs in a
     notebook's kernel (where tqdm draws a widget)."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or _in_notebook()
+
+
+def _in_notebook() -> bool:
+    """A running Jupyter kernel's shell (not merely ipykernel imported, as papermill does)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def keras_verbosity(progress: bool) -> int:
