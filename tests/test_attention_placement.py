@@ -16,6 +16,7 @@ PLACEMENTS = [  # every position, with all levels and with a subset
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position, levels, expected", PLACEMENTS)
 def test_every_placement_builds_trains_saves_and_loads(tmp_path, position, levels, expected):
     config = ModelConfig(depth=3, base_filters=4, input_channels=1,

@@ -145,6 +145,7 @@ def test_attention_statistics_pool_spatial_maps_of_different_sizes():
     assert row["spatial_std_within_image"] == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_attention_statistics_of_a_run_use_its_validation_images_as_predict_does(isbi_run):
     import json
 

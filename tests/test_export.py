@@ -30,6 +30,7 @@ def exports(run_dir):
     return {fmt: export_run(run_dir, fmt) for fmt in ("onnx", "savedmodel", "tflite")}
 
 
+@pytest.mark.slow
 def test_every_format_exports_with_parity_and_its_preprocessing(exports, run_dir):
     assert exports["onnx"] == run_dir / "export" / "onnx" / "model.onnx"
     assert (exports["savedmodel"] / "saved_model.pb").is_file()
@@ -69,12 +70,14 @@ def test_nothing_is_overwritten_and_bad_sizes_are_refused(exports, run_dir, caps
     assert not (tmp_path / "t.tflite").exists()
 
 
+@pytest.mark.slow
 def test_fixed_size_tflite(run_dir, tmp_path):
     path = export_run(run_dir, "tflite", tmp_path / "fixed" / "m.tflite", input_size=[32, 48])
     spec = json.loads((path.parent / PREPROCESSING_FILE).read_text())
     assert spec["input"]["size"] == [32, 48]
 
 
+@pytest.mark.slow
 def test_a_run_trained_in_bfloat16_exports_in_float32(tmp_path):
     from unet_cbam.export import run_exported
     from unet_cbam.loading import load_run, model_policy
@@ -199,6 +202,7 @@ def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precisio
         assert "unet_cbam[export]" in why
 
 
+@pytest.mark.slow
 def test_predict_with_auto_runtime_uses_onnxruntime_on_this_cpu(run_dir):
     from unet_cbam.config import InferenceConfig
     from unet_cbam.loading import load_run

@@ -284,6 +284,7 @@ def test_fingerprint_of_an_empty_or_unreadable_folder_is_an_error(tmp_path, caps
         prepare_data(RunConfig(data=DataConfig(data=str(tmp_path / "empty"))), progress=False)
 
 
+@pytest.mark.slow
 def test_training_saves_fingerprint_and_plan_and_predict_applies_the_normalisation(tmp_path):
     from unet_cbam.inference import probabilities_to_labels
     from unet_cbam.loading import load_run
@@ -348,6 +349,7 @@ def test_bad_time_budget_is_refused_before_training(tmp_path, capsys, value):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     from unet_cbam.run import RunFolder
     from unet_cbam.training import train

@@ -57,6 +57,7 @@ def test_more_folds_than_images_is_a_data_error(tmp_path, capsys):
     assert not (tmp_path / "run" / "fold_0" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_fold_k_alone_then_the_rest_give_cv_metrics(tmp_path):
     from unet_cbam.folds import train_folds
 
@@ -114,6 +115,7 @@ def test_folds_that_differ_in_preprocessing_are_not_averaged(tmp_path):
         load_run(tmp_path / "cv")
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_cross_validation_measures_the_step_time_once(tmp_path, monkeypatch):
     """Folds share the first fold's measurement: the same model and plan step alike, and
     each fold's share of the budget goes to training instead of measuring again."""

@@ -38,6 +38,7 @@ def test_help_does_not_start_tensorflow(script):
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
+@pytest.mark.slow
 def test_predict_does_not_load_the_training_stack():
     loaded = _loaded_after("import unet_cbam.predict")
     assert "unet_cbam.training" not in loaded
@@ -53,6 +54,7 @@ def test_the_package_sets_the_environment_once():
     assert setting == [Path("unet_cbam/__init__.py")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, pooled", [(None, True), ("false", False)])
 def test_tensorflow_allocates_from_its_bfc_pool_unless_told_not_to(setting, pooled):
     """import unet_cbam chooses TensorFlow's BFC allocator on the CPU (README, "CPU memory

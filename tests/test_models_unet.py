@@ -69,6 +69,7 @@ def test_same_config_builds_same_architecture():
     assert a.count_params() == b.count_params()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["resnet18", "mobilenetv2", "efficientnetb0"])
 def test_backbone_encoders_get_attention_on_their_skips(encoder):
     config = ModelConfig(encoder=encoder, num_classes=2, attention="cbam")
@@ -135,6 +136,7 @@ def test_fixed_input_size_and_channels():
     ModelConfig(depth=3, base_filters=8, attention="cbam", cbam_variant="blog"),
     ModelConfig(encoder="resnet18", num_classes=3, upsampling="bilinear"),
 ])
+@pytest.mark.slow
 def test_keras_file_loads_in_safe_mode_with_identical_predictions(tmp_path, config):
     model = build_unet(config)
     x = _images()
@@ -165,6 +167,7 @@ REQUIRED_BACKBONES = ["resnet18", "resnet34", "resnet50", "efficientnetb0", "eff
                       "efficientnetb2", "efficientnetb3", "mobilenetv2", "vgg16"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", REQUIRED_BACKBONES)
 def test_required_backbones_build_and_run(encoder):
     model = build_unet(ModelConfig(encoder=encoder, input_channels=1))

@@ -36,6 +36,7 @@ def test_notebooks_are_stored_without_outputs_and_take_parameters():
     assert len(list(NOTEBOOKS.glob("*.ipynb"))) == 4
 
 
+@pytest.mark.slow
 def test_explore_data_notebook(tmp_path):
     data = generate_demo(tmp_path / "demo", count=5)
     _, figures = _execute("01_explore_data.ipynb", tmp_path, data_dir=str(data), samples=3,
@@ -43,6 +44,7 @@ def test_explore_data_notebook(tmp_path):
     assert figures == ["01_augmentations.png", "01_class_balance.png", "01_samples.png"]
 
 
+@pytest.mark.slow
 def test_training_run_notebook(tmp_path, isbi_run):
     notebook, figures = _execute("02_training_run.ipynb", tmp_path, run_dir=str(isbi_run),
                                  compare_runs=[str(isbi_run)])
@@ -52,6 +54,7 @@ def test_training_run_notebook(tmp_path, isbi_run):
     assert "membrane" in text and "best epoch" in text
 
 
+@pytest.mark.slow
 def test_predictions_notebook(tmp_path, isbi_run, isbi_dir):
     data = tmp_path / "labelled"
     for kind in ("images", "masks"):
@@ -64,6 +67,7 @@ def test_predictions_notebook(tmp_path, isbi_run, isbi_dir):
     assert figures == ["03_prediction.png", "03_threshold_sweep.png", "03_worst1.png"]
 
 
+@pytest.mark.slow
 def test_attention_notebook(tmp_path, isbi_run, isbi_dir):
     from helpers import make_untrained_run
 

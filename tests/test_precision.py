@@ -64,6 +64,7 @@ def test_prediction_rebuilds_a_model_in_the_precision_asked_for(tmp_path):
     assert same.models[0] is run.model
 
 
+@pytest.mark.slow
 def test_training_records_the_precision_it_chose(tmp_path):
     from helpers import write_pairs
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig

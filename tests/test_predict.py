@@ -300,6 +300,7 @@ def test_tiled_prediction_agrees_with_whole_image_prediction_on_isbi(isbi_run, i
     assert 0.05 < (whole < 0.5).mean() < 0.6  # the model does predict membrane
 
 
+@pytest.mark.slow
 def test_predict_with_truth_attention_and_tta(isbi_run, isbi_dir, tmp_path):
     out = tmp_path / "out"
     code = predict_main(["--model", str(isbi_run), "--input",

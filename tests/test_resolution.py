@@ -153,6 +153,7 @@ def test_members_at_different_resolutions_are_averaged_at_the_image_size(tmp_pat
         run.preprocess(raw)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_path,
                                                                             monkeypatch):
     import unet_cbam.plan as plan

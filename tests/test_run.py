@@ -62,6 +62,7 @@ def test_codec_and_default_class_names():
         codec_from_config(RunConfig())
 
 
+@pytest.mark.slow
 def test_load_model_registers_the_layers_itself(tmp_path):
     run = make_untrained_run(tmp_path / "run")
     script = ("import sys, unet_cbam\n"

@@ -5,6 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -42,7 +43,12 @@ def _config(data_dir, epochs=2, steps=4, patch=64, batch=4, **train):
                           warmup_epochs=0, **train))
 
 
-def test_short_run_on_isbi_lowers_the_loss(isbi_dir, tmp_path):
+def test_short_run_on_isbi_lowers_the_loss_then_predicts_and_evaluates(isbi_dir, tmp_path):
+    """The end-to-end path of the fast tier: train on real data, predict held-out slices
+    with the run, score the masks."""
+    from unet_cbam.cli.evaluate import main as evaluate_main
+    from unet_cbam.cli.predict import main as predict_main
+
     config = _config(_isbi_subset(isbi_dir, tmp_path), epochs=6, steps=6, patch=96, batch=4,
                      learning_rate=3e-3)
     result = train(config, tmp_path / "run", progress=False)
@@ -52,6 +58,17 @@ def test_short_run_on_isbi_lowers_the_loss(isbi_dir, tmp_path):
     assert set(result.metrics["classes"]) == {"membrane", "cell"}
     saved = load_yaml(RunConfig, tmp_path / "run" / "config.yaml")
     assert saved.data.mask_encoding == "binary" and saved.data.mask_values == [0, 255]
+
+    held_out = _isbi_subset(isbi_dir, tmp_path / "test", stems=(28, 29))
+    out = tmp_path / "out"
+    assert predict_main(["--model", str(tmp_path / "run"), "--input", str(held_out / "images"),
+                         "--output", str(out), "--quiet"]) == 0
+    written = cv2.imread(str(out / "slice28.png"), cv2.IMREAD_UNCHANGED)
+    assert written.shape == (512, 512) and set(np.unique(written)) <= {0, 255}
+    assert evaluate_main(["--pred", str(out), "--truth", str(held_out / "masks"),
+                          "--config", str(tmp_path / "run")]) == 0
+    scores = json.loads((out / "evaluation.json").read_text())
+    assert scores["images"] == 2 and scores["classes"]["cell"]["pooled_dice"] > 0.5
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -70,6 +87,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_continues_epochs_history_and_optimizer(tmp_path):
     data = generate_demo(tmp_path / "demo", count=6)
     run = tmp_path / "run"
@@ -98,6 +116,7 @@ def test_resume_continues_epochs_history_and_optimizer(tmp_path):
     assert (run / "split.json").read_text() == split_before
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_run_resumes_with_its_re_planned_epochs_and_schedule(tmp_path,
                                                                             monkeypatch):
     import unet_cbam.training as training
@@ -141,6 +160,7 @@ def test_a_time_budgeted_run_resumes_with_its_re_planned_epochs_and_schedule(tmp
                                [float(expected(step)) for step, _ in rates], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_py_on_the_demo_data_writes_every_artifact(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = train_main(["--output", "runs/demo", "--epochs", "2", "--steps-per-epoch", "2",
@@ -233,6 +253,7 @@ def test_best_model_follows_the_monitor_direction(tmp_path, monitor, values, sav
     assert run.best_score(monitor) == (min(values) if monitor == "val_loss" else max(values))
 
 
+@pytest.mark.slow
 def test_monitor_val_loss_picks_the_lowest_loss_and_policy_is_restored(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     config = _config(data, epochs=3, steps=2, monitor="val_loss", early_stopping_patience=1,
@@ -260,6 +281,7 @@ def test_unknown_monitor_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_mixed_precision_run(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     config = _config(data, epochs=1, steps=2, mixed_precision=True)
@@ -272,6 +294,7 @@ def test_mixed_precision_run(tmp_path):
     assert model.output.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     script = textwrap.dedent(f"""
@@ -315,6 +338,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     (["--encoder", "foo"], "unknown encoder 'foo'"),
     (["--patch-size", "30"], "patch_size 30 is not divisible by 4"),
 ])
+@pytest.mark.slow
 def test_a_failed_start_writes_nothing_and_the_fix_can_run_there(tmp_path, capsys, flags,
                                                                  message):
     data = generate_demo(tmp_path / "demo", count=3)
@@ -341,6 +365,7 @@ def test_a_misspelled_augmentation_is_refused_before_anything_is_written(tmp_pat
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_never_completed_an_epoch_is_replaced_even_on_resume(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     run = tmp_path / "run"
