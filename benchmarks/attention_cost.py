@@ -57,7 +57,7 @@ def build(fields: dict):
     from unet_cbam.models import build_unet
 
     keras.utils.set_random_seed(0)
-    model = build_unet(ModelConfig(input_channels=1, **fields))
+    model = build_unet(ModelConfig(num_classes=1, input_channels=1, **fields))
     model.compile(optimizer="adam", loss="binary_crossentropy")
     return model
 

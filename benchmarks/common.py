@@ -142,7 +142,7 @@ def make_run(folder: Path) -> Path:
     from unet_cbam.models import build_unet
     from unet_cbam.run import RunFolder
 
-    model_config = ModelConfig(input_channels=1)
+    model_config = ModelConfig(num_classes=1, input_channels=1)
     run = RunFolder(folder)
     run.write_config(RunConfig(model=model_config,
                                data=DataConfig(mask_encoding="binary", mask_values=[0, 255])))

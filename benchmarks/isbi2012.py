@@ -83,7 +83,8 @@ def model_config_for(name: str, changes: dict | None = None):
     from unet_cbam.config import ModelConfig
 
     overrides = MODELS[name]
-    return ModelConfig(**(PEER_CONFIG if overrides is None else {**(changes or {}), **overrides}))
+    fields = PEER_CONFIG if overrides is None else {**(changes or {}), **overrides}
+    return ModelConfig(**{"num_classes": 1, **fields})  # membranes against cells: binary
 
 
 def parse_changes(items: list[str]) -> dict:

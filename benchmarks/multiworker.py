@@ -61,7 +61,7 @@ def worker(arguments: argparse.Namespace) -> None:
     targets = np.concatenate([np.eye(2, dtype=np.float32)[labels],
                               np.ones(labels.shape + (1,), np.float32)], axis=-1)
     with strategy.scope():
-        model = build_unet(ModelConfig(input_channels=1))
+        model = build_unet(ModelConfig(num_classes=1, input_channels=1))
         model.compile("adam", SegmentationLoss("bce+dice"),
                       metrics=segmentation_metrics(["background", "foreground"]))
     if reference:

@@ -47,7 +47,7 @@ def main() -> None:
     from unet_cbam.models import build_unet
 
     info = machine()  # before the measurement: the commit it ran on
-    model_config = ModelConfig(input_channels=1)
+    model_config = ModelConfig(num_classes=1, input_channels=1)
     config = RunConfig(model=model_config,
                        data=DataConfig(data=str(arguments.data), patch_size=arguments.patch_size))
     data = prepare_data(config, progress=False)

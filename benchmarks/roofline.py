@@ -81,7 +81,7 @@ def forward_gflop(side: int) -> float:
     from unet_cbam.config import ModelConfig
     from unet_cbam.models import build_unet
 
-    model = build_unet(ModelConfig(input_channels=1))
+    model = build_unet(ModelConfig(num_classes=1, input_channels=1))
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, side, side, 1), tf.float32)).graph
     options = option_builder.ProfileOptionBuilder(
@@ -129,7 +129,7 @@ def training(rounds: int, batch: int = 8, side: int = 256) -> dict[str, float]:
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(POLICIES[precision])
         try:
-            model = build_unet(ModelConfig(input_channels=1))
+            model = build_unet(ModelConfig(num_classes=1, input_channels=1))
             model.compile(optimizer="adam", loss="binary_crossentropy")
         finally:
             keras.config.set_dtype_policy(previous)

@@ -43,7 +43,7 @@ def isbi_run(isbi_dir, tmp_path_factory) -> Path:
             (root / kind / f"slice{index:02d}.png").symlink_to(
                 isbi_dir / kind / f"slice{index:02d}.png")
     config = RunConfig(
-        model=ModelConfig(depth=3, base_filters=8, input_channels=1),
+        model=ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1),
         data=DataConfig(data=str(root), val_fraction=0.25, patch_size=128,
                         class_names=["membrane", "cell"], augmentation="light"),
         train=TrainConfig(epochs=4, steps_per_epoch=6, batch_size=4, warmup_epochs=0,

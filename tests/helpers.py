@@ -68,7 +68,7 @@ def tiny_fold_config(data: Path, folds: int = 2, fold: int | None = None):
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
     return RunConfig(
-        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+        model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
         data=DataConfig(data=str(data), augmentation="none"),
         train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
                           folds=folds, fold=fold))

@@ -10,7 +10,7 @@ def _images(n=3, size=32, seed=0):
 
 
 def test_cbam_maps_per_level_match_the_forward_pass():
-    model = build_unet(ModelConfig(depth=3, base_filters=8, attention_levels="all"))
+    model = build_unet(ModelConfig(num_classes=1, depth=3, base_filters=8, attention_levels="all"))
     images = _images()
     maps = attention_maps(model, images, batch_size=2)
     assert sorted(maps) == [0, 1, 2]
@@ -30,14 +30,17 @@ def test_cbam_maps_per_level_match_the_forward_pass():
 
 
 def test_channel_and_spatial_modes_only_give_their_own_gates():
-    channel = attention_maps(build_unet(ModelConfig(depth=2, attention="channel")), _images())
-    spatial = attention_maps(build_unet(ModelConfig(depth=2, attention="spatial")), _images())
+    channel = attention_maps(build_unet(ModelConfig(num_classes=1, depth=2, attention="channel")),
+                             _images())
+    spatial = attention_maps(build_unet(ModelConfig(num_classes=1, depth=2, attention="spatial")),
+                             _images())
     assert all(set(g) == {"channel"} for g in channel.values())
     assert all(set(g) == {"spatial"} for g in spatial.values())
 
 
 def test_backbone_levels_are_keyed_by_stride():
-    maps = attention_maps(build_unet(ModelConfig(encoder="resnet18")), _images(n=1, size=64))
+    maps = attention_maps(build_unet(ModelConfig(num_classes=1, encoder="resnet18")), _images(n=1,
+                                                                                              size=64))
     assert sorted(maps) == [1, 2, 3, 4]
     assert maps[1]["spatial"].shape == (1, 32, 32)
     assert maps[4]["spatial"].shape == (1, 4, 4)
@@ -45,11 +48,11 @@ def test_backbone_levels_are_keyed_by_stride():
 
 def test_model_without_attention_is_refused():
     with pytest.raises(ValueError, match="no attention layers"):
-        attention_maps(build_unet(ModelConfig(depth=2, attention="none")), _images())
+        attention_maps(build_unet(ModelConfig(num_classes=1, depth=2, attention="none")), _images())
 
 
 def test_maps_survive_save_and_safe_load(tmp_path):
-    model = build_unet(ModelConfig(depth=2, base_filters=8))
+    model = build_unet(ModelConfig(num_classes=1, depth=2, base_filters=8))
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -63,7 +66,8 @@ def test_maps_survive_save_and_safe_load(tmp_path):
 def test_attention_layers_know_their_level(position, tmp_path):
     from unet_cbam.attention import attention_layers
 
-    model = build_unet(ModelConfig(depth=3, base_filters=4, attention_position=position,
+    model = build_unet(ModelConfig(num_classes=1, depth=3, base_filters=4,
+                                   attention_position=position,
                                    attention_levels="all"))
     layers = attention_layers(model)
     assert sorted(layers) == [0, 1, 2]

@@ -19,7 +19,7 @@ PLACEMENTS = [  # every position, with all levels and with a subset
 @pytest.mark.slow
 @pytest.mark.parametrize("position, levels, expected", PLACEMENTS)
 def test_every_placement_builds_trains_saves_and_loads(tmp_path, position, levels, expected):
-    config = ModelConfig(depth=3, base_filters=4, input_channels=1,
+    config = ModelConfig(num_classes=1, depth=3, base_filters=4, input_channels=1,
                          attention_position=position, attention_levels=levels)
     model = build_unet(config)
     found = attention_layers(model)
@@ -42,7 +42,7 @@ def test_every_placement_builds_trains_saves_and_loads(tmp_path, position, level
 
 def test_encoder_attention_is_seen_by_the_deeper_stages():
     """Encoder placement changes what the next stage receives, skip placement does not."""
-    base = dict(depth=2, base_filters=4, input_channels=1, attention_levels=[0])
+    base = dict(num_classes=1, depth=2, base_filters=4, input_channels=1, attention_levels=[0])
     for identity, attended_name in ((False, "encoder0_cbam"), (True, "encoder0_identity")):
         encoder = build_unet(ModelConfig(attention_position="encoder",
                                          attention_identity=identity, **base))
@@ -55,7 +55,8 @@ def test_encoder_attention_is_seen_by_the_deeper_stages():
 
 
 def test_backbone_encoder_attention_sits_inside_the_backbone_graph():
-    config = ModelConfig(encoder="resnet18", input_channels=3, attention_position="encoder",
+    config = ModelConfig(num_classes=1, encoder="resnet18", input_channels=3,
+                         attention_position="encoder",
                          attention_levels=[2, 3], base_filters=8)
     model = build_unet(config)
     assert sorted(attention_layers(model)) == [2, 3]
@@ -70,11 +71,11 @@ def test_backbone_encoder_attention_sits_inside_the_backbone_graph():
 
 
 def test_backbone_skip_levels_start_at_one_and_none_means_no_layers():
-    config = ModelConfig(encoder="resnet18", input_channels=3, attention_levels=[1])
+    config = ModelConfig(num_classes=1, encoder="resnet18", input_channels=3, attention_levels=[1])
     assert config.attention_levels_available == [1, 2, 3, 4]
-    assert ModelConfig(encoder="resnet18", attention_position="decoder"
+    assert ModelConfig(num_classes=1, encoder="resnet18", attention_position="decoder"
                        ).attention_levels_available == [0, 1, 2, 3, 4]
-    assert ModelConfig(attention="none", attention_levels=[1]).attended_levels == []
+    assert ModelConfig(num_classes=1, attention="none", attention_levels=[1]).attended_levels == []
 
 
 @pytest.mark.parametrize("fields, expected", [
@@ -100,13 +101,13 @@ def test_level_keywords_resolve_for_every_depth_encoder_and_position(fields, exp
 
 
 def test_the_default_attends_every_skip_but_the_full_resolution_one():
-    assert ModelConfig().attention_levels == "downsampled"
-    assert ModelConfig().attended_levels == [1, 2, 3]
-    assert ModelConfig(encoder="resnet18").attended_levels == [1, 2, 3, 4]
+    assert ModelConfig(num_classes=1).attention_levels == "downsampled"
+    assert ModelConfig(num_classes=1).attended_levels == [1, 2, 3]
+    assert ModelConfig(num_classes=1, encoder="resnet18").attended_levels == [1, 2, 3, 4]
 
 
 def test_downsampled_levels_build_attention_below_full_resolution_only():
-    config = ModelConfig(depth=3, base_filters=4, input_channels=1,
+    config = ModelConfig(num_classes=1, depth=3, base_filters=4, input_channels=1,
                          attention_levels="downsampled")
     assert sorted(attention_layers(build_unet(config))) == [1, 2]
 
@@ -146,7 +147,7 @@ def test_unknown_levels_and_positions_name_the_field(fields, message):
 def test_placement_round_trips_in_yaml_and_on_the_command_line():
     import argparse
 
-    config = ModelConfig(attention_position="decoder", attention_levels=[2, 3])
+    config = ModelConfig(num_classes=1, attention_position="decoder", attention_levels=[2, 3])
     assert from_dict(ModelConfig, to_dict(config)) == config
     parser = argparse.ArgumentParser()
     add_config_options(parser, {"model": ModelConfig})
@@ -160,7 +161,8 @@ def test_placement_round_trips_in_yaml_and_on_the_command_line():
 
 @pytest.mark.parametrize("position", ["skip", "decoder", "encoder"])
 def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, position):
-    config = ModelConfig(depth=2, base_filters=4, input_channels=1, attention_position=position,
+    config = ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1,
+                         attention_position=position,
                          attention_identity=True, attention_levels="all")
     model = build_unet(config)
     x = np.random.default_rng(1).random((2, 16, 16, 1)).astype("float32")
@@ -175,26 +177,27 @@ def test_attention_identity_adds_the_input_back_and_round_trips(tmp_path, positi
     loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert sorted(attention_maps(loaded, x)) == [0, 1]
-    plain = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1,
+    plain = build_unet(ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1,
                                    attention_position=position, attention_identity=False))
     assert not [layer for layer in plain.layers if layer.name.endswith("_identity")]
-    none = build_unet(ModelConfig(depth=2, base_filters=4, input_channels=1, attention="none",
+    none = build_unet(ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1,
+                                  attention="none",
                                   attention_identity=True))
-    assert len(none.layers) == len(build_unet(ModelConfig(
+    assert len(none.layers) == len(build_unet(ModelConfig(num_classes=1,
         depth=2, base_filters=4, input_channels=1, attention="none")).layers)
 
 
 def test_attention_identity_round_trips_in_yaml_and_on_the_command_line():
     import argparse
 
-    assert not from_dict(ModelConfig, to_dict(ModelConfig(attention_identity=False))
+    assert not from_dict(ModelConfig, to_dict(ModelConfig(num_classes=1, attention_identity=False))
                          ).attention_identity
     parser = argparse.ArgumentParser()
     add_config_options(parser, {"model": ModelConfig})
     assert RunConfig().model.attention_identity  # the default since the ablation
     arguments = parser.parse_args(["--no-attention-identity"])
     assert not apply_options(RunConfig(), arguments).model.attention_identity
-    off = RunConfig(model=ModelConfig(attention_identity=False))
+    off = RunConfig(model=ModelConfig(num_classes=1, attention_identity=False))
     arguments = parser.parse_args(["--attention-identity"])
     assert apply_options(off, arguments).model.attention_identity
 

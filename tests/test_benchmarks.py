@@ -24,13 +24,13 @@ def isbi():
 
 
 def differences(config: ModelConfig) -> dict:
-    default = dataclasses.asdict(ModelConfig())
+    default = dataclasses.asdict(ModelConfig(num_classes=1))
     return {key: value for key, value in dataclasses.asdict(config).items()
             if default[key] != value}
 
 
 def test_default_model_is_what_train_py_builds(isbi):
-    assert isbi.model_config_for(isbi.DEFAULT_MODEL) == ModelConfig()
+    assert isbi.model_config_for(isbi.DEFAULT_MODEL) == ModelConfig(num_classes=1)
 
 
 @pytest.mark.parametrize("name, changed", [

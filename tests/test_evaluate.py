@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from unet_cbam.cli.evaluate import main as evaluate_main
-from unet_cbam.data.io import IGNORE_LABEL, MaskCodec
+from unet_cbam.data.io import IGNORE_LABEL, DataError, MaskCodec
 from unet_cbam.evaluate import (
     confusion_matrix,
     evaluate_arrays,
@@ -102,7 +102,9 @@ def test_multiclass_detection_and_unreadable_prediction(tmp_path):
     _write(pred, "a.png", [[0, 1, 1]])
     _write(truth, "b.png", [[0, 1, 2]])
     pred.joinpath("b.png").write_bytes(b"garbage")
-    evaluation = evaluate_folders(pred, truth)
+    with pytest.raises(DataError, match="instance labels or class ids"):  # 1x3: undecidable
+        evaluate_folders(pred, truth)
+    evaluation = evaluate_folders(pred, truth, infer_codec(mask_files(truth), num_classes=3))
     assert evaluation.class_names == ["class0", "class1", "class2"]
     summary = evaluation.summary()
     assert summary["classes"]["class1"]["mean_dice"] == pytest.approx(2 / 3)
@@ -173,10 +175,12 @@ def test_infer_codec_reads_every_sampled_file(tmp_path):
 def test_binary_truth_with_an_ignore_value_stays_binary(tmp_path):
     truth = tmp_path / "truth"
     _write(truth, "a.png", [[0, 255, 128]])
-    assert infer_codec(mask_files(truth)).encoding == "indexed"  # three values, no hint
+    with pytest.raises(DataError, match="too large for class ids"):  # three values, no
+        infer_codec(mask_files(truth))                              # hint: refused
     codec = infer_codec(mask_files(truth), ignore_value=128)
     assert (codec.encoding, codec.ignore_value, codec.num_labels) == ("binary", 128, 2)
-    assert infer_codec(mask_files(truth), num_classes=3).num_classes == 3
+    with pytest.raises(DataError, match="holds class id 255, but --num-classes is 3"):
+        infer_codec(mask_files(truth), num_classes=3)  # 255 is no class id of 3
 
 
 def test_format_summary_lists_scores_and_missing_files():

@@ -25,7 +25,8 @@ def test_inspect_data_reports_instead_of_raising(tmp_path):
     masks = tmp_path / "masks"
     cv2.imwrite(str(masks / "p0.png"), np.array([[255] * 10] * 5 + [[0] * 10] * 5, np.uint8))
     (masks / "p2.png").unlink()
-    overview = inspect_data(DataConfig(data=str(tmp_path)), ModelConfig(input_channels=3))
+    overview = inspect_data(DataConfig(data=str(tmp_path)), ModelConfig(num_classes=1,
+                                                                        input_channels=3))
     assert len(overview.report.samples) == 2
     assert any("p2.png: no mask" in problem for problem in overview.problems)
     table = dict(overview.table())
@@ -46,7 +47,7 @@ def test_inspect_data_with_an_unusable_encoding(tmp_path):
                                                                for v in (0, 50, 200)]))
     overview = inspect_data(DataConfig(data=str(tmp_path)), ModelConfig(num_classes=2))
     assert overview.codec is None
-    assert "give class_colors" in overview.problems[0]
+    assert "give --class-colors" in overview.problems[0]
 
 
 def test_threshold_sweep_is_exact():
@@ -85,7 +86,8 @@ def test_run_histories_and_summaries(tmp_path):
     for parent, attention in (("a", "none"), ("b", "cbam")):
         run = tmp_path / parent / "run"
         run.mkdir(parents=True)
-        save_yaml(RunConfig(model=ModelConfig(attention=attention)), run / "config.yaml")
+        save_yaml(RunConfig(model=ModelConfig(num_classes=1, attention=attention)),
+                  run / "config.yaml")
         (run / "history.csv").write_text("epoch,val_mean_dice\n0,0.5\n1,0.6\n")
         (run / "metrics.json").write_text(json.dumps(
             {"best_epoch": 2, "mean_iou": 0.4, "mean_dice": 0.6, "classes": {}}))

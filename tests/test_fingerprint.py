@@ -17,13 +17,9 @@ from unet_cbam.config import (
     from_dict,
     to_dict,
 )
+from unet_cbam.data.classes import binary_threshold_from_histogram, choose_binary_threshold
 from unet_cbam.data.io import ImageReadError, Normalization, preprocess
-from unet_cbam.data.verify import (
-    DataError,
-    binary_threshold_from_histogram,
-    choose_binary_threshold,
-    find_pairs,
-)
+from unet_cbam.data.verify import DataError, find_pairs
 from unet_cbam.explore import inspect_data
 from unet_cbam.plan import (
     BATCH_PIXELS,
@@ -99,7 +95,7 @@ def test_pixel_sampling_is_bounded(tmp_path, monkeypatch):
 
 def test_narrow_16_bit_data_gets_percentile_normalisation(tmp_path):
     fingerprint, _ = _fingerprint(_nuclei(tmp_path / "data"))
-    config = plan_run(RunConfig(model=ModelConfig(input_channels=1)), fingerprint)
+    config = plan_run(RunConfig(model=ModelConfig(num_classes=1, input_channels=1)), fingerprint)
     normalization = config.data.normalization
     assert normalization == Normalization("percentile", (BACKGROUND,), (NUCLEUS,))
     assert config.plan["normalization"]["value"] == normalization.to_config()
@@ -229,7 +225,7 @@ def test_patch_and_batch_sizes_follow_the_median_image():
 def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     fingerprint, _ = _fingerprint(_nuclei(tmp_path / "data"))
     fingerprint["class_frequency"] = {"background": 0.995, "foreground": 0.005}
-    planned = plan_run(RunConfig(model=ModelConfig(input_channels=1)), fingerprint)
+    planned = plan_run(RunConfig(model=ModelConfig(num_classes=1, input_channels=1)), fingerprint)
     assert planned.data.foreground_oversampling == RARE_OVERSAMPLING
     assert planned.data.patch_size == 64 and planned.train.batch_size == 32
     assert set(planned.plan) == {"binary_threshold", "normalization", "patch_size",
@@ -238,7 +234,7 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     assert planned.plan["tune_on"]["reason"].startswith("foreground is the rarer class (0.5%")
     # Thin background membranes between large cells (ISBI-like): judged on the background.
     membranes = {**fingerprint, "class_frequency": {"background": 0.22, "foreground": 0.78}}
-    assert plan_run(RunConfig(model=ModelConfig(input_channels=1)), membranes
+    assert plan_run(RunConfig(model=ModelConfig(num_classes=1, input_channels=1)), membranes
                     ).train.tune_on == "background"
     given = plan_run(RunConfig(train=TrainConfig(tune_on="foreground")), membranes)
     assert given.train.tune_on == "foreground" and "tune_on" not in given.plan
@@ -246,7 +242,7 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
         plan_run(RunConfig(train=TrainConfig(tune_on="membrane")), membranes)
     three = {**fingerprint, "class_frequency": {"background": 0.5, "a": 0.3, "b": 0.2}}
     assert "tune_on" not in plan_run(RunConfig(), three).plan
-    explicit = RunConfig(model=ModelConfig(input_channels=1),
+    explicit = RunConfig(model=ModelConfig(num_classes=1, input_channels=1),
                          data=DataConfig(patch_size=32, normalize="bitdepth",
                                          foreground_oversampling=0.1),
                          train=TrainConfig(batch_size=2))
@@ -277,7 +273,7 @@ def test_fingerprint_of_an_empty_or_unreadable_folder_is_an_error(tmp_path, caps
     assert "empty/images: no images" in capsys.readouterr().err
     root = _nuclei(tmp_path / "bad", count=1)
     (root / "images" / "n0.tif").write_bytes(b"not a tiff")
-    assert fingerprint_main([str(root), "--quiet"]) == 2
+    assert fingerprint_main([str(root), "--quiet", "--num-classes", "1"]) == 2
     assert "n0.tif: not a readable TIFF" in capsys.readouterr().err
     with pytest.raises(DataError):
         from unet_cbam.data.prepare import prepare_data
@@ -293,7 +289,7 @@ def test_training_saves_fingerprint_and_plan_and_predict_applies_the_normalisati
     from unet_cbam.training import train
 
     root = _nuclei(tmp_path / "data", count=4)
-    config = RunConfig(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+    config = RunConfig(model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
                        data=DataConfig(data=str(root), val_fraction=0.25, augmentation="none"),
                        train=TrainConfig(epochs=1, steps_per_epoch=2, warmup_epochs=0))
     train(config, tmp_path / "run", progress=False)
@@ -355,7 +351,7 @@ def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     from unet_cbam.training import train
 
     root = _nuclei(tmp_path / "data", count=4)
-    config = RunConfig(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+    config = RunConfig(model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
                        data=DataConfig(data=str(root), val_fraction=0.25, augmentation="none"),
                        train=TrainConfig(time_budget="8s", batch_size=4, warmup_epochs=0))
     result = train(config, tmp_path / "run", progress=False)

@@ -132,7 +132,7 @@ def test_a_time_budgeted_cross_validation_measures_the_step_time_once(tmp_path, 
     monkeypatch.setattr(training, "measure_step_seconds", measured)
     data = write_pairs(tmp_path / "data", count=4, size=(32, 32), channels=1)
     config = RunConfig(
-        model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+        model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
         data=DataConfig(data=str(data), augmentation="none", scale=1.0),
         train=TrainConfig(time_budget="6s", steps_per_epoch=2, batch_size=2, warmup_epochs=0,
                           folds=2))

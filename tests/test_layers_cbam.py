@@ -134,7 +134,7 @@ def test_registered_layer_contract(layer_class, kwargs, weights, tmp_path):
 
 def test_reduction_ratio_has_one_default():
     assert ChannelAttention().reduction_ratio == CBAM().reduction_ratio == \
-        ModelConfig().reduction_ratio == DEFAULT_REDUCTION_RATIO
+        ModelConfig(num_classes=1).reduction_ratio == DEFAULT_REDUCTION_RATIO
 
 
 def test_attention_factory_names_and_table():

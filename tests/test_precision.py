@@ -72,7 +72,7 @@ def test_training_records_the_precision_it_chose(tmp_path):
     from unet_cbam.training import train
 
     data = write_pairs(tmp_path / "data", count=3, size=(32, 32), channels=1)
-    base = dict(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+    base = dict(model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
                 data=DataConfig(data=str(data), augmentation="none", val_fraction=0.34))
     train(RunConfig(**base, train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)),
           tmp_path / "auto", progress=False)

@@ -280,7 +280,7 @@ def test_shards_split_the_sorted_list(tmp_path):
 
 
 def test_missing_config_is_explained(tmp_path):
-    build_unet(ModelConfig(depth=2, base_filters=4)).save(tmp_path / "alone.keras")
+    build_unet(ModelConfig(num_classes=1, depth=2, base_filters=4)).save(tmp_path / "alone.keras")
     with pytest.raises(FileNotFoundError, match="needs the run's config.yaml"):
         load_run(tmp_path / "alone.keras")
 

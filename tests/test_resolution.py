@@ -48,7 +48,7 @@ def _blobs(root, count=4, size=(256, 256), radius=70):
 
 def test_structure_widths_measure_how_thick_each_class_is(tmp_path):
     overview = inspect_data(DataConfig(data=str(_bars(tmp_path / "data"))),
-                            ModelConfig(input_channels=1))
+                            ModelConfig(num_classes=1, input_channels=1))
     widths = overview.fingerprint["structure_width"]
     # The bar's pixels lie 0.5, 1.5 and 2.5 pixels from its edges: median 1.5, width 4 x 1.5.
     assert widths["foreground"] == 6.0
@@ -92,21 +92,23 @@ def test_plan_scale_replans_the_planned_patch_and_batch_only():
                    "intensity": {"all": {"p0.5": [0.0], "p99.5": [255.0]},
                                  "foreground": {"pixels": 0}},
                    "dtype": ["uint8"], "bit_depth": 8}
-    timed = RunConfig(model=ModelConfig(input_channels=1), train=TrainConfig(time_budget="5m"))
+    timed = RunConfig(model=ModelConfig(num_classes=1, input_channels=1),
+                      train=TrainConfig(time_budget="5m"))
     planned = plan_run(timed, fingerprint)
     assert planned.data.scale is None and "scale" not in planned.plan  # open until measured
     assert (planned.data.patch_size, planned.train.batch_size) == (352, 4)
     scaled = plan_scale(planned, fingerprint, TARGET_PASSES / 16)
     assert scaled.data.scale == 0.25 and scaled.plan["scale"]["value"] == 0.25
     assert (scaled.data.patch_size, scaled.train.batch_size) == (112, 32)  # 125 px: 112
-    given = RunConfig(model=ModelConfig(input_channels=1), data=DataConfig(patch_size=64),
+    given = RunConfig(model=ModelConfig(num_classes=1, input_channels=1),
+                      data=DataConfig(patch_size=64),
                       train=TrainConfig(time_budget="5m", batch_size=2))
     kept = plan_scale(plan_run(given, fingerprint), fingerprint, TARGET_PASSES / 16)
     assert (kept.data.scale, kept.data.patch_size, kept.train.batch_size) == (0.25, 64, 2)
-    untimed = plan_run(RunConfig(model=ModelConfig(input_channels=1)), fingerprint)
+    untimed = plan_run(RunConfig(model=ModelConfig(num_classes=1, input_channels=1)), fingerprint)
     assert untimed.data.scale == 1.0 and untimed.plan["scale"]["reason"].startswith(
         "no time budget")
-    explicit = plan_run(RunConfig(model=ModelConfig(input_channels=1),
+    explicit = plan_run(RunConfig(model=ModelConfig(num_classes=1, input_channels=1),
                                   data=DataConfig(scale=0.5)), fingerprint)
     assert "scale" not in explicit.plan and explicit.data.patch_size == 240  # 250 px: 240
 
@@ -163,7 +165,7 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
 
     monkeypatch.setattr(plan, "TARGET_PASSES", 1e9)  # whatever this machine's speed
     root = _blobs(tmp_path / "data")
-    config = RunConfig(model=ModelConfig(depth=2, base_filters=4, input_channels=1),
+    config = RunConfig(model=ModelConfig(num_classes=1, depth=2, base_filters=4, input_channels=1),
                        data=DataConfig(data=str(root), val_fraction=0.25, augmentation="none"),
                        train=TrainConfig(time_budget="6s", warmup_epochs=0))
     train(config, tmp_path / "run", progress=False)

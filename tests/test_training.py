@@ -20,7 +20,7 @@ from unet_cbam.run import RunFolder
 from unet_cbam.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_MODEL = ModelConfig(depth=3, base_filters=8, input_channels=1)
+SMALL_MODEL = ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1)
 
 
 def _isbi_subset(isbi_dir, tmp_path, stems=range(6)):
@@ -100,7 +100,8 @@ def test_resume_continues_epochs_history_and_optimizer(tmp_path):
 
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config, run, progress=False)
-    changed = RunConfig(model=ModelConfig(depth=2, input_channels=1), data=config.data,
+    changed = RunConfig(model=ModelConfig(num_classes=1, depth=2, input_channels=1),
+                        data=config.data,
                         train=config.train)
     with pytest.raises(ValueError, match="model.depth"):
         train(changed, run, resume=True, progress=False)
@@ -307,7 +308,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
         from unet_cbam.training import make_strategy, train
         config = RunConfig(
-            model=ModelConfig(depth=2, base_filters=8),
+            model=ModelConfig(num_classes=1, depth=2, base_filters=8),
             data=DataConfig(data={str(data)!r}, patch_size=32, val_fraction=0.5),
             train=TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, strategy="mirrored"))
         print("replicas", make_strategy(config.train).num_replicas_in_sync)

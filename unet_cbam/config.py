@@ -64,8 +64,11 @@ class ModelConfig:
         16,
         "filters of the stage at full resolution; stage l has base_filters * 2**l. Sets the "
         "plain encoder and every decoder stage")
-    num_classes: int = option(
-        1, "1: binary segmentation (sigmoid head); N > 1: N classes (softmax head)")
+    num_classes: int | Literal["auto"] = option(
+        "auto",
+        "1: binary segmentation (sigmoid head); N > 1: N classes (softmax head); auto: read "
+        "from the masks when training (two values, JPEG masks or instance labels: 1; class "
+        "ids, colours or palette indices: their count), recorded in the plan")
     input_channels: int = option(
         3, "channels the model takes; images are converted to this (1 gray, 3 RGB, ...)")
     input_size: list[int] | None = option(
@@ -104,7 +107,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        _require(self.num_classes >= 1, "num_classes", self.num_classes, "must be >= 1")
+        _require(self.num_classes == "auto" or self.num_classes >= 1, "num_classes",
+                 self.num_classes, "must be >= 1 or auto")
         _require(self.input_channels >= 1, "input_channels", self.input_channels,
                  "must be >= 1")
         _require(self.base_filters >= 1, "base_filters", self.base_filters, "must be >= 1")
@@ -182,6 +186,15 @@ class ModelConfig:
         """Input height and width must be multiples of this."""
         return 2**self.resolved_depth
 
+    @property
+    def classes(self) -> int:
+        """``num_classes``, which must be decided (training decides ``auto`` from the
+        masks)."""
+        if self.num_classes == "auto":
+            raise ValueError("num_classes 'auto' is decided from the masks when training; give "
+                             "a number (1 for binary) to build a model without data")
+        return self.num_classes
+
 
 MaskEncoding = Literal["auto", "binary", "indexed", "palette", "rgb"]
 NormalizeMode = Literal["auto", "bitdepth", "percentile", "zscore"]
@@ -212,11 +225,17 @@ class DataConfig:
         "(clean masks such as 0/1, 0/255 or instance labels: above the background value; "
         "JPEG masks or two noisy modes: the middle between the modes)")
     class_colors: list[list[int]] | None = option(
-        None, "rgb masks: [r, g, b] of each class, in class order")
+        None, "rgb masks: [r, g, b] of each class, in class order; none: the colours found "
+        "in the masks, in ascending R:G:B order (recorded in the plan)")
     ignore_value: int | None = option(
         None, "mask value excluded from loss and metrics (binary, indexed, palette masks)")
     ignore_color: list[int] | None = option(
         None, "rgb masks: [r, g, b] excluded from loss and metrics")
+    ignore_edges: bool = option(
+        False,
+        "rgb masks: pixels of a colour that is no class, found only on the edges between "
+        "classes (antialiasing, resampling), are left out of the loss and the scores instead "
+        "of refused; set by the plan when the masks have such colours")
     class_names: list[str] | None = option(
         None, "a name per class, used in logs and reports (binary: [background, foreground])")
     mask_values: list[int] | None = option(

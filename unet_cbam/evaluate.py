@@ -170,44 +170,33 @@ def infer_codec(truth_paths: list[Path], *, encoding: str | None = None,
                 colors: list[list[int]] | None = None, sample: int = 64) -> MaskCodec:
     """The codec of true masks, from what is given and what the masks show.
 
-    Given ``encoding`` and ``num_classes`` are kept; what is missing is read
-    from up to ``sample`` masks. Palette PNGs give ``palette`` (all of them,
-    or an error naming the odd files); else masks whose values, leaving out
-    ``ignore_value``, are at most two give ``binary`` (unless more classes
-    are asked for), and anything else ``indexed``. The class count of
-    indexed and palette masks is their largest value + 1; of rgb masks, the
-    number of ``colors``. ``threshold`` and ``ignore_value`` always apply.
+    What is given is kept; the rest is read from up to ``sample`` masks by the rules
+    training uses (``unet_cbam.data.classes``: binary and instance masks, class ids with
+    255 as void, colours in ascending R:G:B order, palette PNGs), and refused with the
+    file named where the masks do not say. Palette PNGs mixed with plain masks are
+    refused too. ``threshold`` and ``ignore_value`` always apply.
     """
-    if encoding == "rgb" or (encoding is None and colors is not None):
-        if not colors:
-            raise ValueError("rgb masks need the colour of each class (--class-colors)")
-        return MaskCodec("rgb", len(colors), colors=tuple(tuple(c) for c in colors))
-    values: set[int] = set()
-    palette_flags: dict[Path, bool] = {}
-    for path in truth_paths[:sample]:
-        raw, palette_flags[path] = read_mask_raw(path)
-        values.update(np.unique(raw).tolist())
-    values.discard(ignore_value)
-    palettes = [p for p, is_palette in palette_flags.items() if is_palette]
-    if encoding is None:
-        if palettes and len(palettes) != len(palette_flags):
-            plain = [p.name for p, is_palette in palette_flags.items() if not is_palette]
+    from unet_cbam.config import DataConfig
+    from unet_cbam.data.classes import resolve_classes
+    from unet_cbam.data.verify import Sample
+
+    picked = truth_paths[:sample]
+    if encoding is None and colors is None:
+        flags = {path: read_mask_raw(path)[1] for path in picked}
+        palettes = [p for p, is_palette in flags.items() if is_palette]
+        if palettes and len(palettes) != len(flags):
+            plain = [p.name for p, is_palette in flags.items() if not is_palette]
             raise ValueError(
                 f"{len(palettes)} truth mask(s) are palette PNGs (e.g. {palettes[0].name}) and "
                 f"{len(plain)} are not ({', '.join(plain[:5])}); give --mask-encoding")
-        if palettes:
-            encoding = "palette"
-        elif len(values) <= 2 and num_classes in (None, 1):
-            encoding = "binary"
-        else:
-            encoding = "indexed"
-    if encoding == "binary":
-        if num_classes not in (None, 1):
-            raise ValueError(f"binary masks have num_classes 1, got {num_classes}")
-        return MaskCodec("binary", 1, threshold=threshold, ignore_value=ignore_value)
-    if num_classes is None:
-        num_classes = max(2, int(max(values, default=0)) + 1)
-    return MaskCodec(encoding, num_classes, threshold=threshold, ignore_value=ignore_value)
+    data = DataConfig(mask_encoding=encoding or ("rgb" if colors else "auto"),
+                      class_colors=colors, ignore_value=ignore_value,
+                      binary_threshold=threshold)
+    samples = [Sample(path.stem, path, path) for path in picked]
+    data, count, _ = resolve_classes(samples, data, num_classes or "auto")
+    if data.mask_encoding == "binary" and count != 1:
+        raise ValueError(f"binary masks have num_classes 1, got {count}")
+    return MaskCodec.from_data_config(data, count)
 
 
 def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, codec: MaskCodec | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from unet_cbam.config import DataConfig, ModelConfig, to_dict
+from unet_cbam.data.classes import MaskClasses
 from unet_cbam.data.io import BITDEPTH, MaskCodec, Normalization, read_image, read_mask
 from unet_cbam.data.verify import (
     DataError,
@@ -40,13 +41,16 @@ class DataOverview:
     problems: list[str]
     #: Why binary masks are thresholded where they are (``binary_threshold: auto``).
     threshold_reason: str | None = None
+    #: What the masks were found to encode (``mask_encoding``/``num_classes: auto``).
+    classes: MaskClasses | None = None
 
     @property
     def fingerprint(self) -> dict | None:
         """The data set's fingerprint (``unet_cbam.fingerprint``); None without usable pairs."""
         if not self.report.samples or self.codec is None:
             return None
-        return fingerprint_from_report(self.report, self.class_names, self.threshold_reason)
+        return fingerprint_from_report(self.report, self.class_names, self.threshold_reason,
+                                       self.classes)
 
     @property
     def class_fractions(self) -> dict[str, float]:
@@ -96,7 +100,8 @@ def inspect_data(data: DataConfig, model: ModelConfig, progress: bool = False
     report = verified.report
     return DataOverview(verified.images_dir, verified.masks_dir, verified.codec,
                         class_names(verified.data, verified.codec), report,
-                        report.problems + report.warnings, verified.threshold_reason)
+                        report.problems + report.warnings, verified.threshold_reason,
+                        verified.classes)
 
 
 def load_pairs(overview: DataOverview, count: int, channels: int, seed: int = 0,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from unet_cbam.data.classes import MaskClasses
 from unet_cbam.data.verify import DatasetReport, Sample
 from unet_cbam.tables import markdown_table
 
@@ -27,11 +28,13 @@ WIDTH_PER_MEDIAN_DISTANCE = 4.0
 
 
 def fingerprint_from_report(report: DatasetReport, class_names: list[str],
-                            threshold_reason: str | None = None) -> dict[str, Any]:
+                            threshold_reason: str | None = None,
+                            classes: MaskClasses | None = None) -> dict[str, Any]:
     """The fingerprint of the pairs that passed verification (JSON-ready).
 
     ``threshold_reason``: why binary masks are thresholded where they are
-    (``resolve_binary_threshold``), recorded with the threshold.
+    (``resolve_binary_threshold``), recorded with the threshold. ``classes``: what the
+    masks were found to encode (``resolve_classes``), recorded with its reason.
     """
     infos = [report.info[s.stem] for s in report.samples if s.stem in report.info]
     if not infos:
@@ -87,6 +90,13 @@ def fingerprint_from_report(report: DatasetReport, class_names: list[str],
         **({"binary_threshold": {"value": report.codec.threshold,
                                  "reason": threshold_reason or "given"}}
            if report.codec is not None and report.codec.encoding == "binary" else {}),
+        **({"mask_classes": {
+            "encoding": classes.encoding, "num_classes": classes.num_classes,
+            "reason": classes.reason, "colors": classes.colors,
+            "ignore_value": classes.ignore_value,
+            "edge_colors": [{"color": list(color), "pixels": pixels, "files": files}
+                            for color, (pixels, files) in classes.edge_colors.items()]}}
+           if classes is not None else {}),
     }
 
 
@@ -148,6 +158,13 @@ def fingerprint_rows(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
                      f"{width:g} px"))
     rows.append(("mask files", ", ".join(f"{k}: {v}" for k, v in
                                          fingerprint["mask_formats"].items())))
+    if "mask_classes" in fingerprint:
+        found = fingerprint["mask_classes"]
+        rows.append(("classes", f"{found['num_classes']} ({found['reason']})"))
+        for edge in found.get("edge_colors") or []:
+            rows.append((f"edge colour {tuple(edge['color'])}",
+                         f"{edge['pixels']} px, only on edges between classes (in "
+                         f"{', '.join(edge['files'])}): left out"))
     if "binary_threshold" in fingerprint:
         threshold = fingerprint["binary_threshold"]
         rows.append(("binary threshold", f"{threshold['value']} ({threshold['reason']})"))

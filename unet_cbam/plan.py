@@ -97,6 +97,15 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
         plan[name] = {"value": value, "reason": reason}
         return value
 
+    found = fingerprint.get("mask_classes")
+    if found is not None:  # decided from the masks before verification (data.classes)
+        decide("mask_encoding", found["encoding"], found["reason"])
+        decide("num_classes", found["num_classes"], found["reason"])
+        if found.get("colors"):
+            decide("class_colors", found["colors"], "the colours found in the masks, in "
+                   "ascending R:G:B order")
+        if found.get("ignore_value") is not None:
+            decide("ignore_value", found["ignore_value"], found["reason"])
     threshold = fingerprint.get("binary_threshold")
     if threshold is not None and data.binary_threshold in ("auto", threshold["value"]) \
             and threshold["reason"] != "given":

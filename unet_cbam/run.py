@@ -357,7 +357,12 @@ def codec_from_config(config: RunConfig) -> MaskCodec:
     data = config.data
     if data.mask_encoding == "auto":
         raise ValueError("the run's config has mask_encoding 'auto'; it was never trained")
-    return MaskCodec.from_data_config(data, config.model.num_classes)
+    classes = config.model.num_classes
+    if classes == "auto":  # binary masks say it; other encodings are decided by training
+        if data.mask_encoding != "binary":
+            raise ValueError("the run's config has num_classes 'auto'; it was never trained")
+        classes = 1
+    return MaskCodec.from_data_config(data, classes)
 
 
 def class_names(data: DataConfig, codec: MaskCodec) -> list[str]:

@@ -97,7 +97,8 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
     A time-budgeted run resumed with the same budget keeps its planned (or
     re-planned) epochs and steps per epoch."""
     changed = [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-               if getattr(saved.model, f.name) != getattr(requested.model, f.name)]
+               if getattr(saved.model, f.name) != getattr(requested.model, f.name)
+               and not (f.name == "num_classes" and requested.model.num_classes == "auto")]
     changed += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)
                 if getattr(requested.data, f.name) != getattr(saved.data, f.name)
                 and f.name not in ("mask_encoding", "mask_values", "palette", "cache_gb",
@@ -123,7 +124,8 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 #: Data settings whose automatic value (planned from the data) a resumed run keeps as saved.
 PLANNED = {"binary_threshold": "auto", "normalization": None, "patch_size": None,
-           "foreground_oversampling": None, "scale": None}
+           "foreground_oversampling": None, "scale": None, "class_colors": None,
+           "ignore_value": None, "ignore_edges": False}
 
 
 def requested_precision(train: TrainConfig) -> str:

@@ -25,8 +25,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="data folder holding images/ and masks/")
-    parser.add_argument("--num-classes", type=int, default=1,
-                        help="1 for binary masks, N for N classes (default: 1)")
+    parser.add_argument("--num-classes", default="auto",
+                        type=lambda text: text if text == "auto" else int(text),
+                        help="1 for binary masks, N for N classes, or auto: read from the "
+                             "masks as train.py does (default: auto)")
     parser.add_argument("--input-channels", type=int, default=3,
                         help="channels the model would take (default: 3)")
     parser.add_argument("--mask-encoding", default="auto",

@@ -47,6 +47,15 @@ IGNORE_LABEL = np.iinfo(np.uint16).max
 cv2.setNumThreads(1)  # tf.data runs many decoders in parallel; avoid oversubscription
 
 
+class DataError(ValueError):
+    """The data cannot be used; ``problems`` lists every reason, each naming a file."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the data:\n{lines}")
+
+
 class MultiPageError(ImageReadError):
     """A multi-page TIFF (a stack) where one image is expected."""
 
@@ -250,6 +259,9 @@ class MaskCodec:
     colors: tuple[tuple[int, int, int], ...] | None = None
     ignore_value: int | None = None
     ignore_color: tuple[int, int, int] | None = None
+    #: rgb: pixels of an unknown colour on the edges between colours are ignored, not
+    #: refused (``DataConfig.ignore_edges``).
+    ignore_edges: bool = False
 
     @classmethod
     def from_data_config(cls, data: DataConfig, num_classes: int,
@@ -266,7 +278,8 @@ class MaskCodec:
             palette=tuple(tuple(c) for c in palette) if palette else None,
             colors=tuple(tuple(c) for c in data.class_colors) if data.class_colors else None,
             ignore_value=data.ignore_value,
-            ignore_color=tuple(data.ignore_color) if data.ignore_color else None)
+            ignore_color=tuple(data.ignore_color) if data.ignore_color else None,
+            ignore_edges=data.ignore_edges)
 
     @property
     def num_labels(self) -> int:
@@ -308,8 +321,8 @@ class MaskCodec:
     def _decode_rgb(self, raw: np.ndarray, path) -> np.ndarray:
         if raw.ndim != 3 or raw.shape[2] < 3:
             raise ImageReadError(f"{path}: rgb mask expected, got a single-channel image")
-        rgb = raw[..., :3].astype(np.int64)
-        key = (rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2]
+        rgb = raw[..., :3]
+        key = pack_colors(rgb)
         labels = np.full(key.shape, IGNORE_LABEL, dtype=np.uint16)
         known = np.zeros(key.shape, dtype=bool)
         table = [(i, c) for i, c in enumerate(self.colors or ())]
@@ -319,10 +332,15 @@ class MaskCodec:
             hit = key == ((r << 32) | (g << 16) | b)
             labels[hit] = label
             known |= hit
-        if not known.all():
-            unknown = np.unique(rgb[~known].reshape(-1, 3), axis=0)[:5].tolist()
+        unknown = ~known
+        if self.ignore_edges and unknown.any():  # antialiased edges: left out, not refused
+            unknown &= ~on_edges(key)
+        if unknown.any():
+            colours = np.unique(rgb[unknown].reshape(-1, 3), axis=0)[:5].tolist()
+            where = " (not only on the edges between classes)" if self.ignore_edges else ""
             raise ImageReadError(
-                f"{path}: colour(s) {unknown} are not in class_colors {list(self.colors or [])}")
+                f"{path}: colour(s) {colours} are not in class_colors "
+                f"{list(self.colors or [])}{where}")
         return labels
 
     def encode(self, labels: np.ndarray) -> np.ndarray:
@@ -340,6 +358,24 @@ class MaskCodec:
             return colors[labels]
         dtype = np.uint8 if self.num_classes <= 256 else np.uint16
         return labels if labels.dtype == dtype else labels.astype(dtype)
+
+
+def pack_colors(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` colours -> ``(H, W)`` int64 keys, one per colour (R, G, B order kept)."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 32) | (rgb[..., 1] << 16) | rgb[..., 2]
+
+
+def on_edges(key: np.ndarray) -> np.ndarray:
+    """Pixels of a packed colour image whose 4-neighbourhood holds another colour."""
+    edge = np.zeros(key.shape, bool)
+    horizontal = key[:, 1:] != key[:, :-1]
+    vertical = key[1:, :] != key[:-1, :]
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    return edge
 
 
 def _single_channel(raw: np.ndarray, path, encoding: str) -> np.ndarray:

@@ -88,8 +88,9 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
     codec = dataclasses.replace(codec, values=tuple(resolved.mask_values or codec.values))
     report.codec = codec
     fingerprint = fingerprint_from_report(report, class_names(resolved, codec),
-                                          verified.threshold_reason)
-    config = plan_run(dataclasses.replace(config, data=resolved), fingerprint)
+                                          verified.threshold_reason, verified.classes)
+    model = dataclasses.replace(config.model, num_classes=verified.num_classes)
+    config = plan_run(dataclasses.replace(config, model=model, data=resolved), fingerprint)
     normalization = config.data.normalization or BITDEPTH
     channels = config.model.input_channels
     sources = [PairSource.from_report(part, report, channels, normalization,

@@ -7,7 +7,6 @@ time from deep inside tf.data.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import zlib
 from collections import defaultdict
@@ -19,11 +18,13 @@ import cv2
 import numpy as np
 
 from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig, ModelConfig
+from unet_cbam.data.classes import MaskClasses, resolve_binary_threshold, resolve_classes
 from unet_cbam.data.demo import ensure_demo
-from unet_cbam.data.io import (
+from unet_cbam.data.io import (  # noqa: F401 (DataError: read from here by the package)
     IGNORE_LABEL,
     IMAGE_EXTENSIONS,
     LOSSY_EXTENSIONS,
+    DataError,
     ImageReadError,
     MaskCodec,
     convert_channels,
@@ -36,15 +37,6 @@ from unet_cbam.data.io import (
 from unet_cbam.progress import progress as progress_of
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The data cannot be used; ``problems`` lists every reason, each naming a file."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the data:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -165,80 +157,6 @@ def _by_stem(folder: Path, problems: list[str]) -> dict[str, Path]:
             problems.append(f"{paths[0]}: several files share the stem {stem!r}: "
                             f"{', '.join(p.name for p in paths)}")
     return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
-
-
-#: Masks read to choose the binary threshold (evenly spread over the data set).
-THRESHOLD_SAMPLE = 32
-
-
-def choose_binary_threshold(samples: list[Sample], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                            limit: int = THRESHOLD_SAMPLE) -> tuple[int, str]:
-    """``binary_threshold: auto``: the threshold and its reason, from the masks' histogram."""
-    picked = samples if len(samples) <= limit else \
-        [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
-    counts: dict[int, int] = defaultdict(int)
-    top = 255
-    for sample in picked:
-        try:
-            raw, _ = read_mask_raw(sample.mask_path, max_pixels)
-        except (ImageReadError, OSError):
-            continue  # verification reports it
-        if raw.dtype.kind == "f":
-            continue
-        flat = raw if raw.ndim == 2 else raw[..., :3].max(axis=-1)
-        values, numbers = np.unique(flat, return_counts=True)
-        for value, number in zip(values.tolist(), numbers.tolist(), strict=True):
-            counts[int(value)] += int(number)
-        top = max(top, int(np.iinfo(raw.dtype).max))
-    lossy = any(s.mask_path.suffix.lower() in LOSSY_EXTENSIONS for s in picked)
-    values = np.array(sorted(counts), dtype=np.int64)
-    return binary_threshold_from_histogram(
-        values, np.array([counts[v] for v in values.tolist()], dtype=np.int64), lossy, top)
-
-
-def binary_threshold_from_histogram(values: np.ndarray, counts: np.ndarray, lossy: bool,
-                                    top: int = 255) -> tuple[int, str]:
-    """The rule behind ``binary_threshold: auto``.
-
-    Clean masks (two values such as 0/1 or 0/255, or many values that are
-    instance labels): foreground is any value above the background (the
-    smallest value). JPEG masks, or masks whose values gather around two
-    modes far apart with a little noise between (resampled or compressed
-    0/255 masks): the middle between the two modes.
-    """
-    if len(values) == 0:
-        return 0, "no readable mask values: foreground is any value above 0"
-    low = int(values[0])
-    if len(values) <= 2:
-        shown = "/".join(str(int(v)) for v in values)
-        return low, f"clean masks (values {shown}): foreground is any value above {low}"
-    middle = (int(values[0]) + int(values[-1])) / 2
-    below = values <= middle
-    low_mode = int(values[below][np.argmax(counts[below])])
-    high_mode = int(values[~below][np.argmax(counts[~below])])
-    band = (int(values[-1]) - int(values[0])) / 8
-    near = (np.abs(values - low_mode) <= band) | (np.abs(values - high_mode) <= band)
-    near_fraction = float(counts[near].sum() / counts.sum())
-    two_modes = near_fraction >= 0.99 and high_mode - low_mode >= top / 2
-    if lossy or two_modes:
-        threshold = (low_mode + high_mode) // 2
-        why = "JPEG masks" if lossy else f"{len(values)} mask values"
-        return threshold, (f"{why} gather around two modes, {low_mode} and {high_mode} "
-                           f"({near_fraction:.1%} of the pixels within {band:.0f} of one); "
-                           f"foreground is any value above the middle, {threshold}")
-    return low, (f"{len(values)} distinct mask values that do not form two noisy modes "
-                 f"(instance labels or ids): foreground is any value above {low}")
-
-
-def resolve_binary_threshold(samples: list[Sample], data: DataConfig, num_classes: int
-                             ) -> tuple[DataConfig, str | None]:
-    """``data`` with ``binary_threshold: auto`` replaced by its value, and the reason."""
-    if data.binary_threshold != "auto":
-        return data, None
-    if num_classes != 1 or data.mask_encoding not in ("auto", "binary"):
-        return dataclasses.replace(data, binary_threshold=0), None
-    threshold, reason = choose_binary_threshold(samples, data.max_pixels)
-    return dataclasses.replace(data, binary_threshold=threshold), reason
 
 
 def detect_codec(samples: list[Sample], data: DataConfig, num_classes: int) -> MaskCodec:
@@ -466,20 +384,24 @@ class VerifiedPairs:
 
     images_dir: Path
     masks_dir: Path
-    data: DataConfig            # with the binary threshold resolved
+    data: DataConfig            # with the mask encoding, classes and threshold resolved
     samples: list[Sample]       # the data folder's pairs
     val_samples: list[Sample]   # val_data's pairs
     codec: MaskCodec
     report: DatasetReport       # problems: pairing's first, then each pair's
     threshold_reason: str | None
+    num_classes: int            # the model's (1: binary)
+    classes: MaskClasses | None = None  # what the masks were found to encode, and why
 
 
 def verify_data(data: DataConfig, model: ModelConfig, progress: bool = True,
                 cache: bool = True) -> VerifiedPairs:
-    """Pair the data folder (and ``val_data``), resolve the binary threshold, detect the
-    mask encoding and verify every pair, collecting every problem in the report; raise
-    ``DataError`` only where nothing can be verified (no pairs, or masks whose encoding
-    cannot be told). ``cache``: keep decoded pixels in memory (up to ``cache_gb``)."""
+    """Pair the data folder (and ``val_data``), decide what the masks encode and how many
+    classes they hold (``classes.resolve_classes``: ``mask_encoding`` and ``num_classes``
+    auto), resolve the binary threshold and verify every pair, collecting every problem in
+    the report; raise ``DataError`` only where nothing can be verified (no pairs, or masks
+    whose classes cannot be told). ``cache``: keep decoded pixels in memory (up to
+    ``cache_gb``)."""
     images_dir, masks_dir = data_folders(data)
     samples, problems = find_pairs(images_dir, masks_dir)
     val_samples: list[Sample] = []
@@ -489,10 +411,12 @@ def verify_data(data: DataConfig, model: ModelConfig, progress: bool = True,
         problems += val_problems
     if not samples + val_samples:
         raise DataError(problems)
-    data, threshold_reason = resolve_binary_threshold(samples + val_samples, data,
-                                                      model.num_classes)
     try:
-        codec = detect_codec(samples + val_samples, data, model.num_classes)
+        data, num_classes, classes = resolve_classes(samples + val_samples, data,
+                                                     model.num_classes)
+        data, threshold_reason = resolve_binary_threshold(samples + val_samples, data,
+                                                          num_classes)
+        codec = detect_codec(samples + val_samples, data, num_classes)
     except DataError as error:
         raise DataError(problems + error.problems) from None
     report = verify_pairs(samples + val_samples, codec, model.input_channels,
@@ -500,4 +424,4 @@ def verify_data(data: DataConfig, model: ModelConfig, progress: bool = True,
                           max_pixels=data.max_pixels, explain_values=threshold_reason is None)
     report.problems = problems + report.problems  # every problem at once, pairing first
     return VerifiedPairs(images_dir, masks_dir, data, samples, val_samples, codec, report,
-                         threshold_reason)
+                         threshold_reason, num_classes, classes)

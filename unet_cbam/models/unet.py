@@ -55,8 +55,8 @@ def build_unet(config: ModelConfig) -> keras.Model:
         if config.attention_position == "decoder" and level in attended:
             x = attention_block(x, config, "decoder", level)
 
-    binary = config.num_classes == 1
-    x = keras.layers.Conv2D(config.num_classes, 1, name="head_conv")(x)
+    binary = config.classes == 1
+    x = keras.layers.Conv2D(config.classes, 1, name="head_conv")(x)
     probabilities = keras.layers.Activation(
         "sigmoid" if binary else "softmax", dtype="float32", name="head")(x)
     name = f"unet_{config.encoder}_{config.attention}"
