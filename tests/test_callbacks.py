@@ -5,6 +5,8 @@ import numpy as np
 
 
 def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
+    """Inside an epoch, training stops once the wall time passes 102 % of the budget,
+    validation and the data pipeline included."""
     from unet_cbam.callbacks import TimeBudget
 
     class Model:
@@ -12,22 +14,29 @@ def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
     now = [0.0]
     guard = TimeBudget(100.0, clock=lambda: now[0])
     guard.set_model(Model())
-    for _ in range(11):  # 11 batches of 10 s: 110 s, within 15 % of 100 s
+    guard.on_train_begin()
+    guard.on_epoch_begin(0)
+    for _ in range(6):  # 6 batches of 10 s and 5 s between them: 90 s
         guard.on_train_batch_begin(0)
         now[0] += 10.0
         guard.on_train_batch_end(0)
-        now[0] += 5.0  # validation and the data pipeline between batches: not counted
+        now[0] += 5.0
     assert not guard.model.stop_training
     guard.on_train_batch_begin(0)
     now[0] += 10.0
-    guard.on_train_batch_end(0)  # 120 s > 115 s
+    guard.on_train_batch_end(0)  # 100 s: within 102 %
+    assert not guard.model.stop_training
+    now[0] += 1.0
+    guard.on_train_batch_begin(0)
+    now[0] += 10.0
+    guard.on_train_batch_end(0)  # 111 s > 102 s
     assert guard.model.stop_training
 
 
 def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
-           trace=0.0):
-    """Fit's loop around a TimeBudget on a fake clock: (epochs run, seconds spent,
-    the re-plans reported, the values agreed on)."""
+           trace=0.0, validation=5.0):
+    """Fit's loop around a TimeBudget on a fake clock, ``validation`` seconds after each
+    epoch's steps: (epochs run, wall seconds, the re-plans reported, the values agreed)."""
     from unet_cbam.callbacks import TimeBudget
 
     class Model:
@@ -37,39 +46,44 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
                        agree=lambda value: agreed.append(value) or value,
                        replanned=lambda *args: replans.append(args), clock=lambda: now[0])
     pacer.set_model(Model())
+    pacer.on_train_begin()
     run = 0
     for epoch in range(max_epochs):
+        pacer.on_epoch_begin(epoch)
         for step in range(steps):
             pacer.on_train_batch_begin(step)
             now[0] += seconds_a_step + (trace if epoch == step == 0 else 0.0)
             pacer.on_train_batch_end(step)
             if pacer.model.stop_training:
                 break
-        now[0] += 30.0  # validation: not counted
+        now[0] += validation  # counted: the budget is the whole command's
         pacer.on_epoch_end(epoch)
         run += 1
         if pacer.model.stop_training:
             break
-    return run, pacer.spent, replans, agreed
+    return run, now[0], replans, agreed
 
 
-def test_time_budget_pacer_refits_the_epochs_to_the_real_pace():
-    # Planned 5 epochs of 10 steps (2 s a step); the steps take 1 s: 10 epochs fill 100 s.
-    run, spent, replans, agreed = _paced(1.0)
-    assert (run, spent) == (10, 100.0)
-    assert replans == [(10, 1.0, 1)]  # extended once, after the first epoch, to the cap
-    assert agreed[0] == 10.0  # every worker takes the chief's value
-    # 3 s a step: after epoch 1, 70 s left are 2.33 epochs -> 3 epochs, 90 s of 100.
-    run, spent, replans, _ = _paced(3.0)
-    assert (run, spent) == (3, 90.0) and replans == [(3, 3.0, 1)]
+def test_time_budget_pacer_refits_the_epochs_to_the_real_pace_validation_included():
+    # Planned 5 epochs of 10 steps; the steps take 1 s and validation 5 s: 15 s an epoch,
+    # so after epoch 1 the 85 s left hold 5 more (never one that would end past 100 s).
+    run, wall, replans, agreed = _paced(1.0)
+    assert (run, wall) == (6, 90.0)
+    assert replans == [(6, 1.0, 1)]
+    assert agreed[0] == 6.0  # every worker takes the chief's value
+    # 3 s a step: 35 s an epoch; after epoch 1, 65 s hold one more: 70 s.
+    run, wall, replans, _ = _paced(3.0)
+    assert (run, wall) == (2, 70.0) and replans == [(2, 3.0, 1)]
     # The first step also traces the training function (20 s): spent, but not the pace.
-    run, spent, replans, _ = _paced(1.0, trace=20.0)
-    assert (run, spent) == (8, 100.0) and replans == [(8, 1.0, 1)]
-    # On plan (2 s a step): no re-plan, 5 epochs, exactly the budget.
-    assert _paced(2.0)[:3] == (5, 100.0, [])
-    # Far slower than planned (25 s a step): the overrun guard stops within the first epoch.
-    run, spent, replans, _ = _paced(25.0)
-    assert (run, spent) == (1, 125.0) and replans == [(1, 25.0, 1)]
+    run, wall, replans, _ = _paced(1.0, trace=20.0)
+    assert (run, wall) == (5, 95.0) and replans == []  # 5 fit, as planned
+    # 2 s a step: 25 s an epoch, 4 epochs fill the budget exactly.
+    assert _paced(2.0)[:3] == (4, 100.0, [(4, 2.0, 1)])
+    # Without validation on plan: no re-plan, 5 epochs, exactly the budget.
+    assert _paced(2.0, validation=0.0)[:3] == (5, 100.0, [])
+    # Far slower than planned (25 s a step): the guard stops within the first epoch.
+    run, wall, replans, _ = _paced(25.0)
+    assert run == 1 and wall == 130.0 and replans == [(1, 25.0, 1)]
 
 
 def test_time_budget_pacer_moves_the_schedule_horizon():
@@ -79,10 +93,10 @@ def test_time_budget_pacer_moves_the_schedule_horizon():
 
     schedule = MovableCosineDecay(1e-3, 50 - 10, warmup_steps=10)
     _paced(1.0, schedule=schedule)
-    assert float(schedule.decay_steps.numpy()) == 10 * 10 - 10
-    reference = keras.optimizers.schedules.CosineDecay(1e-5, 90, alpha=0.01,
+    assert float(schedule.decay_steps.numpy()) == 6 * 10 - 10
+    reference = keras.optimizers.schedules.CosineDecay(1e-5, 50, alpha=0.01,
                                                        warmup_target=1e-3, warmup_steps=10)
-    steps = np.array([0, 3, 10, 40, 99, 100, 140], np.int64)
+    steps = np.array([0, 3, 10, 40, 59, 60, 140], np.int64)
     np.testing.assert_allclose([float(schedule(s)) for s in steps],
                                [float(reference(s)) for s in steps], rtol=1e-5)
 

@@ -329,9 +329,34 @@ def test_time_budget_plans_epochs_and_steps_from_the_measured_step_time():
     traced = plan_time_budget(config, step_seconds=1.5, pass_steps=100, spent_seconds=30,
                               trace_seconds=45)
     assert (traced.train.epochs, traced.train.steps_per_epoch) == (7, 107)
-    assert "after 30 s of measuring and 45 s to trace" in traced.plan["epochs"]["reason"]
+    assert "after 30 s of preparing and measuring and 45 s to trace" in \
+        traced.plan["epochs"]["reason"]
     tiny = plan_time_budget(RunConfig(train=TrainConfig(time_budget="2s")), 5.0, 100)
     assert (tiny.train.epochs, tiny.train.steps_per_epoch) == (1, 1)
+
+
+def test_the_time_budget_plans_validation_and_the_final_steps_into_it():
+    """The budget is the whole command's: the plan keeps the final scoring and tuning's
+    share out of the epochs and counts each epoch's validation, scoring only the first
+    validation batches where a whole pass would cost over a fifth of an epoch."""
+    from unet_cbam.plan import plan_time_budget
+
+    config = RunConfig(train=TrainConfig(time_budget="20m"))
+    planned = plan_time_budget(config, step_seconds=1.5, pass_steps=100, spent_seconds=30,
+                               validation_seconds=40, validation_batches=20, final_seconds=60)
+    # (1200 - 30 - 60) / 1.5 = 740 steps -> 7 x 105; a 157.5 s epoch affords 31.5 s of
+    # validation: 15 of the 20 batches (30 s); 1110 s / 187.5 s -> 5 epochs.
+    assert (planned.train.epochs, planned.train.steps_per_epoch) == (5, 105)
+    assert planned.train.validation_steps == planned.plan["validation_steps"]["value"] == 15
+    assert planned.plan["final_seconds"]["value"] == 60
+    reason = planned.plan["epochs"]["reason"]
+    assert "1.5 s a step (measured after warm-up) and 30 s of validation an epoch" in reason
+    assert "with 60 s kept for the final scoring, tuning and save: 5 x 105" in reason
+    cheap = plan_time_budget(config, step_seconds=1.5, pass_steps=100, spent_seconds=30,
+                             validation_seconds=10, validation_batches=20, final_seconds=60)
+    assert cheap.train.validation_steps is None  # all of them: 10 s is under 31.5 s
+    assert "all of them after each epoch" in cheap.plan["validation_steps"]["reason"]
+    assert cheap.train.epochs == 1110 // (157.5 + 10)
 
 
 @pytest.mark.parametrize("value", ["soon", "20 minutes", "0s", "1x"])
@@ -361,3 +386,9 @@ def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     assert saved.train.epochs * saved.train.steps_per_epoch >= 1
     # The pacer's re-plan (if any) is saved: the epochs trained are the config's.
     assert len(result.history["loss"]) == saved.train.epochs
+    # Validation and the final steps are planned into the budget, and the wall time kept.
+    assert "s of validation an epoch" in saved.plan["epochs"]["reason"]
+    assert "validation_steps" in saved.plan and saved.plan["final_seconds"]["value"] > 0
+    wall = RunFolder(tmp_path / "run").read_metrics()["wall_seconds"]
+    assert wall["budget"] == 8.0 and wall["final_planned"] == saved.plan["final_seconds"]["value"]
+    assert wall["total"] >= wall["training_and_validation"] + wall["final_scores_tuning_and_saves"]

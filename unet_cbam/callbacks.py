@@ -154,21 +154,24 @@ def measure_step_seconds(step: Callable[[], object], warmup: int = 2, timed: int
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Fits training into ``seconds``: the pacer of ``--time-budget``.
+    """Fits training and its validation into ``seconds`` of wall time: the pacer of
+    ``--time-budget``.
 
     The plan turns the budget into epochs from a few steps of a throwaway
-    model, which on a busy 2-core machine reads 20-30 % off either way (too
-    slow leaves budget unused, too fast overruns it). After each epoch this
-    re-plans the epochs still to run from the pace of the run's own training
-    steps (all but the first, which traces the training function), so the run
-    ends within about half an epoch of the budget, and it moves the horizon of
-    a ``MovableCosineDecay`` with them, so the learning rate still anneals
-    over the whole run. Within an epoch it stops an overrun of ``OVERRUN`` x
-    ``seconds`` (a machine that slows down). Validation time is not counted:
-    the budget is for training.
+    model and one validation pass, which on a busy 2-core machine read 20-30 %
+    off either way. After each epoch this re-plans the epochs still to run
+    from the run's own pace: its training steps (all but the first, which
+    traces the training function) and what the last epoch took besides them
+    (validation, checkpoints, figures; after the first epoch, whose validation
+    also traces the test function, the planned ``validation_seconds``). An
+    epoch is planned where it ends before ``seconds`` are up, or at most
+    ``LAST_EPOCH_OVERRUN`` x ``seconds`` after, and the horizon of a
+    ``MovableCosineDecay`` moves with the epochs, so the learning rate still
+    anneals over the whole run. Within an epoch, training stops at
+    ``OVERRUN`` x ``seconds`` (a machine that slows down).
 
     Args:
-        seconds: the training budget still to spend.
+        seconds: the wall time left for training and validation, from ``fit``'s start.
         steps_per_epoch: the plan's steps an epoch.
         epochs: the plan's epochs (the run's total, counting those before
             ``initial_epoch`` of a resumed run).
@@ -176,50 +179,80 @@ class TimeBudget(keras.callbacks.Callback):
         schedule: the schedule whose horizon follows the epochs, if any.
         agree: ``value -> the chief's value`` (every worker plans the same epochs).
         replanned: called with ``(epochs, seconds_a_step, after_epochs)`` on a change.
+        validation_seconds: the plan's validation time an epoch (used after the first).
     """
 
-    OVERRUN = 1.15
+    OVERRUN = 1.02
+    #: A last epoch that would end this share of ``seconds`` late is still planned (the
+    #: rest of the command was reserved apart): rounding to the nearest epoch, not down.
+    LAST_EPOCH_OVERRUN = 0.02
 
     def __init__(self, seconds: float, steps_per_epoch: int = 1, epochs: int = 1,
                  max_epochs: int | None = None, schedule: MovableCosineDecay | None = None,
                  agree: Callable[[float], float] = lambda value: value,
                  replanned: Callable[[int, float, int], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter,
+                 validation_seconds: float | None = None):
         super().__init__()
         self.seconds, self.steps_per_epoch, self.epochs = seconds, steps_per_epoch, epochs
+        self.validation_seconds = validation_seconds
         self.max_epochs = max_epochs if max_epochs is not None else epochs
         self.schedule, self.agree, self.replanned, self.clock = schedule, agree, replanned, clock
-        self.spent, self.steps, self.started, self.first = 0.0, 0, None, 0.0
+        self.stepping, self.steps, self.first = 0.0, 0, 0.0
+        self.begun = self.epoch_begun = self.step_begun = None
+        self.epoch_stepping, self.epochs_seen = 0.0, 0
+
+    def on_train_begin(self, logs=None):
+        self.begun = self.clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_begun, self.epoch_stepping = self.clock(), 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.started = self.clock()
+        self.step_begun = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
-        seconds = self.clock() - self.started
-        self.spent += seconds
+        now = self.clock()
+        seconds = now - self.step_begun
+        self.stepping += seconds
+        self.epoch_stepping += seconds
         self.steps += 1
         if self.steps == 1:
             self.first = seconds  # it traces the training function: not the pace
-        if self.spent > self.OVERRUN * self.seconds and not self.model.stop_training:
-            logger.warning("time budget: training took %.0f s of %.0f s planned; stopping",
-                           self.spent, self.seconds)
+        if now - self.begun > self.OVERRUN * self.seconds and not self.model.stop_training:
+            logger.warning("time budget: %.0f s of %.0f s spent inside an epoch; stopping",
+                           now - self.begun, self.seconds)
             self.model.stop_training = True
 
+    @property
+    def pace(self) -> float:
+        """Seconds a training step, the first (tracing) one left out."""
+        if self.steps > 1:
+            return (self.stepping - self.first) / (self.steps - 1)
+        return self.stepping
+
     def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
-        pace = (self.spent - self.first) / (self.steps - 1) if self.steps > 1 else self.spent
-        more = round(max(0.0, self.seconds - self.spent) / (pace * self.steps_per_epoch))
+        done, now = epoch + 1, self.clock()
+        besides = max(0.0, now - self.epoch_begun - self.epoch_stepping)  # validation ...
+        if self.validation_seconds is not None and self.epochs_seen == 0:
+            besides = min(besides, self.validation_seconds)  # not the test function's tracing
+        self.epochs_seen += 1
+        left = self.seconds - (now - self.begun)
+        cost = self.pace * self.steps_per_epoch + besides
+        more = int(max(0.0, left) // cost)
+        if left - more * cost > cost - self.LAST_EPOCH_OVERRUN * self.seconds:
+            more += 1  # ends at most LAST_EPOCH_OVERRUN late
         epochs = int(self.agree(float(min(self.max_epochs, done + more))))
         if epochs != self.epochs:
-            logger.info("time budget: %.3g s a step so far, %.0f s of %.0f s spent after "
-                        "epoch %d: %d epochs instead of %d", pace, self.spent, self.seconds,
-                        done, epochs, self.epochs)
+            logger.info("time budget: %.3g s a step and %.3g s of validation so far, %.0f s of "
+                        "%.0f s spent after epoch %d: %d epochs instead of %d", self.pace,
+                        besides, now - self.begun, self.seconds, done, epochs, self.epochs)
             self.epochs = epochs
             if self.schedule is not None:
                 self.schedule.decay_steps.assign(float(max(
                     1, epochs * self.steps_per_epoch - self.schedule.warmup_steps)))
             if self.replanned is not None:
-                self.replanned(epochs, pace, done)
+                self.replanned(epochs, self.pace, done)
         if done >= self.epochs:
             self.model.stop_training = True
 

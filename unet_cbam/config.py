@@ -369,15 +369,23 @@ class TrainConfig:
     seed: int = option(42, "seed for the split, the patches, augmentation and weights")
     time_budget: float | str | None = option(
         None,
-        "training time, e.g. 20m, 1h30m, 90s (seconds once loaded): the step time is measured "
-        "after warm-up and the epochs and steps (given steps_per_epoch: the epochs) are "
-        "planned to fill it, then re-planned after each epoch from the real pace; validation "
-        "comes on top. none: epochs and steps_per_epoch as given")
+        "the whole command's time, e.g. 20m, 1h30m, 90s (seconds once loaded): planning, "
+        "training, every validation pass, the final scoring, tuning and save. The step time "
+        "and a validation pass are measured, the epochs and steps (given steps_per_epoch: the "
+        "epochs) are planned to fill what is left after the final steps' share, then "
+        "re-planned after each epoch from the run's own pace. none: epochs and "
+        "steps_per_epoch as given")
+    validation_steps: int | None = option(
+        None,
+        "validation batches scored after each epoch (the first ones, the same each epoch; the "
+        "final scores and tuning use all); none: all, or with time_budget planned so that "
+        "validation takes at most a fifth of an epoch's time")
     folds: int | None = option(
         None,
         "k-fold cross-validation: train k models (fold_0 ... fold_k-1 in the run folder), each "
         "validating on its own disjoint 1/k of the pairs; predict.py averages them. With "
-        "time_budget, each fold gets 1/k of it. none: one model")
+        "time_budget, the budget covers all k folds and the ensemble's tuning. none: one "
+        "model")
     fold: int | None = option(
         None, "with folds: train only this fold (0 ... folds-1), e.g. one per machine")
     tune_on: str | None = option(
@@ -404,6 +412,8 @@ class TrainConfig:
                  self.batch_size, "must be >= 1")
         _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
                  self.steps_per_epoch, "must be >= 1")
+        _require(self.validation_steps is None or self.validation_steps >= 1,
+                 "validation_steps", self.validation_steps, "must be >= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         _require(self.early_stopping_patience >= 0, "early_stopping_patience",

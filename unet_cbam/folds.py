@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,19 @@ logger = logging.getLogger(__name__)
 
 
 def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = False,
-                progress: bool = True, **kwargs) -> list[TrainResult]:
+                progress: bool = True, started: float | None = None,
+                **kwargs) -> list[TrainResult]:
     """k-fold cross-validation: fold k trains into ``run_dir/fold_k`` (an ordinary run).
 
-    All folds one after the other, or only ``config.train.fold``. With a
-    time budget and all folds, each fold gets its share. ``cv_metrics.json``
-    is written once every fold has its metrics (also when the last of
-    several machines, each training one fold, finishes). ``kwargs`` go to
-    ``train``.
+    All folds one after the other, or only ``config.train.fold``. With a time budget and
+    all folds, the budget covers them all, counted from ``started`` (the command's start,
+    default now), and the ensemble's tuning: each fold gets an equal share of what is left
+    when it starts, less the ensemble tuning's share (estimated from the first fold's own
+    tuning); a fold resumed keeps the share it was planned with. ``cv_metrics.json`` is
+    written once every fold has its metrics (also when the last of several machines, each
+    training one fold, finishes). ``kwargs`` go to ``train``.
     """
+    started = time.perf_counter() if started is None else started
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     train_cfg = config.train
     if train_cfg.folds is None:
@@ -45,21 +50,34 @@ def train_folds(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool
             raise FileExistsError(f"{run.path}: holds other files ({', '.join(others[:3])}); "
                                   "choose another --output for cross-validation")
     indices = [train_cfg.fold] if train_cfg.fold is not None else list(range(train_cfg.folds))
-    if train_cfg.time_budget is not None and train_cfg.fold is None:
-        train_cfg = dataclasses.replace(train_cfg,
-                                        time_budget=train_cfg.time_budget / train_cfg.folds)
+    shared_budget = train_cfg.time_budget is not None and train_cfg.fold is None
     results, timings = [], {}  # the step time: measured by the first fold, for all
-    for index in indices:
-        logger.info("fold %d of %d -> %s", index, train_cfg.folds, run.fold(index).path)
-        fold_config = dataclasses.replace(config, train=dataclasses.replace(train_cfg,
-                                                                            fold=index))
-        results.append(training.train(fold_config, run.fold(index), resume=resume,
-                                      progress=progress, step_timings=timings, **kwargs))
+    ensemble_tuning = 0.0
+    for position, index in enumerate(indices):
+        fold = run.fold(index)
+        logger.info("fold %d of %d -> %s", index, train_cfg.folds, fold.path)
+        fold_train = dataclasses.replace(train_cfg, fold=index)
+        now = time.perf_counter()
+        if shared_budget:
+            if resume and fold.exists() and fold.config.train.time_budget is not None:
+                share = fold.config.train.time_budget  # its plan: kept
+            else:
+                left = train_cfg.time_budget - (now - started) - ensemble_tuning
+                share = max(1.0, left / (len(indices) - position))
+            fold_train = dataclasses.replace(fold_train, time_budget=share)
+        fold_config = dataclasses.replace(config, train=fold_train)
+        results.append(training.train(fold_config, fold, resume=resume, progress=progress,
+                                      step_timings=timings, started=now, **kwargs))
+        if position == 0 and results[0].metrics:  # the ensemble's tuning reads as many
+            ensemble_tuning = results[0].metrics.get("wall_seconds", {}).get(  # images
+                "final_scores_tuning_and_saves", 0.0)
     if not all(result.chief for result in results):  # another worker of a multi-worker run
         return results
     summary = write_cv_metrics(run, train_cfg.folds)
     if summary is not None:
         summary["inference"] = tune_folds(run, train_cfg.folds).to_config()
+        summary["wall_seconds"] = {"total": round(time.perf_counter() - started, 1),
+                                   "budget": train_cfg.time_budget}
         run.write_cv_metrics(summary)
     return results
 

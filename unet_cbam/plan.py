@@ -286,47 +286,87 @@ MIN_BUDGET_EPOCHS = 5
 MAX_BUDGET_EPOCHS = 50
 
 
+#: With a time budget, validation after each epoch takes at most this share of an epoch's
+#: training time; a dearer pass scores the first validation batches only (the same ones
+#: every epoch; the final scores and the tuning use all of them).
+VALIDATION_SHARE = 0.2
+
+
 def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
                      spent_seconds: float = 0.0, trace_seconds: float = 0.0,
-                     measured_in: str | None = None) -> RunConfig:
-    """Epochs and steps per epoch that fill ``config.train.time_budget``.
+                     measured_in: str | None = None, validation_seconds: float = 0.0,
+                     validation_batches: int = 1, final_seconds: float = 0.0) -> RunConfig:
+    """Epochs and steps per epoch that fill ``config.train.time_budget``, the whole command's.
 
     ``step_seconds``: one training step, measured after warm-up;
     ``pass_steps``: steps of about one pass over the training pixels;
-    ``spent_seconds``: budget already used (the measurement);
+    ``spent_seconds``: budget already used (preparing the data, measuring);
     ``trace_seconds``: what the real model's first step will add to tracing
     its training function (the measured model's first step, less a step);
     ``measured_in``: the run that measured ``step_seconds``, when not this one
-    (a cross-validation's first fold).
+    (a cross-validation's first fold);
+    ``validation_seconds``: one validation pass over all ``validation_batches``;
+    ``final_seconds``: what the end of the run will take (final scoring, tuning, save),
+    kept out of the epochs.
     (``TimeBudget`` re-plans the epochs from the real pace while training.) Given
     ``steps_per_epoch``, only the epochs are planned; otherwise as many
     epochs as passes fit, between ``MIN_BUDGET_EPOCHS`` and
-    ``MAX_BUDGET_EPOCHS``. The learning-rate schedule spans the result.
+    ``MAX_BUDGET_EPOCHS``. Validation costs at most ``VALIDATION_SHARE`` of an epoch
+    (``validation_steps``). The learning-rate schedule spans the result.
     """
     train = config.train
     budget = train.time_budget
-    remaining = max(0.0, budget - spent_seconds - trace_seconds)
+    remaining = max(0.0, budget - spent_seconds - trace_seconds - final_seconds)
     total = max(1, int(remaining // step_seconds))
+    epochs = total
     if train.steps_per_epoch is not None:
         steps = min(train.steps_per_epoch, total)
     else:
         epochs = min(MAX_BUDGET_EPOCHS, max(MIN_BUDGET_EPOCHS, total // max(1, pass_steps)))
         steps = max(1, total // epochs)
-    epochs = max(1, total // steps)
+    spread = epochs  # the epochs the steps were spread over, before validation's share
+    epoch_seconds = steps * step_seconds
+    validation_steps = train.validation_steps
+    batches = max(1, validation_batches)
+    if validation_steps is None and validation_seconds > VALIDATION_SHARE * epoch_seconds:
+        validation_steps = max(1, int(batches * VALIDATION_SHARE * epoch_seconds
+                                      / validation_seconds))
+    scored = min(batches, validation_steps or batches)
+    validating = validation_seconds * scored / batches
+    epochs = max(1, int(remaining // (epoch_seconds + validating)))
     tracing = f" and {trace_seconds:.0f} s to trace the training function" \
         if trace_seconds >= 0.5 else ""
     where = f" in {measured_in}" if measured_in else ""
-    reason = (f"time_budget {format_duration(budget)}: {step_seconds:.3g} s a step (measured after "
-              f"warm-up{where}), {remaining:.0f} s left after {spent_seconds:.0f} s of measuring"
-              f"{tracing}: {epochs} x {steps} = {epochs * steps} steps")
+    reason = (f"time_budget {format_duration(budget)}: {step_seconds:.3g} s a step (measured "
+              f"after warm-up{where}) and {validating:.3g} s of validation an epoch; "
+              f"{remaining:.0f} s left after {spent_seconds:.0f} s of preparing and measuring"
+              f"{tracing}, with {final_seconds:.0f} s kept for the final scoring, tuning and "
+              f"save: {epochs} x {steps} = {epochs * steps} steps")
     plan = dict(config.plan or {})
     plan["epochs"] = {"value": epochs, "reason": reason}
     plan["steps_per_epoch"] = {"value": steps, "reason": (
         "as given" if train.steps_per_epoch is not None else
-        f"{total} steps over {epochs} epochs ({MIN_BUDGET_EPOCHS} to {MAX_BUDGET_EPOCHS}; "
-        f"a pass over the training pixels is {pass_steps} steps)")}
+        f"{total} steps over {spread} epochs ({MIN_BUDGET_EPOCHS} to {MAX_BUDGET_EPOCHS}; "
+        f"a pass over the training pixels is {pass_steps} steps), before validation's "
+        "share")}
+    if train.validation_steps is None:
+        plan["validation_steps"] = {"value": validation_steps, "reason": (
+            f"a validation pass over its {batches} batches takes {validation_seconds:.3g} s "
+            f"(measured), an epoch's training {epoch_seconds:.3g} s: "
+            + ("all of them after each epoch" if validation_steps is None else
+               f"the first {validation_steps} after each epoch (at most "
+               f"{VALIDATION_SHARE:.0%} of an epoch); the final scores and the tuning use "
+               "all"))}
+    plan["validation_seconds"] = {"value": round(validating, 2), "reason": (
+        "validation an epoch, as planned (the pacer's estimate after the first epoch, whose "
+        "validation also traces the test function)")}
+    plan["final_seconds"] = {"value": round(final_seconds, 1), "reason": (
+        "kept out of the epochs for what follows training: the best model's scores on every "
+        "validation batch, the threshold and post-processing chosen on whole validation "
+        "images, and the saves (estimated from the measured validation pass)")}
     return dataclasses.replace(
-        config, train=dataclasses.replace(train, epochs=epochs, steps_per_epoch=steps),
+        config, train=dataclasses.replace(train, epochs=epochs, steps_per_epoch=steps,
+                                          validation_steps=validation_steps),
         plan=plan)
 
 

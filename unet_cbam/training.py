@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from unet_cbam import distribute
@@ -35,7 +36,7 @@ from unet_cbam.callbacks import (
 )
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, format_duration
 from unet_cbam.data.augment import augmentation_pipeline
-from unet_cbam.data.dataset import training_dataset, validation_dataset
+from unet_cbam.data.dataset import training_dataset, validation_batches, validation_dataset
 from unet_cbam.data.prepare import PreparedData, prepare_data
 from unet_cbam.files import atomic_write, remove_stale_temporaries
 from unet_cbam.losses import SegmentationLoss, resolve_loss_name
@@ -49,6 +50,17 @@ from unet_cbam.run import RunFolder
 from unet_cbam.validation import final_metrics, log_inference, validation_predictions
 
 logger = logging.getLogger(__name__)
+
+#: The time budget's measurement reads this many validation batches (twice: tracing, then
+#: timed), not the whole pass.
+VALIDATION_BATCHES_MEASURED = 4
+#: Tuning predicts whole validation images with overlapping tiles (25 %) and scores many
+#: candidates: this many times the pixels' forward time at the validation pass's rate
+#: (with the final scores' one pass and SAVE_SECONDS: 30 s estimated, 30 s taken by a
+#: 3-minute CTC run on the 2-core AVX2 EPYC, 2026-12-06).
+TUNING_OVERHEAD = 2.0
+#: Loading the best model and writing the config and metrics at the end.
+SAVE_SECONDS = 3.0
 
 
 def make_strategy(train: TrainConfig) -> tf.distribute.Strategy:
@@ -163,7 +175,7 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
           progress: bool = True,
           callbacks: list[keras.callbacks.Callback] | None = None,
           build_model: Callable[[ModelConfig], keras.Model] = build_unet,
-          step_timings: dict | None = None) -> TrainResult:
+          step_timings: dict | None = None, started: float | None = None) -> TrainResult:
     """Train ``config`` into ``run_dir``; with ``resume``, continue the run there.
 
     ``config`` is the full run configuration; on resume its model and data
@@ -181,9 +193,13 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     found there is reused instead of measured again, and a new one is added
     (the folds of one cross-validation share it: ``train_folds``).
 
+    ``started``: ``time.perf_counter()`` when the command began (default: now); a time
+    budget counts from it, and ``metrics.json`` records the seconds since.
+
     The global Keras dtype policy (set for mixed precision) is restored when
     this returns or raises.
     """
+    started = time.perf_counter() if started is None else started
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     check_patch_size(config)
     augmentation_pipeline(config.data.augmentation, config.data.augmentations)  # fail early
@@ -204,7 +220,7 @@ def train(config: RunConfig, run_dir: str | Path | RunFolder, resume: bool = Fal
     try:
         return _train(config, scratch or run, resuming, split, progress,
                       list(callbacks or []), build_model, strategy, shared=run,
-                      step_timings=step_timings)
+                      step_timings=step_timings, started=started)
     finally:
         keras.config.set_dtype_policy(policy)
         if scratch is not None:
@@ -230,9 +246,12 @@ def worker_scratch(run: RunFolder) -> RunFolder:
 def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None,
            progress: bool, extra_callbacks: list[keras.callbacks.Callback],
            build_model: Callable[[ModelConfig], keras.Model], strategy: tf.distribute.Strategy,
-           shared: RunFolder, step_timings: dict | None = None) -> TrainResult:
+           shared: RunFolder, step_timings: dict | None = None,
+           started: float | None = None) -> TrainResult:
     """Train into ``run``: the run folder, or on a multi-worker run's other workers a
-    scratch folder (they resume from ``shared``, the chief's run folder)."""
+    scratch folder (they resume from ``shared``, the chief's run folder). ``started``:
+    when the command began (the time budget counts from it)."""
+    started = time.perf_counter() if started is None else started
     keras.utils.set_random_seed(config.train.seed)
     precision, why = choose_precision(requested_precision(config.train))
     set_policy(precision)
@@ -247,7 +266,6 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     check_patch_size(config)
     for name, value, reason in plan_rows(config.plan):
         logger.info("plan: %s = %s (%s)", name, value, reason)
-    started = time.perf_counter()
     session = _Session(dataclasses.replace(data, config=config), strategy, build_model)
     if config.train.time_budget is not None and not resuming:  # a resumed run keeps its plan
         session.plan_time_budget(started, step_timings, run.path.name)
@@ -281,15 +299,19 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
             config = replan_epochs(config, epochs, pace, done)
             run.write_config(config)
 
+        plan = config.plan or {}
+        final = float(plan.get("final_seconds", {}).get("value", 0.0))
         callbacks.append(TimeBudget(
-            left * train_cfg.time_budget - (time.perf_counter() - started),
+            left * train_cfg.time_budget - (time.perf_counter() - started) - final,
             steps, train_cfg.epochs, fit_epochs, schedule,
-            agree=lambda value: distribute.chief_value(strategy, value), replanned=replanned))
+            agree=lambda value: distribute.chief_value(strategy, value), replanned=replanned,
+            validation_seconds=plan.get("validation_seconds", {}).get("value")))
         logger.info("time budget: %d epochs planned, re-planned after each epoch from the pace "
                     "of training (at most %d)", train_cfg.epochs, fit_epochs)
     callbacks += extra_callbacks
 
     train_ds, val_ds = session.datasets()
+    fitting = time.perf_counter()
     if session.multiworker:
         loop = distribute.DistributedLoop(model, strategy, session.training_data,
                                           session.validation_data)
@@ -297,11 +319,13 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                  callbacks=callbacks, verbose=keras_verbosity(progress))
     else:
         model.fit(train_ds, epochs=fit_epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks,
+                  steps_per_epoch=steps, validation_data=val_ds,
+                  validation_steps=train_cfg.validation_steps, callbacks=callbacks,
                   shuffle=False, verbose=keras_verbosity(progress))
     if run is not shared:  # another worker: the chief evaluates and tunes
         return TrainResult(shared.path, run.read_history(), {}, chief=False)
 
+    finishing = time.perf_counter()
     best = run.load_model()
     metrics = final_metrics(best, run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
@@ -309,6 +333,15 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                                 data.class_names, data.fingerprint, train_cfg.tune_on)
     log_inference(tuned)
     run.write_config(dataclasses.replace(config, inference=tuned))
+    done = time.perf_counter()
+    metrics["wall_seconds"] = {  # where the command's time went (the benchmarks read it)
+        "total": round(done - started, 1),
+        "before_training": round(fitting - started, 1),
+        "training_and_validation": round(finishing - fitting, 1),
+        "final_scores_tuning_and_saves": round(done - finishing, 1),
+        "budget": train_cfg.time_budget,
+        "final_planned": (config.plan or {}).get("final_seconds", {}).get("value")}
+    run.write_metrics(metrics)
     return TrainResult(run.path, run.read_history(), metrics)
 
 
@@ -371,39 +404,70 @@ class _Session:
         return model
 
     def measure_step(self, step_timings: dict | None, run_name: str
-                     ) -> tuple[float, float, str | None]:
-        """(seconds a training step after warm-up, seconds of the first step, who measured
-        it earlier or None): the chief's, on every worker (all plan the same epochs and
-        steps); from ``step_timings`` when an earlier run of this process measured this
-        patch and batch size, else measured on a throwaway model and added there."""
+                     ) -> tuple[float, float, float, str | None]:
+        """(seconds a training step after warm-up, seconds of the first step, seconds a
+        validation batch, who measured them earlier or None): the chief's, on every worker
+        (all plan the same epochs and steps); from ``step_timings`` when an earlier run of
+        this process measured this patch and batch size, else measured on a throwaway
+        model and added there."""
         key = (self.config.data.patch_size, self.config.train.batch_size)
         if step_timings is not None and key in step_timings:
-            step_seconds, first, who = step_timings[key]
+            step_seconds, first, batch_seconds, who = step_timings[key]
             logger.info("time budget: %.3g s a step at patch %d, batch %d, as measured in %s",
                         step_seconds, *key, who)
-            return step_seconds, first, who
+            return step_seconds, first, batch_seconds, who
         throwaway = self.compiled(keras.optimizers.Adam)
         if self.multiworker:
             step = distribute.DistributedLoop(throwaway, self.strategy,
                                               self.training_data).train_step
+            batch_seconds = None  # estimated below: a forward pass is about a third of a step
         else:
-            batches = iter(self.training_data(tf.distribute.InputContext()))
+            single = tf.distribute.InputContext()
+            batches = iter(self.training_data(single))
 
             def step():
                 throwaway.train_on_batch(*next(batches))
+            count = min(VALIDATION_BATCHES_MEASURED, self.validation_batches)
+            validation = self.validation_data(single).take(count)
+            throwaway.evaluate(validation, verbose=0)  # traces the test function
+            begun = time.perf_counter()
+            throwaway.evaluate(validation, verbose=0)
+            batch_seconds = (time.perf_counter() - begun) / count
         step_seconds, first = measure_step_seconds(step)
-        timing = (distribute.chief_value(self.strategy, step_seconds),
-                  distribute.chief_value(self.strategy, first))
+        if batch_seconds is None:
+            batch_seconds = step_seconds / 3
+        timing = tuple(distribute.chief_value(self.strategy, value)
+                       for value in (step_seconds, first, batch_seconds))
         if step_timings is not None:
             step_timings[key] = (*timing, run_name)
         return (*timing, None)
+
+    @property
+    def validation_batches(self) -> int:
+        """Batches of a validation pass (this worker's share)."""
+        return validation_batches(self.data.val, self.config.data.patch_size,
+                                  self.config.train.batch_size)
+
+    def final_seconds(self, batch_seconds: float) -> float:
+        """What the run will take after training, estimated from a validation batch's
+        seconds: the best model's scores on every validation batch (run eagerly, batch
+        by batch), the tuning's whole-image predictions (``TUNING_OVERHEAD`` x the pixels of
+        the validation images it reads, at the validation pass's rate) and the saves."""
+        patch, batch = self.config.data.patch_size, self.config.train.batch_size
+        rate = batch * patch * patch / max(batch_seconds, 1e-6)  # pixels a second
+        sizes = self.data.val.native_sizes
+        tuned = sizes if len(sizes) <= postprocessing.MAX_IMAGES else [
+            sizes[i] for i in np.linspace(0, len(sizes) - 1, postprocessing.MAX_IMAGES)
+            .round().astype(int)]
+        tuning = TUNING_OVERHEAD * sum(h * w for h, w in tuned) / rate
+        return self.validation_batches * batch_seconds + tuning + SAVE_SECONDS
 
     def plan_time_budget(self, started: float, step_timings: dict | None, run_name: str
                          ) -> None:
         """The resolution (unless given), then the epochs and steps that fill the budget
         left after ``started`` (``unet_cbam.plan``), from the measured step time."""
         measured_by = set()
-        step_seconds, first, who = self.measure_step(step_timings, run_name)
+        step_seconds, first, batch_seconds, who = self.measure_step(step_timings, run_name)
         measured_by.add(who)
         config = self.config
         if config.data.scale is None:  # the resolution: from the passes the budget affords
@@ -421,17 +485,23 @@ class _Session:
                     val=self.data.val.rescaled(config.data.scale))
                 check_patch_size(config)
                 check_batch_size(config.train.batch_size, self.replicas)
-                step_seconds, first, who = self.measure_step(step_timings, run_name)
+                step_seconds, first, batch_seconds, who = self.measure_step(step_timings,
+                                                                            run_name)
                 measured_by.add(who)
             else:
                 self.data = dataclasses.replace(self.data, config=config)
+        batches = self.validation_batches
         config = plan_time_budget(self.config, step_seconds, self.steps, self._spent(started),
                                   max(0.0, first - step_seconds),
-                                  measured_in=", ".join(sorted(measured_by - {None})) or None)
+                                  measured_in=", ".join(sorted(measured_by - {None})) or None,
+                                  validation_seconds=batch_seconds * batches,
+                                  validation_batches=batches,
+                                  final_seconds=self.final_seconds(batch_seconds))
         self.data = dataclasses.replace(self.data, config=config)
-        for name in ("epochs", "steps_per_epoch"):
-            logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
-                        config.plan[name]["reason"])
+        for name in ("epochs", "steps_per_epoch", "validation_steps", "final_seconds"):
+            if name in config.plan:
+                logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
+                            config.plan[name]["reason"])
 
     def _spent(self, started: float) -> float:
         return distribute.chief_value(self.strategy, time.perf_counter() - started)

@@ -52,6 +52,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Train (or resume) one run or a cross-validation; the exit status."""
+    started = time.perf_counter()  # a time budget is the whole command's
     parser = build_parser(prog)
     arguments = parser.parse_args(argv)
     run = RunFolder(arguments.output or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -83,11 +84,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     try:
         if config.train.folds is not None:
-            results = train_folds(config, run, resume=arguments.resume,
+            results = train_folds(config, run, resume=arguments.resume, started=started,
                                   progress=not arguments.quiet)
             _print_folds(run, results)
             return 0
-        result = train(config, run, resume=arguments.resume, progress=not arguments.quiet)
+        result = train(config, run, resume=arguments.resume, progress=not arguments.quiet,
+                       started=started)
         if not result.chief:
             print(f"\nthis worker's part is done; the chief wrote the run folder {run.path}")
             return 0

@@ -217,6 +217,17 @@ def tile_origins(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     return [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
 
 
+def validation_tiles(source: PairSource, patch_size: int) -> list[tuple[int, int, int]]:
+    """(image index, top, left) of every validation patch (``validation_dataset``)."""
+    return [(index, y, x) for index, (height, width) in enumerate(source.sizes)
+            for y, x in tile_origins(height, width, patch_size)]
+
+
+def validation_batches(source: PairSource, patch_size: int, batch_size: int) -> int:
+    """Batches of one process's validation pass."""
+    return max(1, math.ceil(len(validation_tiles(source, patch_size)) / batch_size))
+
+
 def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int,
                        shard: tuple[int, int] = (0, 1), multiple: int = 1) -> tf.data.Dataset:
     """Every validation pixel exactly once: each image cut into a grid of patches.
@@ -235,8 +246,7 @@ def validation_dataset(source: PairSource, *, patch_size: int, batch_size: int,
     pixels only, which no metric counts: under tf.distribute every worker must run the same
     number of equal batches.
     """
-    tiles = [(index, y, x) for index, (height, width) in enumerate(source.sizes)
-             for y, x in tile_origins(height, width, patch_size)]
+    tiles = validation_tiles(source, patch_size)
     index, count = shard
     multiple = math.lcm(multiple, count)
     tiles += [(-1, 0, 0)] * (-len(tiles) % multiple)
