@@ -79,13 +79,6 @@ class MaskClasses:
     edge_colors: dict[tuple[int, int, int], tuple[int, list[str]]] = field(
         default_factory=dict)
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(class id, what it is): the colour table or the values, for the plan's log."""
-        if self.colors is not None:
-            return [(str(index), f"R:G:B {r}:{g}:{b}") for index, (r, g, b)
-                    in enumerate(self.colors)]
-        return []
-
 
 def _spread(samples: Sequence, limit: int) -> list:
     if len(samples) <= limit:
