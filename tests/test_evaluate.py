@@ -189,3 +189,17 @@ def test_format_summary_lists_scores_and_missing_files():
     text = format_summary(evaluation.summary())
     assert text.splitlines()[0] == "1 image(s)"
     assert "fg" in text and "no truth for 1 prediction(s): z" in text
+
+
+def test_the_summary_holds_the_pooled_confusion_matrix():
+    """Rows the true class, columns the predicted one, every image's valid pixels added."""
+    truth_a, pred_a = np.array([[0, 1, 2, 2]]), np.array([[0, 2, 2, 1]])
+    truth_b = np.array([[1, 1, IGNORE_LABEL]])
+    pred_b = np.array([[1, 0, 2]])
+    summary = evaluate_arrays([("a", truth_a, pred_a), ("b", truth_b, pred_b)],
+                              ["bg", "x", "y"]).summary()
+    matrix = summary["confusion_matrix"]
+    assert matrix["classes"] == ["bg", "x", "y"]
+    assert matrix["pixels"] == [[1, 0, 0], [1, 1, 1], [0, 1, 1]]  # the ignored pixel left out
+    import json
+    json.dumps(summary)  # a report: plain JSON

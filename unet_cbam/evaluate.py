@@ -117,6 +117,11 @@ class Evaluation:
             "missing_predictions": self.missing_predictions,
             "missing_truths": self.missing_truths,
             "errors": self.errors,
+            # pixels of every image together: rows the true class, columns the predicted one
+            "confusion_matrix": {
+                "classes": list(self.class_names),
+                "pixels": (self.pooled.astype(np.int64).tolist() if self.pooled is not None
+                           else None)},
         }
         for score in SCORES:
             summary[f"mean_{score}"] = _nanmean(
