@@ -58,7 +58,7 @@ def test_unknown_preset():
 
 
 def test_small_images_are_padded_with_ignored_pixels():
-    sampler = patch_sampler(64, foreground_oversampling=0.0, seed=0)
+    sampler = patch_sampler(64, seed=0)
     image = np.ones((40, 50, 3), np.float32)
     labels = np.ones((40, 50), np.uint16)
     out = sampler(image=image, mask=labels)
@@ -68,12 +68,17 @@ def test_small_images_are_padded_with_ignored_pixels():
     assert out["image"][out["mask"] == IGNORE_LABEL].max() == 0
 
 
-def test_foreground_oversampling_finds_rare_foreground():
+def test_a_centred_patch_holds_its_label_and_a_random_one_rarely_does():
     labels = np.zeros((512, 512), np.uint16)
     labels[400:410, 30:40] = 1
+    labels[100:300, 100:300] = 2
     image = np.zeros((512, 512, 1), np.float32)
-    def hits(probability):
-        sampler = patch_sampler(64, probability, seed=1)
-        return sum((sampler(image=image, mask=labels)["mask"] == 1).any() for _ in range(60))
-    assert hits(1.0) == 60
-    assert hits(0.0) < 15
+
+    def hits(centre_on, label):
+        sampler = patch_sampler(64, centre_on, num_labels=3, seed=1)
+        return sum((sampler(image=image, mask=labels)["mask"] == label).any() for _ in range(60))
+    assert hits(1, 1) == 60 and hits(2, 2) == 60
+    assert hits(None, 1) < 15
+    # A label the pair does not have: a crop anywhere, not an error.
+    anywhere = patch_sampler(64, 5, num_labels=6, seed=0)(image=image, mask=labels)
+    assert anywhere["mask"].shape == (64, 64)

@@ -1,6 +1,13 @@
 import numpy as np
+import pytest
 
-from unet_cbam.data.dataset import PairSource, split_samples, training_dataset, validation_dataset
+from unet_cbam.data.dataset import (
+    PairSource,
+    PatchDraw,
+    split_samples,
+    training_dataset,
+    validation_dataset,
+)
 from unet_cbam.data.io import IGNORE_LABEL, MaskCodec
 from unet_cbam.data.verify import Sample
 
@@ -85,3 +92,42 @@ def test_validation_patches_hold_real_image_not_zero_padding():
     np.testing.assert_array_equal(x[12, :10, :12], images[1])
     np.testing.assert_array_equal(x[12, 10:, :12], images[1][8:2:-1])
     assert y[12, ..., -1].sum() == 10 * 12 and y[12, :10, :12, -1].all()
+
+
+def test_patch_draw_centres_on_classes_by_weight_in_pairs_that_hold_them():
+    rng = np.random.default_rng(3)
+    images = [rng.random((32, 32, 1)).astype(np.float32) for _ in range(4)]
+    labels = [np.zeros((32, 32), np.uint16) for _ in range(4)]
+    labels[0][:4, :4] = 1            # class 1 in pair 0 only; class 2 in pairs 1 and 2
+    labels[1][5:9, 5:9] = 2
+    labels[2][0, 0] = 2
+    source = _source(images, labels, num_classes=3)
+    np.testing.assert_array_equal(source.presence(), [[1, 1, 0], [1, 0, 1], [1, 0, 1],
+                                                      [1, 0, 0]])
+    draw = PatchDraw(source, 1.0, [5.0, 1.0, 3.0])  # label 0's weight is never used
+    picks = [draw(np.random.default_rng(seed)) for seed in range(2000)]
+    centred = [label for _, label in picks]
+    assert set(centred) == {1, 2} and abs(centred.count(2) / 2000 - 0.75) < 0.03
+    assert {index for index, label in picks if label == 1} == {0}
+    assert {index for index, label in picks if label == 2} == {1, 2}
+    # No oversampling: pairs by area, never centred; the same seed, the same pick.
+    plain = PatchDraw(source, 0.0)
+    assert {plain(np.random.default_rng(s))[1] for s in range(50)} == {None}
+    assert draw(np.random.default_rng(7)) == draw(np.random.default_rng(7))
+    # Only weights for labels no pair holds: nothing to centre on.
+    assert PatchDraw(source, 1.0, [0, 0, 0]).class_weights is None
+    with pytest.raises(ValueError, match="class_weights must be 3 weights"):
+        PatchDraw(source, 1.0, [1.0, 1.0])
+
+
+def test_rare_class_patches_reach_the_rare_class():
+    rng = np.random.default_rng(4)
+    images = [rng.random((200, 200, 1)).astype(np.float32) for _ in range(3)]
+    labels = [np.ones((200, 200), np.uint16) for _ in range(3)]
+    labels[2][150:154, 20:24] = 2    # 16 pixels of class 2 in one pair of three
+    dataset = training_dataset(_source(images, labels, num_classes=3), patch_size=48,
+                               batch_size=8, augmentation="none", foreground_oversampling=0.5,
+                               class_weights=[0, 0.1, 0.9], seed=0)
+    _, targets = next(dataset.take(1).as_numpy_iterator())
+    with_rare = int((targets[..., 2].sum(axis=(1, 2)) > 0).sum())
+    assert with_rare >= 2   # about 0.45 of 8 centred on it; a random crop: under 0.1

@@ -229,7 +229,10 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     assert planned.data.foreground_oversampling == RARE_OVERSAMPLING
     assert planned.data.patch_size == 64 and planned.train.batch_size == 32
     assert set(planned.plan) == {"binary_threshold", "normalization", "patch_size",
-                                 "batch_size", "foreground_oversampling", "scale", "tune_on"}
+                                 "batch_size", "foreground_oversampling", "class_sampling",
+                                 "scale", "tune_on"}
+    assert planned.data.class_sampling == {"foreground": 1.0}
+    assert planned.plan["class_sampling"]["reason"] == "one foreground class"
     assert planned.train.tune_on == "foreground"
     assert planned.plan["tune_on"]["reason"].startswith("foreground is the rarer class (0.5%")
     # Thin background membranes between large cells (ISBI-like): judged on the background.
@@ -253,6 +256,32 @@ def test_plan_keeps_explicit_values_and_oversamples_rare_classes(tmp_path):
     assert kept.plan["normalization"]["reason"] == "asked for"
     frozen = RunConfig(data=DataConfig(normalization={"mode": "bitdepth"}))
     assert "normalization" not in (plan_run(frozen, fingerprint).plan or {})
+
+
+def test_rare_classes_are_centred_on_more_often_but_not_always(tmp_path):
+    fingerprint, _ = _fingerprint(_nuclei(tmp_path / "data"))
+    fingerprint["class_frequency"] = {"wall": 0.5, "sky": 0.3, "window": 0.1999,
+                                      "door": 0.0001, "car": 0.0}
+    planned = plan_run(RunConfig(model=ModelConfig(num_classes=5, input_channels=1)),
+                       fingerprint)
+    weights = planned.data.class_sampling
+    # 1/sqrt(share), normalised: door is 3000x rarer than sky and drawn sqrt(3000) = 55x
+    # as often; car has no pixels and is never drawn; wall (label 0) is never centred on.
+    raw = {"sky": 0.3 ** -0.5, "window": 0.1999 ** -0.5, "door": 0.0001 ** -0.5}
+    assert weights == {name: round(value / sum(raw.values()), 4) for name, value in raw.items()}
+    assert weights["door"] == 0.961 and weights["sky"] == 0.0175
+    assert planned.plan["class_sampling"]["reason"].endswith(
+        "door (0.01%) 96% of the centred patches, sky (30.0%) 2%")
+    given = plan_run(RunConfig(model=ModelConfig(num_classes=5, input_channels=1),
+                               data=DataConfig(class_sampling={"window": 1, "door": 0})),
+                     fingerprint)
+    assert given.data.class_sampling == {"window": 1, "door": 0}
+    assert "class_sampling" not in given.plan
+    with pytest.raises(ValueError, match="class_sampling names 'wall', not a foreground class"):
+        plan_run(RunConfig(model=ModelConfig(num_classes=5, input_channels=1),
+                           data=DataConfig(class_sampling={"wall": 1})), fingerprint)
+    with pytest.raises(ValueError, match="at least one of them above 0"):
+        DataConfig(class_sampling={"door": 0})
 
 
 def test_fingerprint_command_prints_and_writes(tmp_path, capsys):

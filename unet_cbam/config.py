@@ -270,6 +270,12 @@ class DataConfig:
         None,
         "probability that a training patch is centred on foreground (0 disables); none: "
         "planned from the class frequencies (1/3, or 1/2 for a class under 1% of the pixels)")
+    class_sampling: dict[str, float] | None = option(
+        None,
+        "which foreground class a patch centred on foreground is centred on: a weight per "
+        "class name, e.g. '{window: 1, door: 4}' (a class left out is never drawn); none: "
+        "planned (each class in proportion to 1/sqrt of its share of the pixels, so rare "
+        "classes are seen more often)")
     augmentation: AugmentationPreset = option(
         "default", "augmentation preset: none, light, default or heavy")
     augmentations: list[dict[str, Any]] | None = option(
@@ -291,6 +297,12 @@ class DataConfig:
         _require(self.foreground_oversampling is None
                  or 0.0 <= self.foreground_oversampling <= 1.0, "foreground_oversampling",
                  self.foreground_oversampling, "must be in [0, 1]")
+        _require(self.class_sampling is None or (
+            isinstance(self.class_sampling, dict) and self.class_sampling
+            and all(isinstance(w, (int, float)) and w >= 0
+                    for w in self.class_sampling.values())
+            and sum(self.class_sampling.values()) > 0), "class_sampling", self.class_sampling,
+            "must map class names to weights >= 0, at least one of them above 0")
         _require(self.scale is None or 0 < self.scale <= 1, "scale", self.scale,
                  "must be in (0, 1]")
         _require(self.patch_size is None or self.patch_size >= 8, "patch_size",

@@ -34,6 +34,12 @@ The rules:
 - foreground oversampling (``foreground_oversampling: none``): nnU-Net's
   one third; one half when the rarest foreground class covers less than
   ``RARE_CLASS`` of the pixels.
+- which class a foreground-centred patch is centred on (``class_sampling:
+  none``): each foreground class with weight (its share of the pixels) to the
+  power ``CLASS_SAMPLING_POWER``, -1/2: a class a hundred times rarer is drawn
+  ten times as often, so rare classes are seen without the rarest taking over
+  (inverse frequency, power -1, would give a 0.1% class nearly every centred
+  patch of a scene). With one foreground class this is all of them.
 - the class the threshold and post-processing are chosen on (``tune_on:
   none``, two classes only): the rarer of the two in the fingerprint. Its
   Dice moves most with a threshold or a component step, and it is most often
@@ -67,6 +73,8 @@ MAX_PATCH_SIDE = math.isqrt(BATCH_PIXELS // MIN_BATCH)
 RARE_CLASS = 0.01
 DEFAULT_OVERSAMPLING = 1 / 3
 RARE_OVERSAMPLING = 0.5
+#: Foreground-centred patches draw their class with weight (share of the pixels) ** this.
+CLASS_SAMPLING_POWER = -0.5
 
 
 #: With a time budget, the resolution is lowered until the budget affords this many passes
@@ -129,6 +137,18 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
         value, reason = choose_oversampling(fingerprint)
         data = dataclasses.replace(data, foreground_oversampling=decide(
             "foreground_oversampling", value, reason))
+    foreground = [name for name, share in list(fingerprint["class_frequency"].items())[1:]
+                  if share > 0]
+    if data.class_sampling is None and foreground:
+        weights, reason = choose_class_sampling(fingerprint)
+        data = dataclasses.replace(data, class_sampling=decide("class_sampling", weights,
+                                                               reason))
+    elif data.class_sampling is not None:
+        unknown = sorted(set(data.class_sampling) - set(foreground))
+        if unknown:
+            raise ValueError(f"class_sampling names {', '.join(map(repr, unknown))}, not a "
+                             "foreground class of these masks (they have: "
+                             f"{', '.join(foreground) or 'none'})")
     names = list(fingerprint["class_frequency"])
     if train.tune_on is None and len(names) == 2:
         name, reason = choose_tune_on(fingerprint)
@@ -270,6 +290,24 @@ def choose_oversampling(fingerprint: dict[str, Any]) -> tuple[float, str]:
     return DEFAULT_OVERSAMPLING, (f"the rarest class, {name}, covers {rarest:.1%} of the "
                                   "pixels: a third of the patches centred on foreground "
                                   "(nnU-Net's rate)")
+
+
+def choose_class_sampling(fingerprint: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """({foreground class: weight}, reason): weights (share of the pixels) **
+    ``CLASS_SAMPLING_POWER``, summing to 1; classes with no pixels are left out."""
+    shares = {name: share for name, share in list(fingerprint["class_frequency"].items())[1:]
+              if share > 0}
+    if len(shares) == 1:
+        return {name: 1.0 for name in shares}, "one foreground class"
+    raw = {name: share ** CLASS_SAMPLING_POWER for name, share in shares.items()}
+    total = sum(raw.values())
+    weights = {name: round(value / total, 4) for name, value in raw.items()}
+    rarest = min(shares, key=shares.get)
+    commonest = max(shares, key=shares.get)
+    return weights, (
+        f"each foreground class in proportion to 1/sqrt of its share of the pixels: "
+        f"{rarest} ({shares[rarest]:.2%}) {weights[rarest]:.0%} of the centred patches, "
+        f"{commonest} ({shares[commonest]:.1%}) {weights[commonest]:.0%}")
 
 
 def choose_tune_on(fingerprint: dict[str, Any]) -> tuple[str, str]:

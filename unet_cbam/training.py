@@ -136,8 +136,8 @@ def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
 
 #: Data settings whose automatic value (planned from the data) a resumed run keeps as saved.
 PLANNED = {"binary_threshold": "auto", "normalization": None, "patch_size": None,
-           "foreground_oversampling": None, "scale": None, "class_colors": None,
-           "ignore_value": None, "ignore_edges": False}
+           "foreground_oversampling": None, "class_sampling": None, "scale": None,
+           "class_colors": None, "ignore_value": None, "ignore_edges": False}
 
 
 def requested_precision(train: TrainConfig) -> str:
@@ -368,6 +368,14 @@ class _Session:
         return train.steps_per_epoch or default_steps_per_epoch(
             self.data.train, self.config.data.patch_size, train.batch_size)
 
+    @property
+    def class_weights(self) -> list[float] | None:
+        """The plan's ``class_sampling`` as a weight per label (None: alike)."""
+        chosen = self.config.data.class_sampling
+        if chosen is None:
+            return None
+        return [float(chosen.get(name, 0.0)) for name in self.data.class_names]
+
     def training_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
         """This worker's patches (its own random stream), in per-replica batches."""
         config, train = self.config, self.config.train
@@ -376,6 +384,7 @@ class _Session:
             batch_size=context.get_per_replica_batch_size(train.batch_size),
             augmentation=config.data.augmentation, augmentations=config.data.augmentations,
             foreground_oversampling=config.data.foreground_oversampling,
+            class_weights=self.class_weights,
             seed=train.seed + context.input_pipeline_id)
 
     def validation_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:

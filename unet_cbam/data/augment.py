@@ -110,28 +110,21 @@ def augmentation_pipeline(preset: str = "default",
     return A.Compose(build_transforms(spec), strict=True, seed=seed)
 
 
-def patch_sampler(patch_size: int, foreground_oversampling: float,
+def patch_sampler(patch_size: int, centre_on: int | None = None, num_labels: int = 2,
                   seed: int | None = None) -> A.Compose:
     """Pad to at least ``patch_size`` (padding is ignored by the loss), then crop.
 
-    With probability ``foreground_oversampling`` the crop is taken around
-    foreground (any label but 0 and the ignore label), otherwise anywhere.
+    With ``centre_on`` (a label) the crop holds a pixel of that label, drawn at
+    random among them (albumentations' ``CropNonEmptyMaskIfExists`` with every
+    other of the ``num_labels`` labels and the ignore label ignored), or is
+    taken anywhere when the pair has none; without it, anywhere.
     """
     pad = A.PadIfNeeded(min_height=patch_size, min_width=patch_size,
                         border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_LABEL)
-    anywhere = A.RandomCrop(patch_size, patch_size)
-    if foreground_oversampling <= 0:
-        crop = anywhere
-    elif foreground_oversampling >= 1:
-        crop = _foreground_crop(patch_size)
+    if centre_on is None:
+        crop = A.RandomCrop(patch_size, patch_size)
     else:
-        crop = A.OneOf([
-            _foreground_crop(patch_size, p=foreground_oversampling),
-            A.RandomCrop(patch_size, patch_size, p=1 - foreground_oversampling),
-        ], p=1.0)
+        others = [label for label in range(num_labels) if label != centre_on]
+        crop = A.CropNonEmptyMaskIfExists(patch_size, patch_size,
+                                          ignore_values=[*others, IGNORE_LABEL])
     return A.Compose([pad, crop], seed=seed)
-
-
-def _foreground_crop(patch_size: int, p: float = 1.0) -> A.CropNonEmptyMaskIfExists:
-    return A.CropNonEmptyMaskIfExists(patch_size, patch_size, ignore_values=[0, IGNORE_LABEL],
-                                      p=p)

@@ -1,9 +1,12 @@
 """Splitting and the tf.data pipelines that feed training and validation.
 
-Training draws an endless stream of random patches: an image is picked with
-probability proportional to its area, padded to the patch size if smaller
-(padding is ignored by the loss), cropped (optionally around foreground) and
-augmented. Decoding, cropping and augmentation run in parallel workers;
+Training draws an endless stream of random patches. A share of them (the
+plan's ``foreground_oversampling``) is centred on a pixel of a foreground
+class: the class is drawn by its weight (the plan's ``class_sampling``, which
+favours rare classes), then an image that holds it; the other patches come
+from an image picked with probability proportional to its area, anywhere in
+it. Each image is padded to the patch size if smaller (padding is ignored by
+the loss), cropped and augmented. Decoding, cropping and augmentation run in parallel workers;
 batches are prefetched.
 
 Targets are ``(H, W, L + 1)`` float32: a one-hot map over the ``L`` labels
@@ -83,9 +86,12 @@ class PairSource:
     def __init__(self, samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],
                  codec: MaskCodec, channels: int,
                  cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 normalization: Normalization = BITDEPTH, scale: float = 1.0):
+                 normalization: Normalization = BITDEPTH, scale: float = 1.0,
+                 presence: np.ndarray | None = None):
         """``sizes``: (height, width) of each sample as stored, as verification found
-        them; ``cache``: (preprocessed image, labels) by stem, already resampled."""
+        them; ``cache``: (preprocessed image, labels) by stem, already resampled;
+        ``presence``: which labels each pair holds, ``(samples, labels)`` bool (read
+        from the pairs when first needed if not given)."""
         if len(sizes) != len(samples):
             raise ValueError(f"{len(samples)} samples but {len(sizes)} sizes")
         if not 0 < scale <= 1:
@@ -99,6 +105,7 @@ class PairSource:
         self.channels = channels
         self.cache = cache or {}
         self.normalization = normalization
+        self._presence = presence
 
     @classmethod
     def from_report(cls, samples: Sequence[Sample], report, channels: int,
@@ -107,7 +114,11 @@ class PairSource:
         """Samples that passed ``verify_pairs``, with its sizes and codec, and its cached
         raw pixels preprocessed (and resampled by ``scale``)."""
         sizes = [(report.info[s.stem].height, report.info[s.stem].width) for s in samples]
-        source = cls(samples, sizes, report.codec, channels, None, normalization, scale)
+        labels = report.codec.num_labels
+        presence = np.array([report.info[s.stem].label_counts[:labels] > 0 for s in samples],
+                            dtype=bool).reshape(len(samples), labels)
+        source = cls(samples, sizes, report.codec, channels, None, normalization, scale,
+                     presence)
         for index, sample in enumerate(samples):
             if report.cache and sample.stem in report.cache:
                 raw, labels = report.cache[sample.stem]
@@ -119,7 +130,7 @@ class PairSource:
         """The same pairs resampled by ``scale`` (relative to their own size); cached
         pairs are resampled from this source's cache when it holds them at their own size."""
         source = PairSource(self.samples, self.native_sizes, self.codec, self.channels, None,
-                            self.normalization, scale)
+                            self.normalization, scale, self._presence)
         if self.scale == 1.0:
             for index, sample in enumerate(self.samples):
                 if sample.stem in self.cache:
@@ -128,6 +139,17 @@ class PairSource:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def presence(self) -> np.ndarray:
+        """``(samples, labels)`` bool: whether each pair holds each label (at its own
+        size, as verification counted them; read from the pairs if not given)."""
+        if self._presence is None:
+            labels = self.codec.num_labels
+            self._presence = np.array(
+                [np.bincount(np.minimum(self.get(i)[1].ravel(), labels),
+                             minlength=labels + 1)[:labels] > 0 for i in range(len(self))],
+                dtype=bool).reshape(len(self), labels)
+        return self._presence
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Pair ``index`` as training reads it: (image, labels), from the cache when held."""
@@ -167,37 +189,78 @@ def to_targets(labels: tf.Tensor, num_labels: int) -> tf.Tensor:
     return tf.concat([one_hot * valid, valid], axis=-1)
 
 
+class PatchDraw:
+    """Which pair a training patch comes from, and the label it is centred on (or None).
+
+    With probability ``foreground_oversampling`` a foreground label (1 and up)
+    is drawn by ``class_weights`` (one weight per label; label 0's is never
+    used; None: every foreground label alike) among the labels some pair holds,
+    then a pair holding it, in proportion to its area. Otherwise a pair in
+    proportion to its area, and no label. With one foreground class this is
+    nnU-Net's foreground oversampling.
+    """
+
+    def __init__(self, source: PairSource, foreground_oversampling: float,
+                 class_weights: Sequence[float] | None = None):
+        labels = source.codec.num_labels
+        self.areas = np.array([h * w for h, w in source.sizes], dtype=np.float64)
+        self.presence = source.presence()
+        weights = np.ones(labels) if class_weights is None else np.asarray(
+            class_weights, dtype=np.float64)
+        if weights.shape != (labels,) or (weights < 0).any():
+            raise ValueError(f"class_weights must be {labels} weights >= 0, one per label; "
+                             f"got {list(class_weights or [])}")
+        weights = weights.copy()
+        weights[0] = 0.0
+        weights *= self.presence.any(axis=0)  # a label no pair holds cannot be centred on
+        self.class_weights = weights / weights.sum() if weights.sum() > 0 else None
+        self.oversampling = float(foreground_oversampling)
+
+    def __call__(self, rng: np.random.Generator) -> tuple[int, int | None]:
+        """(pair index, label to centre on or None), from ``rng``."""
+        if self.class_weights is not None and rng.random() < self.oversampling:
+            label = int(rng.choice(len(self.class_weights), p=self.class_weights))
+            areas = self.areas * self.presence[:, label]
+            return int(rng.choice(len(areas), p=areas / areas.sum())), label
+        return int(rng.choice(len(self.areas), p=self.areas / self.areas.sum())), None
+
+
 def training_dataset(source: PairSource, *, patch_size: int, batch_size: int,
                      augmentation: str = "default", augmentations: list | None = None,
-                     foreground_oversampling: float = 0.33, seed: int = 0) -> tf.data.Dataset:
+                     foreground_oversampling: float = 0.33,
+                     class_weights: Sequence[float] | None = None,
+                     seed: int = 0) -> tf.data.Dataset:
     """Endless batches of augmented patches: ``(images, targets)``.
 
     images: ``(batch_size, patch_size, patch_size, channels)`` float32, preprocessed;
-    targets: ``(batch_size, patch_size, patch_size, num_labels + 1)``.
+    targets: ``(batch_size, patch_size, patch_size, num_labels + 1)``. Patches are
+    drawn by ``PatchDraw(source, foreground_oversampling, class_weights)``.
     """
     if len(source) == 0:
         raise ValueError("no training samples")
-    areas = np.array([h * w for h, w in source.sizes], dtype=np.float64)
-    weights = areas / areas.sum()
+    draw = PatchDraw(source, foreground_oversampling, class_weights)
+    num_labels = source.codec.num_labels
     local = threading.local()  # albumentations pipelines hold state: one per worker thread
 
     def sample(element_seed: np.ndarray):
-        if not hasattr(local, "crop"):
-            local.crop = patch_sampler(patch_size, foreground_oversampling)
+        if not hasattr(local, "crops"):
+            local.crops = {}
             local.augment = augmentation_pipeline(augmentation, augmentations)
         element_seed = int(element_seed) & 0x7FFFFFFF
-        index = int(np.random.default_rng(element_seed).choice(len(source), p=weights))
+        index, label = draw(np.random.default_rng(element_seed))
+        if label not in local.crops:
+            local.crops[label] = patch_sampler(patch_size, label, num_labels)
+        crop = local.crops[label]
         image, labels = source.get(index)
-        local.crop.set_random_seed(element_seed)
+        crop.set_random_seed(element_seed)
         local.augment.set_random_seed(element_seed + 1)
-        patch = local.crop(image=image, mask=labels)
+        patch = crop(image=image, mask=labels)
         patch = local.augment(image=patch["image"], mask=patch["mask"])
         image = source.normalization.standardize(patch["image"])
         return (np.ascontiguousarray(image, dtype=np.float32),
                 np.ascontiguousarray(patch["mask"], dtype=np.uint16))
 
     channels = source.channels
-    num_labels = source.codec.num_labels
 
     def load(element_seed):
         image, labels = tf.numpy_function(sample, [element_seed], (tf.float32, tf.uint16),
