@@ -64,7 +64,8 @@ def test_predictions_notebook(tmp_path, isbi_run, isbi_dir):
     _, figures = _execute("03_predictions.ipynb", tmp_path, run_dir=str(isbi_run),
                           data_dir=str(data), max_images=2, worst=1, tile_size=256,
                           focus_class="membrane")
-    assert figures == ["03_prediction.png", "03_threshold_sweep.png", "03_worst1.png"]
+    assert figures == ["03_confusion_matrix.png", "03_prediction.png", "03_threshold_sweep.png",
+                       "03_worst1.png"]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from unet_cbam.visualize import (
     plot_augmentations,
     plot_channel_weights,
     plot_class_balance,
+    plot_confusion_matrix,
     plot_history,
     plot_model_comparison,
     plot_prediction,
@@ -148,3 +149,12 @@ def test_history_and_class_balance_and_comparison():
                                                      "b": np.ones((20, 30), int)}, ["bg", "fg"])
     titles = [axis.get_title() for axis in figure.axes]
     assert titles == ["image", "a", "b", "ground truth", "a: errors", "b: errors"]
+
+
+def test_confusion_matrix_rows_are_shares_of_the_true_class():
+    axis = plot_confusion_matrix([[90, 10, 0], [5, 15, 0], [0, 0, 0]], ["a", "b", "c"]).axes[0]
+    shares = axis.images[0].get_array()
+    np.testing.assert_allclose(shares[:2], [[0.9, 0.1, 0.0], [0.25, 0.75, 0.0]])
+    assert np.isnan(np.ma.getdata(shares)[2]).all()     # no pixels of c: an empty row
+    assert sorted(t.get_text() for t in axis.texts) == ["10%", "25%", "75%", "90%"]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["a", "b", "c"]

@@ -297,6 +297,37 @@ def plot_class_balance(fractions: Mapping[str, float], title: str = "class balan
     return figure
 
 
+def plot_confusion_matrix(pixels: Sequence[Sequence[int]], class_names: Sequence[str],
+                          title: str = "confusion matrix") -> Figure:
+    """Each true class's pixels (rows) by predicted class (columns), as shares of the row.
+
+    ``pixels`` is ``Evaluation.summary()["confusion_matrix"]["pixels"]``; a cell is
+    labelled with its share where it is at least 1%, and a row with no pixels stays
+    empty.
+    """
+    counts = np.asarray(pixels, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
+    size = 1.5 + 0.55 * len(class_names)
+    figure = Figure(figsize=(size + 1.2, size), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, label="share of the true class's pixels")
+    for row in range(len(class_names)):
+        for column in range(len(class_names)):
+            share = shares[row, column]
+            if share >= 0.01:
+                axis.text(column, row, f"{share:.0%}", ha="center", va="center", fontsize=8,
+                          color="white" if share > 0.5 else "black")
+    ticks = range(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(title)
+    return figure
+
+
 def plot_runs(histories: Mapping[str, History], metric: str = "val_mean_dice",
               title: str | None = None) -> Figure:
     """One metric of several runs (e.g. the four attention modes), per epoch."""
