@@ -1,10 +1,14 @@
-"""Accuracy on the three shared data sets, run as a user runs the tool.
+"""Accuracy on the shared data sets, run as a user runs the tool.
 
 For each data set: ``train.py`` on its training split (with the options
 given, by default none but ``--time-budget``), then ``predict.py --truth`` on
 its test split, and the pooled test Dice of the class of interest (CTC
 nuclei and Kvasir-SEG: the foreground; ISBI 2012: the membrane, mask value
-0). Test splits are only predicted and scored, never used for a choice.
+0), or for LabelMeFacade's 9 classes the pooled test IoU of each class and
+their mean (``test_score`` is that mean IoU there, the Dice elsewhere). Test
+splits are only predicted and scored, never used for a choice. Each run's
+wall time is set against the time budget (``over_budget``: the share over it;
+the budget covers the whole train.py command).
 Prints a table and writes ``benchmarks/results/datasets/datasets-<label>.json``
 (commit, date, CPU and versions recorded first).
 
@@ -16,6 +20,7 @@ Prints a table and writes ``benchmarks/results/datasets/datasets-<label>.json``
     python -m benchmarks.datasets --variants peers                        # issue 9's peers
     python -m benchmarks.datasets --variants none="--attention none" folds="--folds 5"
     python -m benchmarks.datasets --variants full-folds="--folds 5 --full-folds"
+    python -m benchmarks.datasets --data-sets labelmefacade --variants peers hand-flagged
 
 Each variant (NAME="train.py options") runs on every data set and seed; the
 summary gives each data set and variant the mean and standard deviation over
@@ -40,12 +45,17 @@ from benchmarks.common import ROOT, machine, print_table, write_json
 SCRIPT = Path(__file__).stem
 
 SHARED = ROOT.parent / "shared" / "datasets"
-#: name: (train folder, test folder, input channels, class scored)
+#: name: (train folder, test folder, input channels, class scored; None: the mean IoU
+#: over the classes)
 DATA_SETS = {
     "ctc": ("ctc-sim-nuclei/train", "ctc-sim-nuclei/test", 1, "foreground"),
     "kvasir": ("kvasir-seg/train", "kvasir-seg/test", 3, "foreground"),
     "isbi": (None, None, 1, "background"),  # split by slice number below
+    "labelmefacade": ("labelmefacade/train", "labelmefacade/test", 3, None),
 }
+#: LabelMeFacade's class colours (its README), in the order the plan finds them.
+FACADE_COLORS = [[0, 0, 0], [0, 0, 128], [0, 128, 0], [0, 128, 128], [128, 0, 0],
+                 [128, 0, 128], [128, 64, 0], [128, 128, 0], [128, 128, 128]]
 ISBI_TRAIN, ISBI_TEST = range(0, 24), range(24, 30)
 
 
@@ -97,6 +107,12 @@ PEERS = {
 }
 
 
+#: --variants hand-flagged: what a user had to type before the classes were read from the
+#: masks (LabelMeFacade); the plan must give the same run.
+HAND_FLAGGED = {"hand-flagged": "--num-classes 9 --mask-encoding rgb --class-colors "
+                + shlex.quote(json.dumps(FACADE_COLORS, separators=(",", ":")))}
+
+
 #: Not a train.py option: train each of the ``--folds N`` folds by its own ``train.py
 #: --fold k``, so that every fold gets the whole ``--time-budget`` (nnU-Net's ensembles:
 #: N fully trained folds, N times the compute of one model), and score each fold alone
@@ -106,11 +122,13 @@ FULL_FOLDS = "--full-folds"
 
 
 def parse_variants(items: list[str]) -> dict[str, str]:
-    """``["ablation"]``, ``["peers"]`` or ``["name=options", ...]`` -> {name: options}."""
+    """``["ablation"]``, ``["peers"]``, ``["hand-flagged"]`` or ``["name=options", ...]``
+    -> {name: options}."""
     variants: dict[str, str] = {}
+    presets = {"ablation": ABLATION, "peers": PEERS, "hand-flagged": HAND_FLAGGED}
     for item in items:
-        if item in ("ablation", "peers"):
-            variants.update(ABLATION if item == "ablation" else PEERS)
+        if item in presets:
+            variants.update(presets[item])
             continue
         name, separator, options = item.partition("=")
         if not separator or not name:
@@ -158,8 +176,25 @@ def measure(name: str, work: Path, train_options: list[str], seed: int,
             member = work / f"{stem}-test-fold{k}"
             predict(run_dir / f"fold_{k}", member)
             summary = json.loads((member / "evaluation.json").read_text())
-            row["member_test_dice"].append(summary["classes"][scored]["pooled_dice"])
+            row["member_test_dice"].append(summary["classes"][scored]["pooled_dice"]
+                                           if scored else summary["pooled_mean_dice"])
+    budget = budget_seconds(train_options)
+    if budget:
+        row["budget_s"] = budget
+        row["over_budget"] = round(train_seconds / (budget * (folds if full_folds else 1))
+                                   - 1, 4)
     return row
+
+
+def budget_seconds(options: list[str]) -> float | None:
+    """The ``--time-budget`` among train.py ``options``, in seconds (None: none)."""
+    from unet_cbam.config import parse_duration
+
+    for index, option in enumerate(options):
+        if option == "--time-budget" and index + 1 < len(options):
+            value = options[index + 1]
+            return None if value.lower() == "none" else parse_duration(value)
+    return None
 
 
 def fold_count(options: list[str]) -> int:
@@ -174,24 +209,35 @@ def fold_count(options: list[str]) -> int:
 
 def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: Path,
                train_seconds: float, predict_seconds: float) -> dict:
-    """A measured run's row: the test and validation Dice of the class scored, and its
+    """A measured run's row: the test and validation Dice of the class scored (or, with no
+    class scored, the means over the classes, IoU as ``test_score`` and per class), and its
     config (a cross-validation run's: fold 0's, and the folds' mean validation Dice)."""
     scored = DATA_SETS[name][3]
     summary = json.loads((predictions / "evaluation.json").read_text())
     folds = sorted(run_dir.glob("fold_*"))
     if folds:  # a cross-validation run: the folds' mean validation score
         cv = json.loads((run_dir / "cv_metrics.json").read_text())
-        val_dice = cv["classes"][scored]["dice_mean"]
+        val_dice = cv["classes"][scored]["dice_mean"] if scored else cv["mean_dice"]
+        val_iou = None if scored else cv["mean_iou"]
         history = (folds[0] / "history.csv").read_text().strip().splitlines()
         config = (folds[0] / "config.yaml").read_text()
     else:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        val_dice = metrics["classes"][scored]["dice"]
+        val_dice = metrics["classes"][scored]["dice"] if scored else metrics["mean_dice"]
+        val_iou = None if scored else metrics["mean_iou"]
         history = (run_dir / "history.csv").read_text().strip().splitlines()
         config = (run_dir / "config.yaml").read_text()
+    test_dice = (summary["classes"][scored]["pooled_dice"] if scored
+                 else summary["pooled_mean_dice"])
+    scores = {"test_score": test_dice, "val_score": val_dice}
+    if not scored:
+        scores = {"test_score": summary["pooled_mean_iou"], "val_score": val_iou,
+                  "test_iou": {n: c["pooled_iou"] for n, c in summary["classes"].items()}}
     return {
-        "data_set": name, "variant": variant, "seed": seed, "class": scored,
-        "test_dice": summary["classes"][scored]["pooled_dice"],
+        "data_set": name, "variant": variant, "seed": seed,
+        "class": scored or "mean IoU",
+        **scores,
+        "test_dice": test_dice,
         "test_images": summary["images"],
         "val_dice": val_dice,
         "epochs_run": len(history) - 1,
@@ -210,8 +256,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     summary = []
     for (name, variant), group in groups.items():
         entry = {"data_set": name, "variant": variant, "seeds": len(group)}
-        for key in ("val_dice", "test_dice"):
-            values = [row[key] for row in group]
+        for key in ("val_score", "test_score", "val_dice", "test_dice", "over_budget"):
+            values = [row[key] for row in group if row.get(key) is not None]
+            if not values:
+                continue
             entry[f"{key}_mean"] = round(float(np.mean(values)), 4)
             entry[f"{key}_std"] = round(float(np.std(values)), 4)
         summary.append(entry)
@@ -229,8 +277,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--variants", nargs="+", default=["default="],
                         help="NAME=\"train.py options\" each, 'ablation' (none, cbam, "
-                             "cbam-no-identity, cbam-deep, cbam-decoder, cbam-encoder) or "
-                             "'peers' (default, none, sm-unet-resnet18)")
+                             "cbam-no-identity, cbam-deep, cbam-decoder, cbam-encoder), "
+                             "'peers' (default, none, sm-unet-resnet18) or 'hand-flagged' "
+                             "(LabelMeFacade's classes given by hand)")
     parser.add_argument("--label", default="auto", help="results file: datasets-LABEL.json")
     parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true",
@@ -255,19 +304,19 @@ def main() -> None:
             for variant, extra in variants.items():
                 row = measure(name, work, options + shlex.split(extra), seed, variant)
                 rows.append(row)
-                print(f"{name} {variant} seed {seed}: test Dice {row['test_dice']:.3f} "
-                      f"(train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s)",
-                      flush=True)
+                print(f"{name} {variant} seed {seed}: test {row['class']} "
+                      f"{row['test_score']:.3f} (train {row['train_s']:.0f} s, predict "
+                      f"{row['predict_s']:.0f} s)", flush=True)
                 write_json(SCRIPT, f"datasets-{arguments.label}.json", {
                     "machine": info, "train_options": options, "variants": variants,
                     "work": str(work), "runs": rows, "summary": summarize(rows),
                     "complete": False})
-    print_table(rows, ["data_set", "variant", "seed", "class", "test_dice", "val_dice",
-                       "epochs_run", "train_s", "predict_s"])
+    print_table(rows, ["data_set", "variant", "seed", "class", "test_score", "val_score",
+                       "epochs_run", "train_s", "over_budget", "predict_s"])
     summary = summarize(rows)
     print()
-    print_table(summary, ["data_set", "variant", "seeds", "val_dice_mean", "val_dice_std",
-                          "test_dice_mean", "test_dice_std"])
+    print_table(summary, ["data_set", "variant", "seeds", "val_score_mean", "val_score_std",
+                          "test_score_mean", "test_score_std", "over_budget_mean"])
     path = write_json(SCRIPT, f"datasets-{arguments.label}.json", {
         "machine": info, "train_options": options, "variants": variants, "work": str(work),
         "runs": rows, "summary": summary, "complete": True})

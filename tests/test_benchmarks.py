@@ -2,6 +2,8 @@
 
 import dataclasses
 import importlib
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -277,7 +279,7 @@ def test_datasets_benchmark_splits_isbi_by_its_readme_with_links(tmp_path, isbi_
         [f"slice{i:02d}.png" for i in range(24, 30)]
     assert all(p.is_symlink() for p in (test / "images").iterdir())
     assert datasets.isbi_split(tmp_path) == (train, test)  # again: links already there
-    assert set(datasets.DATA_SETS) == {"ctc", "kvasir", "isbi"}
+    assert set(datasets.DATA_SETS) == {"ctc", "kvasir", "isbi", "labelmefacade"}
 
 
 def test_datasets_benchmark_variants_and_summary():
@@ -293,11 +295,34 @@ def test_datasets_benchmark_variants_and_summary():
     assert datasets.summarize(rows) == [{
         "data_set": "ctc", "variant": "cbam", "seeds": 2, "val_dice_mean": 0.85,
         "val_dice_std": 0.05, "test_dice_mean": 0.8, "test_dice_std": 0.1}]
+    # LabelMeFacade's classes by hand: the colours as one YAML/JSON argument
+    flagged = shlex.split(datasets.parse_variants(["hand-flagged"])["hand-flagged"])
+    assert flagged[:4] == ["--num-classes", "9", "--mask-encoding", "rgb"]
+    assert json.loads(flagged[5]) == datasets.FACADE_COLORS and len(flagged) == 6
+    assert datasets.budget_seconds(["--seed", "1", "--time-budget", "5m"]) == 300
+    assert datasets.budget_seconds(["--epochs", "3"]) is None
     # --full-folds: the fold count it needs, in either spelling, or an error naming it
     assert datasets.fold_count(["--time-budget", "20m", "--folds", "5"]) == 5
     assert datasets.fold_count(["--folds=3"]) == 3
     with pytest.raises(SystemExit, match="--full-folds needs --folds N"):
         datasets.fold_count(["--time-budget", "20m"])
+
+
+def test_datasets_benchmark_scores_several_classes_by_their_mean_iou(tmp_path):
+    datasets = load_script("datasets")
+    run_dir, predictions = tmp_path / "run", tmp_path / "test"
+    run_dir.mkdir()
+    predictions.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"mean_iou": 0.5, "mean_dice": 0.6}))
+    (run_dir / "history.csv").write_text("epoch,loss\n0,1\n1,0.5\n")
+    (run_dir / "config.yaml").write_text("model: {}\n")
+    (predictions / "evaluation.json").write_text(json.dumps({
+        "images": 3, "pooled_mean_iou": 0.4, "pooled_mean_dice": 0.55,
+        "classes": {"sky": {"pooled_iou": 0.7}, "door": {"pooled_iou": 0.1}}}))
+    row = datasets.result_row("labelmefacade", "default", 1, run_dir, predictions, 310.0, 9.0)
+    assert (row["class"], row["test_score"], row["val_score"], row["test_dice"],
+            row["val_dice"]) == ("mean IoU", 0.4, 0.5, 0.55, 0.6)
+    assert row["test_iou"] == {"sky": 0.7, "door": 0.1} and row["epochs_run"] == 2
 
 
 @pytest.mark.slow

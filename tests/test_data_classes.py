@@ -203,3 +203,32 @@ def test_labelmefacade_colour_masks_give_its_nine_classes():
     assert (found.encoding, found.num_classes) == ("rgb", 9)
     assert found.colors == [[0, 0, 0], [0, 0, 128], [0, 128, 0], [0, 128, 128], [128, 0, 0],
                             [128, 0, 128], [128, 64, 0], [128, 128, 0], [128, 128, 128]]
+
+
+def test_labelmefacade_with_no_flag_is_planned_as_with_its_classes_given_by_hand(tmp_path):
+    """Auto must equal the hand-flagged run: the same model, data settings and plan."""
+    root = SHARED / "labelmefacade" / "train"
+    if not (root / "masks").is_dir():
+        pytest.skip(f"{root} not found")
+    from unet_cbam.config import ModelConfig, RunConfig, to_dict
+    from unet_cbam.data.prepare import prepare_data
+
+    data = tmp_path / "facade"
+    for kind, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (data / kind).mkdir(parents=True)
+        for path in sorted((root / kind).glob(f"*{suffix}"))[:6]:
+            (data / kind / path.name).symlink_to(path)
+    colours = [[0, 0, 0], [0, 0, 128], [0, 128, 0], [0, 128, 128], [128, 0, 0],
+               [128, 0, 128], [128, 64, 0], [128, 128, 0], [128, 128, 128]]
+    auto = prepare_data(RunConfig(data=DataConfig(data=str(data))), progress=False).config
+    by_hand = prepare_data(RunConfig(
+        model=ModelConfig(num_classes=9),
+        data=DataConfig(data=str(data), mask_encoding="rgb", class_colors=colours)),
+        progress=False).config
+    assert to_dict(auto.model) == to_dict(by_hand.model) and auto.model.num_classes == 9
+    assert to_dict(auto.data) == to_dict(by_hand.data)
+    assert auto.data.class_colors == colours
+    # The plan says where the classes came from; the settings it decided are the same.
+    decided = {"mask_encoding", "num_classes", "class_colors"}
+    assert decided <= set(auto.plan) and not decided & set(by_hand.plan)
+    assert {k: v for k, v in auto.plan.items() if k not in decided} == by_hand.plan
