@@ -140,11 +140,11 @@ def detect_classes(samples: Sequence, num_classes: int | None = None,
              if raw.ndim == 3 and raw.shape[2] == 4 and (raw[..., 3] != raw[..., 3].max()).any()]
     problems += [f"{path}: RGBA mask with a transparent part; masks need an opaque alpha "
                  "(or none): save it as RGB" for path in alpha]
-    colour = [(path, raw) for path, raw, _ in masks if _is_colour(raw)]
+    colour = [(path, raw) for path, raw, _ in masks if is_colour(raw)]
     if problems:
         raise DataError(problems)
     if colour or forced == "rgb":
-        plain = [path for path, raw, _ in masks if not _is_colour(raw)]
+        plain = [path for path, raw, _ in masks if not is_colour(raw)]
         return _colour_classes([(p, raw[..., :3]) for p, raw, _ in masks if raw.ndim == 3],
                                plain if colour else [], num_classes, ignore_color)
     return _value_classes([(p, _gray(raw)) for p, raw, _ in masks], num_classes,
@@ -163,7 +163,8 @@ def _palette_classes(masks: list, num_classes: int | None) -> MaskClasses:
                        f"class ids, {count} classes (the largest index read is {largest})")
 
 
-def _is_colour(raw: np.ndarray) -> bool:
+def is_colour(raw: np.ndarray) -> bool:
+    """Whether a decoded mask holds colours (channels that differ somewhere)."""
     return raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all()
 
 

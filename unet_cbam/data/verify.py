@@ -18,7 +18,12 @@ import cv2
 import numpy as np
 
 from unet_cbam.config import DEFAULT_MAX_PIXELS, DataConfig, ModelConfig
-from unet_cbam.data.classes import MaskClasses, resolve_binary_threshold, resolve_classes
+from unet_cbam.data.classes import (
+    MaskClasses,
+    is_colour,
+    resolve_binary_threshold,
+    resolve_classes,
+)
 from unet_cbam.data.demo import ensure_demo
 from unet_cbam.data.io import (  # noqa: F401 (DataError: read from here by the package)
     IGNORE_LABEL,
@@ -178,7 +183,7 @@ def detect_codec(samples: list[Sample], data: DataConfig, num_classes: int) -> M
     if encoding == "auto":
         if first_is_palette:
             encoding = "palette"
-        elif colors is not None or (first_raw is not None and _is_colour(first_raw)):
+        elif colors is not None or (first_raw is not None and is_colour(first_raw)):
             if colors is None:
                 raise DataError([f"{first_path}: colour mask; give class_colors (the [r, g, b] "
                                  "of each class) to train on colour masks"])
@@ -196,10 +201,6 @@ def detect_codec(samples: list[Sample], data: DataConfig, num_classes: int) -> M
     if encoding == "palette" and palette is None and first_is_palette:
         palette = [list(c) for c in read_palette(first_path)]
     return MaskCodec.from_data_config(data, num_classes, encoding=encoding, palette=palette)
-
-
-def _is_colour(raw: np.ndarray) -> bool:
-    return raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all()
 
 
 def verify_pairs(samples: list[Sample], codec: MaskCodec, channels: int, *,
