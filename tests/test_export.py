@@ -27,13 +27,15 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exports(run_dir):
-    return {fmt: export_run(run_dir, fmt) for fmt in ("onnx", "savedmodel", "tflite")}
+    return {fmt: export_run(run_dir, fmt) for fmt in ("onnx", "savedmodel", "tflite", "openvino")}
 
 
 @pytest.mark.slow
 def test_every_format_exports_with_parity_and_its_preprocessing(exports, run_dir):
     assert exports["onnx"] == run_dir / "export" / "onnx" / "model.onnx"
     assert (exports["savedmodel"] / "saved_model.pb").is_file()
+    assert exports["openvino"] == run_dir / "export" / "openvino" / "model.xml"
+    assert exports["openvino"].with_suffix(".bin").is_file()
     for fmt, path in exports.items():
         spec_path = (path if fmt == "savedmodel" else path.parent) / PREPROCESSING_FILE
         spec = json.loads(spec_path.read_text())
@@ -63,6 +65,10 @@ def test_nothing_is_overwritten_and_bad_sizes_are_refused(exports, run_dir, caps
     assert export_main([str(run_dir), "--format", "onnx"]) == 2
     assert "model.onnx: exists" in capsys.readouterr().err
     assert exports["onnx"].read_bytes() == before
+    weights = exports["openvino"].with_suffix(".bin").read_bytes()
+    assert export_main([str(run_dir), "--format", "openvino"]) == 2
+    assert "model.xml: exists" in capsys.readouterr().err
+    assert exports["openvino"].with_suffix(".bin").read_bytes() == weights
     assert export_main([str(run_dir), "--format", "tflite", "--input-size", "30", "32",
                         "--output", str(tmp_path / "t.tflite")]) == 2
     assert "input_size [30, 32] must be [height, width], each a positive multiple of 4" in \
@@ -151,11 +157,15 @@ def test_exports_run_without_unet_cbam_and_the_example_matches_predict(exports, 
         from ai_edge_litert.interpreter import Interpreter
         interpreter = Interpreter(model_path={str(exports["tflite"])!r})
         print("tflite", interpreter.get_input_details()[0]["shape_signature"].tolist())
+        import openvino
+        compiled = openvino.Core().compile_model({str(exports["openvino"])!r}, "CPU")
+        print("openvino", compiled(image)[0].shape)
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "savedmodel (1, 32, 44, 1)" in result.stdout
+    assert "openvino (1, 32, 44, 1)" in result.stdout
 
 
 def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
@@ -176,6 +186,31 @@ def test_predict_with_the_onnxruntime_runtime_matches_keras(run_dir):
     np.testing.assert_array_equal(onnx_labels[clear], keras_labels[clear])
     with pytest.raises(ValueError, match="precision float16 needs runtime keras"):
         BatchPredictor(run, InferenceConfig(runtime="onnxruntime", precision="float16"))
+
+
+def test_predict_with_the_openvino_runtime_matches_keras(run_dir):
+    pytest.importorskip("openvino")
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.loading import load_run
+    from unet_cbam.predict import BatchPredictor
+
+    run = load_run(run_dir)
+    raw = (np.random.default_rng(4).random((70, 90)) * 255).astype(np.uint8)
+    inference = InferenceConfig(tile_size=48, tta=True, precision="float32")
+    keras_labels, keras_probabilities = BatchPredictor(run, inference).predict_raw(
+        raw, keep_probabilities=True)
+    openvino = BatchPredictor(run, InferenceConfig(tile_size=48, tta=True, runtime="openvino",
+                                                   precision="float32"))
+    labels, probabilities = openvino.predict_raw(raw, keep_probabilities=True)
+    np.testing.assert_allclose(probabilities, keras_probabilities, atol=1e-5)
+    clear = np.abs(keras_probabilities[..., -1] - openvino.threshold) > 1e-3
+    np.testing.assert_array_equal(labels[clear], keras_labels[clear])
+    # Any tile size the divisor allows, one model: the conversion keeps height and width open.
+    assert openvino.predict_image(np.zeros((32, 40, 1), np.float32)).shape == (32, 40, 1)
+    with pytest.raises(ValueError, match="precision float16 needs runtime keras"):
+        BatchPredictor(run, InferenceConfig(runtime="openvino", precision="float16"))
+    assert BatchPredictor(run, InferenceConfig(runtime="openvino")).precision in (
+        "float32", "bfloat16")
 
 
 @pytest.mark.parametrize("requested, precision, gpus, installed, expected", [

@@ -332,7 +332,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["cosine", "constant", "plateau"]
 Strategy = Literal["default", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
-Runtime = Literal["keras", "onnxruntime", "auto"]
+Runtime = Literal["keras", "onnxruntime", "openvino", "auto"]
 
 
 @dataclass
@@ -535,9 +535,11 @@ class InferenceConfig:
         "training (a model trained in another precision is rebuilt in this one)")
     runtime: Runtime = option(
         "keras",
-        "what runs the model: keras, or onnxruntime (the model converted to ONNX when "
-        "predict.py starts; needs the export extra, float32 only); auto: onnxruntime where "
-        "it was measured faster (float32 on a CPU, when installed), else keras")
+        "what runs the model: keras, onnxruntime (the model converted to ONNX when "
+        "predict.py starts; needs the export extra, float32 only) or openvino (converted to "
+        "OpenVINO through ONNX; needs the openvino extra; float32 or bfloat16, on the CPU); "
+        "auto: onnxruntime where it was measured faster (float32 on a CPU, when installed), "
+        "else keras")
     postprocess: bool = option(
         True,
         "apply the run's post-processing and threshold chosen on validation (its inference "

@@ -1,7 +1,10 @@
-"""Export a trained run for deployment: SavedModel, ONNX or TFLite, with its preprocessing.
+"""Export a trained run for deployment: SavedModel, ONNX, TFLite or OpenVINO, with its
+preprocessing.
 
 Built on Keras' own ``Model.export`` (SavedModel through TensorFlow, ONNX
-through tf2onnx, TFLite through TensorFlow Lite's converter). Every export
+through tf2onnx, TFLite through TensorFlow Lite's converter); OpenVINO's IR
+(``model.xml`` and ``model.bin``, float32 weights) is converted by OpenVINO
+from that ONNX model. Every export
 gets a ``preprocessing.json`` beside it: what predict.py does around the
 model (channels, normalisation, divisor, output activation, class names,
 mask encoding, threshold, post-processing, tiling), so the model can be used
@@ -27,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: format: (Keras' name for it, default output below RUN/export/)
 FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "onnx/model.onnx"),
-           "tflite": ("litert", "tflite/model.tflite")}
+           "tflite": ("litert", "tflite/model.tflite"),
+           "openvino": ("onnx", "openvino/model.xml")}
 #: Largest absolute difference from Keras allowed (float32).
 PARITY = 1e-4
 PREPROCESSING_FILE = "preprocessing.json"
@@ -87,7 +91,8 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     """Export the run's model; returns the exported file or folder.
 
     ``output`` defaults to ``RUN/export/savedmodel`` (a folder),
-    ``RUN/export/onnx/model.onnx`` or ``RUN/export/tflite/model.tflite``;
+    ``RUN/export/onnx/model.onnx``, ``RUN/export/tflite/model.tflite`` or
+    ``RUN/export/openvino/model.xml`` (with ``model.bin`` beside it);
     ``preprocessing.json`` goes inside the SavedModel folder, beside the
     others. An existing output or preprocessing.json is an error (nothing is
     overwritten). ``input_size`` fixes ``[height, width]`` (TFLite targets
@@ -106,8 +111,8 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     keras_format, default_name = FORMATS[format]
     output = Path(output) if output is not None else run.path / "export" / default_name
     spec_path = (output if format == "savedmodel" else output.parent) / PREPROCESSING_FILE
-    for path in (output, spec_path):
-        if path.exists():
+    for path in (output, spec_path, output.with_suffix(".bin") if format == "openvino" else None):
+        if path is not None and path.exists():
             raise FileExistsError(f"{path}: exists; choose another --output or remove it")
     divisor = run.config.model.divisor
     if input_size is not None:
@@ -122,13 +127,17 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     # bfloat16 on CPUs with bfloat16 units): runtimes and edge devices expect float32.
     model = in_precision(run.model, run.config.model, "float32")
     try:
-        model.export(str(output), format=keras_format, verbose=False, input_signature=signature)
+        if format == "openvino":
+            _export_openvino(model, output, signature)
+        else:
+            model.export(str(output), format=keras_format, verbose=False,
+                         input_signature=signature)
         difference = check_parity(run, output, format, input_size, model=model)
     except BaseException:
-        _remove(output)
+        _remove(output, format)
         raise
     if difference > PARITY:
-        _remove(output)
+        _remove(output, format)
         raise ValueError(f"{output}: the exported model differs from Keras by up to "
                          f"{difference:.3g} (limit {PARITY}); export refused")
     spec = preprocessing_spec(run, format, input_size)
@@ -138,11 +147,30 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     return output
 
 
-def _remove(path: Path) -> None:
+def _export_openvino(model, output: Path, signature) -> None:
+    """OpenVINO IR at ``output`` (``.xml``, and ``.bin`` beside it) from the model's ONNX
+    export, with float32 weights (OpenVINO would store float16 by default)."""
+    import tempfile
+
+    try:
+        import openvino
+    except ImportError as error:
+        raise ValueError(f"format openvino needs the openvino extra (pip install "
+                         f"'unet_cbam[openvino]'): {error}") from None
+    with tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-") as folder:
+        onnx = Path(folder) / "model.onnx"
+        model.export(str(onnx), format="onnx", verbose=False, input_signature=signature)
+        openvino.save_model(openvino.convert_model(str(onnx)), str(output),
+                            compress_to_fp16=False)
+
+
+def _remove(path: Path, format: str | None = None) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+        if format == "openvino":
+            path.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def parity_inputs(run, input_size: list[int] | None) -> list[np.ndarray]:
@@ -189,6 +217,12 @@ def tflite_interpreter(path: Path):
 
 def run_exported(path: Path, format: str, images: np.ndarray) -> np.ndarray:
     """Run an exported model on ``images`` with its own runtime."""
+    if format == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(path), "CPU",
+                                                 {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.asarray(compiled(images)[0])
     if format == "onnx":
         import onnxruntime
 

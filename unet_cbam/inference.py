@@ -245,6 +245,28 @@ def onnx_predictor(path: str, threads: int | None = None) -> Predictor:
     return predict
 
 
+def openvino_predictor(model, precision: str = "f32", threads: int | None = None
+                       ) -> Predictor:
+    """A ``Predictor`` running an OpenVINO model (a ``Model``, or the path of an IR ``.xml``
+    or ONNX file) on the CPU in ``precision`` (OpenVINO's ``f32`` or ``bf16``).
+
+    The LATENCY hint: predict.py sends one batch of tiles at a time and waits for it,
+    and THROUGHPUT would split the cores into streams that one request cannot fill.
+    """
+    import openvino
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = openvino.Core().compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        request.infer({0: np.ascontiguousarray(tiles, np.float32)})
+        return np.array(request.get_output_tensor(0).data)  # a copy: the request reuses it
+    return predict
+
+
 def keras_predictor(model) -> Predictor:
     """A ``Predictor`` running a Keras model on a batch of tiles.
 

@@ -44,6 +44,7 @@ from unet_cbam.inference import (
     ensemble_predictor,
     keras_predictor,
     onnx_predictor,
+    openvino_predictor,
     predictive_entropy,
     probabilities_to_labels,
     resampled_predict,
@@ -58,7 +59,7 @@ from unet_cbam.postprocess import postprocess
 from unet_cbam.precision import choose_precision
 from unet_cbam.progress import progress as progress_of
 from unet_cbam.run import RunFolder
-from unet_cbam.runtime import choose_runtime, to_onnx
+from unet_cbam.runtime import OPENVINO_PRECISIONS, choose_runtime, to_onnx, to_openvino
 from unet_cbam.summary import ItemResult, SummaryWriter
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
@@ -122,20 +123,36 @@ class BatchPredictor:
             self.precision, why = "float32", "runtime onnxruntime runs float32 models"
         else:
             self.precision, why = choose_precision(inference.precision)
-        self.models = [in_precision(model, run.config.model, self.precision)
-                       for model in run.members]
+            if (inference.runtime == "openvino" and inference.precision == "auto"
+                    and self.precision not in OPENVINO_PRECISIONS):
+                self.precision, why = "float32", (f"runtime openvino runs on the CPU, in "
+                                                  f"{' or '.join(OPENVINO_PRECISIONS)}")
         logger.debug("precision %s (%s)", self.precision, why)
-        #: What runs the model (keras or onnxruntime).
+        #: What runs the model (keras, onnxruntime or openvino).
         self.runtime, why = choose_runtime(inference.runtime, self.precision)
         logger.info("runtime %s (%s)", self.runtime, why)
         if self.runtime == "onnxruntime":
             if self.precision != "float32":
                 raise ValueError(f"runtime onnxruntime runs float32 models; precision "
                                  f"{self.precision} needs runtime keras")
-            self._onnx = tempfile.TemporaryDirectory(prefix="unet_cbam-onnx-")
-            predictors = [onnx_predictor(to_onnx(model, Path(self._onnx.name) / f"m{i}.onnx"))
-                          for i, model in enumerate(self.models)]
+            self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-onnx-")
+            folder = Path(self._converted.name)
+            predictors = [onnx_predictor(to_onnx(model, folder / f"m{i}.onnx"))
+                          for i, model in enumerate(self._float32_members())]
+        elif self.runtime == "openvino":
+            if self.precision not in OPENVINO_PRECISIONS:
+                raise ValueError(f"runtime openvino runs {' or '.join(OPENVINO_PRECISIONS)}; "
+                                 f"precision {self.precision} needs runtime keras")
+            self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
+            folder = Path(self._converted.name)
+            predictors = []
+            for index, model in enumerate(self._float32_members()):
+                (folder / str(index)).mkdir()
+                predictors.append(openvino_predictor(to_openvino(model, folder / str(index)),
+                                                     OPENVINO_PRECISIONS[self.precision]))
         else:
+            self.models = [in_precision(model, run.config.model, self.precision)
+                           for model in run.members]
             predictors = [keras_predictor(model) for model in self.models]
         #: (scale, predictor, members): the members trained at one resolution, averaged
         #: tile by tile; groups at different resolutions are averaged at the image's size.
@@ -149,6 +166,12 @@ class BatchPredictor:
         #: Whether every member sees images at their own size (then tiles stream).
         self.native = len(self.groups) == 1 and self.groups[0][0] == 1.0
         self.divisor = run.config.model.divisor
+
+    def _float32_members(self) -> list:
+        """The members in float32, for a conversion (OpenVINO applies its own precision)."""
+        self.models = [in_precision(model, self.run.config.model, "float32")
+                       for model in self.run.members]
+        return self.models
 
     # -- one image ---------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""What runs a model's forward passes: Keras, or onnxruntime on an ONNX conversion, and
-the rule ``--runtime auto`` chooses by."""
+"""What runs a model's forward passes: Keras, onnxruntime on an ONNX conversion, or
+OpenVINO on an OpenVINO conversion of that ONNX model, and the rule ``--runtime auto``
+chooses by."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def to_onnx(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
+def to_openvino(model: keras.Model, folder: Path):
+    """``model`` as an OpenVINO ``Model`` (any height and width), converted from its ONNX
+    form (``to_onnx``, written into ``folder``): OpenVINO's ONNX front end reads what
+    tf2onnx writes, where its TensorFlow front end would need a SavedModel of Keras 3."""
+    try:
+        import openvino
+    except ImportError as error:
+        raise ValueError(f"runtime openvino needs the openvino extra (pip install "
+                         f"'unet_cbam[openvino]'): {error}") from None
+    return openvino.convert_model(to_onnx(model, Path(folder) / "model.onnx"))
+
+
+#: OpenVINO's CPU inference precision for predict.py's ``--precision``.
+OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
+
+
 #: onnxruntime's images/s over Keras' in float32 on a CPU, measured by benchmarks/runtime.py
 #: (predict.py's tiling, default model, 512x512): 1.30 on this project's 2-core AMD EPYC
 #: (AVX2), 1.25 on an AVX-512 EPYC. No GPU build of onnxruntime is installed by the extra.
@@ -36,7 +53,7 @@ ONNXRUNTIME_CPU_SPEEDUP = 1.30
 
 def choose_runtime(requested: str, precision: str, gpus: int | None = None
                    ) -> tuple[str, str]:
-    """(keras | onnxruntime, reason) for ``requested`` (keras, onnxruntime or auto).
+    """(keras | onnxruntime | openvino, reason) for ``requested`` (those, or auto).
 
     auto's rule, from measurements (``ONNXRUNTIME_CPU_SPEEDUP``): onnxruntime for float32
     on a CPU when onnxruntime and tf2onnx are installed; keras otherwise (on a GPU, Keras

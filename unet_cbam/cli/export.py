@@ -1,9 +1,11 @@
-"""unet-cbam-export: a trained run as SavedModel, ONNX or TFLite, with preprocessing.json.
+"""unet-cbam-export: a trained run as SavedModel, ONNX, TFLite or OpenVINO, with
+preprocessing.json.
 
-    unet-cbam-export RUN_DIR --format savedmodel|onnx|tflite [--output PATH] [--input-size H W]
+    unet-cbam-export RUN_DIR --format savedmodel|onnx|tflite|openvino [--output PATH]
+        [--input-size H W]
     python -m unet_cbam.export RUN_DIR --format onnx
 
-The export runs without unet_cbam (TF Serving, onnxruntime, TFLite/LiteRT);
+The export runs without unet_cbam (TF Serving, onnxruntime, TFLite/LiteRT, OpenVINO);
 preprocessing.json says what predict.py does around the model. Export
 finishes only if the exported model matches Keras to 1e-4.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from unet_cbam.cli.options import add_logging_options, import_tensorflow, setup_logging
 
-FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
+FORMAT_NAMES = ("savedmodel", "onnx", "tflite", "openvino")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -27,11 +29,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("run", type=Path, metavar="RUN_DIR", help="a run folder from train.py")
     parser.add_argument("--format", required=True, choices=FORMAT_NAMES,
                         help="savedmodel (TF Serving), onnx (onnxruntime and others; needs "
-                             "the export extra: pip install 'unet_cbam[export]') or tflite")
+                             "the export extra: pip install 'unet_cbam[export]'), tflite, or "
+                             "openvino (IR: model.xml and model.bin; needs the openvino "
+                             "extra too)")
     parser.add_argument("--output", type=Path, metavar="PATH",
-                        help="the exported file (onnx, tflite) or folder (savedmodel); default: "
-                             "RUN_DIR/export/savedmodel, .../onnx/model.onnx, "
-                             ".../tflite/model.tflite")
+                        help="the exported file (onnx, tflite, openvino's .xml) or folder "
+                             "(savedmodel); default: RUN_DIR/export/savedmodel, "
+                             ".../onnx/model.onnx, .../tflite/model.tflite, "
+                             ".../openvino/model.xml")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="a fixed input size, multiples of the model's divisor (default: "
                              "any size)")
