@@ -1,20 +1,27 @@
-"""Which runtime predicts faster on this CPU: Keras (TensorFlow) or onnxruntime?
+"""Which runtime and precision predict fastest on this CPU, and do they agree?
 
 predict.py's own prediction (``BatchPredictor.predict_raw``: tiling, batching,
 blending, thresholding; no file I/O) of the 30 ISBI slices (512x512) already in
-memory, with ``--runtime keras`` and ``--runtime onnxruntime``, interleaved in
-one process after a warm-up pass of each, best of --rounds. The model is the
-default configuration for 1-channel images (untrained: speed does not depend
-on the weights).
+memory, for every runtime x precision this machine can run: Keras float32 (the
+reference) and bfloat16, onnxruntime float32, OpenVINO float32 and bfloat16
+(bfloat16 only on a CPU with bfloat16 units: elsewhere it is emulated, slower,
+and says nothing about the hardware). Interleaved in one process after a
+warm-up pass of each, best of --rounds. Agreement with Keras float32: the
+largest probability difference, and the share of confident pixels (probability
+at least 0.05 from the threshold) whose label differs. The model is the
+default configuration for 1-channel images, with weights from a short training
+run on ISBI slices (untrained weights give probabilities near 0.5, where every
+precision's rounding flips labels and agreement means nothing).
 
-    python -m benchmarks.runtime [--rounds 3] [--tta]
+    python -m benchmarks.runtime [--rounds 3] [--tta] [--variants keras-float32 openvino-float32]
 
-Prints a Markdown table and writes benchmarks/results/runtime/runtime.json.
+Prints a Markdown table and writes benchmarks/results/runtime/runtime-LABEL.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
@@ -22,47 +29,118 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks.common import ISBI, machine, make_run, print_table, write_json
+from benchmarks.common import ISBI, machine, print_table, write_json
 
 #: Its results folder: benchmarks/results/SCRIPT/.
 SCRIPT = Path(__file__).stem
 
-RUNTIMES = ("keras", "onnxruntime")
+#: runtime-precision: (runtime, precision, the package it needs)
+VARIANTS = {
+    "keras-float32": ("keras", "float32", None),
+    "keras-bfloat16": ("keras", "bfloat16", None),
+    "onnxruntime-float32": ("onnxruntime", "float32", "onnxruntime"),
+    "openvino-float32": ("openvino", "float32", "openvino"),
+    "openvino-bfloat16": ("openvino", "bfloat16", "openvino"),
+}
+REFERENCE = "keras-float32"
+#: A pixel is confident when its probability is at least this far from the threshold.
+CONFIDENT = 0.05
 
 
-def main() -> None:
+def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the variants this machine can measure, {left out: why})."""
+    from unet_cbam.precision import BF16_CPU_FLAGS, cpu_flags
+
+    bf16 = any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    chosen, skipped = [], {}
+    for name in names:
+        _, precision, package = VARIANTS[name]
+        if package and importlib.util.find_spec(package) is None:
+            skipped[name] = f"{package} is not installed"
+        elif precision == "bfloat16" and not bf16:
+            skipped[name] = "no bfloat16 units on this CPU (it would run emulated)"
+        else:
+            chosen.append(name)
+    return chosen, skipped
+
+
+def trained_run(folder: Path) -> Path:
+    """The default model for 1-channel images, trained briefly on ISBI slices 0-7."""
+    from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from unet_cbam.training import train
+
+    data = folder / "data"
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+        for index in range(8):
+            (data / kind / f"slice{index:02d}.png").symlink_to(
+                ISBI / kind / f"slice{index:02d}.png")
+    config = RunConfig(model=ModelConfig(num_classes=1, input_channels=1),
+                       data=DataConfig(data=str(data), patch_size=256, val_fraction=0.25),
+                       train=TrainConfig(epochs=3, steps_per_epoch=10, batch_size=4,
+                                         precision="float32", seed=1))
+    train(config, folder / "run", progress=False)
+    return folder / "run"
+
+
+def main(argv: list[str] | None = None) -> None:
     import cv2
+    import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tta", action="store_true")
-    arguments = parser.parse_args()
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--label", default="all", help="results file: runtime-LABEL.json")
+    arguments = parser.parse_args(argv)
     info = machine()
     from unet_cbam.config import InferenceConfig
     from unet_cbam.loading import load_run
     from unet_cbam.predict import BatchPredictor
 
+    names, skipped = available(sorted(set(arguments.variants) | {REFERENCE},
+                                      key=list(VARIANTS).index))
+    for name, why in skipped.items():
+        print(f"{name}: left out ({why})")
     images = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
               for p in sorted((ISBI / "images").glob("*.png"))]
     with tempfile.TemporaryDirectory() as work:
-        run = load_run(make_run(Path(work) / "run"))
-        predictors = {name: BatchPredictor(run, InferenceConfig(runtime=name, tta=arguments.tta))
-                      for name in RUNTIMES}
-        best = dict.fromkeys(RUNTIMES, float("inf"))
-        for predictor in predictors.values():  # warm-up
-            predictor.predict_raw(images[0])
+        run = load_run(trained_run(Path(work)))
+        predictors = {}
+        for name in names:
+            runtime, precision, _ = VARIANTS[name]
+            predictors[name] = BatchPredictor(run, InferenceConfig(
+                runtime=runtime, precision=precision, tta=arguments.tta))
+        outputs = {name: [p.predict_raw(image, keep_probabilities=True)
+                          for image in images[:4]]
+                   for name, p in predictors.items()}  # warm-up, and the agreement check
+        best = dict.fromkeys(names, float("inf"))
         for _ in range(arguments.rounds):
             for name, predictor in predictors.items():
                 started = time.perf_counter()
                 for image in images:
                     predictor.predict_raw(image)
                 best[name] = min(best[name], time.perf_counter() - started)
-    rows = [{"runtime": name, "images_per_s": round(len(images) / best[name], 3),
-             "vs_keras": round(best["keras"] / best[name], 3)} for name in RUNTIMES]
-    print_table(rows, ["runtime", "images_per_s", "vs_keras"])
-    path = write_json(SCRIPT, "runtime.json", {"machine": info, "images": len(images),
-                                       "size": "512x512", "tta": arguments.tta,
-                                       "rounds": arguments.rounds, "results": rows})
+        threshold = predictors[REFERENCE].threshold
+    rows = []
+    for name in names:
+        difference, flipped, confident = 0.0, 0, 0
+        for (labels, probabilities), (ref_labels, ref_probabilities) in zip(
+                outputs[name], outputs[REFERENCE], strict=True):
+            difference = max(difference, float(np.abs(probabilities - ref_probabilities).max()))
+            clear = np.abs(ref_probabilities[..., -1] - threshold) >= CONFIDENT
+            flipped += int((labels[clear] != ref_labels[clear]).sum())
+            confident += int(clear.sum())
+        rows.append({"variant": name, "images_per_s": round(len(images) / best[name], 3),
+                     "vs_keras_float32": round(best[REFERENCE] / best[name], 3),
+                     "max_probability_difference": round(difference, 5),
+                     "confident_pixels_differing": flipped,
+                     "confident_pixels": confident})
+    print_table(rows, ["variant", "images_per_s", "vs_keras_float32",
+                       "max_probability_difference", "confident_pixels_differing"])
+    path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
+        "machine": info, "images": len(images), "size": "512x512", "tta": arguments.tta,
+        "rounds": arguments.rounds, "left_out": skipped, "results": rows})
     print(f"written: {path}")
 
 

@@ -401,3 +401,22 @@ def test_the_results_index_lists_every_file_and_is_up_to_date(tmp_path, monkeypa
     monkeypatch.setattr(index, "INDEX", tmp_path / "README.md")
     assert index.main(["--check"]) == 1  # a missing (or stale) index is caught
     assert "python -m benchmarks.index" in capsys.readouterr().err
+
+
+def test_runtime_benchmark_measures_what_this_machine_runs_natively(monkeypatch):
+    import importlib.util
+
+    import unet_cbam.precision as precision
+
+    runtime = load_script("runtime")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    chosen, skipped = runtime.available(list(runtime.VARIANTS))
+    assert chosen == ["keras-float32", "onnxruntime-float32"]
+    assert skipped == {"keras-bfloat16": "no bfloat16 units on this CPU (it would run emulated)",
+                       "openvino-float32": "openvino is not installed",
+                       "openvino-bfloat16": "openvino is not installed"}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime.available(["keras-bfloat16"]) == (["keras-bfloat16"], {})
