@@ -333,6 +333,7 @@ Schedule = Literal["cosine", "constant", "plateau"]
 Strategy = Literal["default", "mirrored", "multiworker"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Runtime = Literal["keras", "onnxruntime", "openvino", "auto"]
+InferencePrecision = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 
 
 @dataclass
@@ -529,10 +530,13 @@ class InferenceConfig:
         None,
         "binary models: foreground where probability > threshold; none: the run's threshold "
         "tuned on validation (its inference section), else 0.5")
-    precision: Precision = option(
+    precision: InferencePrecision = option(
         "auto",
         "float32, bfloat16 or float16 for the forward passes; auto: by the hardware, as for "
-        "training (a model trained in another precision is rebuilt in this one)")
+        "training (a model trained in another precision is rebuilt in this one); int8: "
+        "runtime openvino, the model quantised by NNCF on the run's training images and used "
+        "only where its validation Dice drops by at most 0.003 (else float32), cached in the "
+        "run folder")
     runtime: Runtime = option(
         "keras",
         "what runs the model: keras, onnxruntime (the model converted to ONNX when "

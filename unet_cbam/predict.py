@@ -58,6 +58,7 @@ from unet_cbam.loading import LoadedRun, in_precision
 from unet_cbam.postprocess import postprocess
 from unet_cbam.precision import choose_precision
 from unet_cbam.progress import progress as progress_of
+from unet_cbam.quantize import int8_model
 from unet_cbam.run import RunFolder
 from unet_cbam.runtime import OPENVINO_PRECISIONS, choose_runtime, to_onnx, to_openvino
 from unet_cbam.summary import ItemResult, SummaryWriter
@@ -119,7 +120,12 @@ class BatchPredictor:
         self.threshold = inference.resolve_threshold(run.config.inference)
         self.postprocessing = inference.postprocessing(run.config.inference)
         #: The precision of the forward passes, and the models in it.
-        if inference.runtime == "onnxruntime" and inference.precision == "auto":
+        if inference.precision == "int8":
+            if inference.runtime == "onnxruntime":
+                raise ValueError("precision int8 runs on runtime openvino (or keras, the "
+                                 "default, which hands it to openvino), not onnxruntime")
+            self.precision, why = "int8", "asked for"
+        elif inference.runtime == "onnxruntime" and inference.precision == "auto":
             self.precision, why = "float32", "runtime onnxruntime runs float32 models"
         else:
             self.precision, why = choose_precision(inference.precision)
@@ -129,7 +135,10 @@ class BatchPredictor:
                                                   f"{' or '.join(OPENVINO_PRECISIONS)}")
         logger.debug("precision %s (%s)", self.precision, why)
         #: What runs the model (keras, onnxruntime or openvino).
-        self.runtime, why = choose_runtime(inference.runtime, self.precision)
+        if self.precision == "int8":
+            self.runtime, why = "openvino", "precision int8: Keras runs no INT8 models"
+        else:
+            self.runtime, why = choose_runtime(inference.runtime, self.precision)
         logger.info("runtime %s (%s)", self.runtime, why)
         if self.runtime == "onnxruntime":
             if self.precision != "float32":
@@ -139,6 +148,8 @@ class BatchPredictor:
             folder = Path(self._converted.name)
             predictors = [onnx_predictor(to_onnx(model, folder / f"m{i}.onnx"))
                           for i, model in enumerate(self._float32_members())]
+        elif self.precision == "int8":
+            predictors = self._int8_predictors()
         elif self.runtime == "openvino":
             if self.precision not in OPENVINO_PRECISIONS:
                 raise ValueError(f"runtime openvino runs {' or '.join(OPENVINO_PRECISIONS)}; "
@@ -166,6 +177,26 @@ class BatchPredictor:
         #: Whether every member sees images at their own size (then tiles stream).
         self.native = len(self.groups) == 1 and self.groups[0][0] == 1.0
         self.divisor = run.config.model.divisor
+
+    def _int8_predictors(self) -> list:
+        """Each member's checked INT8 model (``unet_cbam.quantize``), or its float32 one
+        where INT8 failed the check; ``self.int8`` says which."""
+        folders = RunFolder(self.run.path).folds() or [RunFolder(self.run.path)]
+        self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
+        predictors, self.int8 = [], []
+        for index, (model, folder, scale) in enumerate(zip(
+                self._float32_members(), folders, self.run.scales, strict=True)):
+            outcome = int8_model(folder.path, model, scale, self.inference.tile_size,
+                                 self.inference.overlap, self.inference.batch_size,
+                                 self.threshold)
+            logger.info("%s: %s", folder.path.name, outcome.reason)
+            chosen = outcome.model
+            if chosen is None:
+                (Path(self._converted.name) / str(index)).mkdir()
+                chosen = to_openvino(model, Path(self._converted.name) / str(index))
+            self.int8.append(outcome.model is not None)
+            predictors.append(openvino_predictor(chosen, "f32"))
+        return predictors
 
     def _float32_members(self) -> list:
         """The members in float32, for a conversion (OpenVINO applies its own precision)."""
