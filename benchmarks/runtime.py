@@ -3,9 +3,11 @@
 predict.py's own prediction (``BatchPredictor.predict_raw``: tiling, batching,
 blending, thresholding; no file I/O) of the 30 ISBI slices (512x512) already in
 memory, for every runtime x precision this machine can run: Keras float32 (the
-reference) and bfloat16, onnxruntime float32, OpenVINO float32 and bfloat16
-(bfloat16 only on a CPU with bfloat16 units: elsewhere it is emulated, slower,
-and says nothing about the hardware). Interleaved in one process after a
+reference) and bfloat16, onnxruntime float32, OpenVINO float32, bfloat16 and
+INT8 (bfloat16 only on a CPU with bfloat16 units: elsewhere it is emulated,
+slower, and says nothing about the hardware; INT8 as ``--precision int8`` makes
+it, calibrated and checked on the run's own images, ``int8_accepted`` saying
+whether the check let it run). Interleaved in one process after a
 warm-up pass of each, best of --rounds. Agreement with Keras float32: the
 largest probability difference, and the share of confident pixels (probability
 at least 0.05 from the threshold) whose label differs. The model is the
@@ -34,13 +36,14 @@ from benchmarks.common import ISBI, machine, print_table, write_json
 #: Its results folder: benchmarks/results/SCRIPT/.
 SCRIPT = Path(__file__).stem
 
-#: runtime-precision: (runtime, precision, the package it needs)
+#: runtime-precision: (runtime, precision, the packages it needs)
 VARIANTS = {
-    "keras-float32": ("keras", "float32", None),
-    "keras-bfloat16": ("keras", "bfloat16", None),
-    "onnxruntime-float32": ("onnxruntime", "float32", "onnxruntime"),
-    "openvino-float32": ("openvino", "float32", "openvino"),
-    "openvino-bfloat16": ("openvino", "bfloat16", "openvino"),
+    "keras-float32": ("keras", "float32", ()),
+    "keras-bfloat16": ("keras", "bfloat16", ()),
+    "onnxruntime-float32": ("onnxruntime", "float32", ("onnxruntime", "tf2onnx")),
+    "openvino-float32": ("openvino", "float32", ("openvino", "tf2onnx")),
+    "openvino-bfloat16": ("openvino", "bfloat16", ("openvino", "tf2onnx")),
+    "openvino-int8": ("openvino", "int8", ("openvino", "nncf", "tf2onnx")),
 }
 REFERENCE = "keras-float32"
 #: A pixel is confident when its probability is at least this far from the threshold.
@@ -54,9 +57,10 @@ def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
     bf16 = any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
     chosen, skipped = [], {}
     for name in names:
-        _, precision, package = VARIANTS[name]
-        if package and importlib.util.find_spec(package) is None:
-            skipped[name] = f"{package} is not installed"
+        _, precision, packages = VARIANTS[name]
+        missing = [p for p in packages if importlib.util.find_spec(p) is None]
+        if missing:
+            skipped[name] = f"{' and '.join(missing)} not installed"
         elif precision == "bfloat16" and not bf16:
             skipped[name] = "no bfloat16 units on this CPU (it would run emulated)"
         else:
@@ -131,13 +135,16 @@ def main(argv: list[str] | None = None) -> None:
             clear = np.abs(ref_probabilities[..., -1] - threshold) >= CONFIDENT
             flipped += int((labels[clear] != ref_labels[clear]).sum())
             confident += int(clear.sum())
+        int8 = getattr(predictors[name], "int8", None)
         rows.append({"variant": name, "images_per_s": round(len(images) / best[name], 3),
+                     **({"int8_accepted": all(int8)} if int8 is not None else {}),
                      "vs_keras_float32": round(best[REFERENCE] / best[name], 3),
                      "max_probability_difference": round(difference, 5),
                      "confident_pixels_differing": flipped,
                      "confident_pixels": confident})
     print_table(rows, ["variant", "images_per_s", "vs_keras_float32",
-                       "max_probability_difference", "confident_pixels_differing"])
+                       "max_probability_difference", "confident_pixels_differing",
+                       "int8_accepted"])
     path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
         "machine": info, "images": len(images), "size": "512x512", "tta": arguments.tta,
         "rounds": arguments.rounds, "left_out": skipped, "results": rows})

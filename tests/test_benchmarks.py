@@ -416,7 +416,8 @@ def test_runtime_benchmark_measures_what_this_machine_runs_natively(monkeypatch)
     chosen, skipped = runtime.available(list(runtime.VARIANTS))
     assert chosen == ["keras-float32", "onnxruntime-float32"]
     assert skipped == {"keras-bfloat16": "no bfloat16 units on this CPU (it would run emulated)",
-                       "openvino-float32": "openvino is not installed",
-                       "openvino-bfloat16": "openvino is not installed"}
+                       "openvino-float32": "openvino not installed",
+                       "openvino-bfloat16": "openvino not installed",
+                       "openvino-int8": "openvino not installed"}
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert runtime.available(["keras-bfloat16"]) == (["keras-bfloat16"], {})
