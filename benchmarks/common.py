@@ -10,24 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
+from unet_cbam.precision import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "datasets" / "isbi2012-membrane"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 PACKAGES = ("tensorflow", "keras", "numpy", "albumentations", "opencv-python-headless",
-            "segmentation-models", "tifffile", "unet_cbam")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            "segmentation-models", "tifffile", "onnxruntime", "openvino", "nncf", "unet_cbam")
 
 
 def cpu_features() -> list[str]:

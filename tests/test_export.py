@@ -213,41 +213,70 @@ def test_predict_with_the_openvino_runtime_matches_keras(run_dir):
         "float32", "bfloat16")
 
 
-@pytest.mark.parametrize("requested, precision, gpus, installed, expected", [
-    ("keras", "float32", 0, True, "keras"),
-    ("onnxruntime", "float32", 1, True, "onnxruntime"),
-    ("auto", "float32", 0, True, "onnxruntime"),
-    ("auto", "float32", 0, False, "keras"),
-    ("auto", "float32", 1, True, "keras"),
-    ("auto", "float16", 0, True, "keras"),
+@pytest.mark.parametrize("precision, gpus, installed, expected", [
+    ("float32", 0, True, ["keras", "onnxruntime", "openvino"]),
+    ("bfloat16", 0, True, ["keras", "openvino"]),
+    ("float16", 0, True, ["keras"]),
+    ("float32", 0, False, ["keras"]),
+    ("float32", 1, True, ["keras"]),
 ])
-def test_auto_runtime_follows_the_measured_rule(monkeypatch, requested, precision, gpus,
-                                                installed, expected):
+def test_auto_runtime_times_the_runtimes_that_can_run(monkeypatch, precision, gpus, installed,
+                                                      expected):
     import importlib.util
 
-    from unet_cbam.runtime import choose_runtime
+    from unet_cbam.runtime import choose_runtime, runtime_candidates
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: (real(name, *a) if installed else None)
-                        if name in ("onnxruntime", "tf2onnx") else real(name, *a))
-    runtime, why = choose_runtime(requested, precision, gpus=gpus)
-    assert runtime == expected, why
-    if requested == "auto" and not installed:
-        assert "unet_cbam[export]" in why
+                        if name in ("onnxruntime", "tf2onnx", "openvino") else real(name, *a))
+    candidates, left_out = runtime_candidates(precision, gpus=gpus)
+    assert candidates == expected, left_out
+    if not installed:
+        assert left_out == ["onnxruntime: onnxruntime and tf2onnx not installed",
+                            "openvino: openvino and tf2onnx not installed"]
+    assert choose_runtime("auto", precision, gpus=gpus)[0] == ("keras" if gpus else "auto")
+    assert choose_runtime("onnxruntime", precision, gpus=gpus) == ("onnxruntime", "asked for")
+
+
+def test_the_fastest_runtime_that_agrees_wins():
+    from unet_cbam.runtime import fastest
+
+    results = {"keras": {"seconds": 1.0, "max_difference": 0.0, "agrees": True},
+               "onnxruntime": {"seconds": 0.5, "max_difference": 0.3, "agrees": False},
+               "openvino": {"seconds": 0.8, "max_difference": 1e-6, "agrees": True}}
+    runtime, reason = fastest(results)
+    assert runtime == "openvino"
+    assert reason == ("fastest of keras 1 s, onnxruntime 0.5 s (disagrees with keras: 0.3), "
+                      "openvino 0.8 s for a batch of tiles")
 
 
 @pytest.mark.slow
-def test_predict_with_auto_runtime_uses_onnxruntime_on_this_cpu(run_dir):
+def test_auto_runtime_is_timed_once_per_machine_and_model_then_cached(run_dir, tmp_path,
+                                                                      monkeypatch):
+    import unet_cbam.predict as predict
     from unet_cbam.config import InferenceConfig
     from unet_cbam.loading import load_run
-    from unet_cbam.precision import choose_precision
-    from unet_cbam.predict import BatchPredictor
+    from unet_cbam.runtime import cache_file
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     run = load_run(run_dir)
-    predictor = BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32"))
-    assert predictor.runtime == "onnxruntime"
-    # auto precision: bfloat16 on a CPU with bfloat16 units, which onnxruntime does not run
-    predictor = BatchPredictor(run, InferenceConfig(runtime="auto"))
-    expected = "onnxruntime" if choose_precision("auto")[0] == "float32" else "keras"
-    assert predictor.runtime == expected
+    inference = InferenceConfig(runtime="auto", precision="float32", tile_size=64)
+    first = predict.BatchPredictor(run, inference)
+    [choice] = json.loads(cache_file().read_text()).values()
+    assert set(choice["results"]) == {"keras", "onnxruntime", "openvino"}
+    assert first.runtime == choice["runtime"] and first.precision == "float32"
+    timed = {name: r["seconds"] for name, r in choice["results"].items() if r["agrees"]}
+    assert first.runtime == min(timed, key=timed.get)
+    # Again: from the cache, nothing timed; the masks are those of the chosen runtime.
+    monkeypatch.setattr(predict, "time_runtimes", lambda *a: pytest.fail("timed again"))
+    again = predict.BatchPredictor(run, inference)
+    assert again.runtime == first.runtime
+    raw = (np.random.default_rng(6).random((70, 90)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(again.predict_raw(raw)[0], first.predict_raw(raw)[0])
+    # Another tile size is another question: timed anew.
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    predict.BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32",
+                                                tile_size=48))
+    assert len(json.loads(cache_file().read_text())) == 2

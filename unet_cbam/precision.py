@@ -20,6 +20,7 @@ The gates of CBAM and the head stay float32 under every policy.
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,17 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 #: float32 bfloat16``), not yet on a GPU.
 BFLOAT16_PARITY_MEASURED = {"cpu": True, "gpu": False}
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:

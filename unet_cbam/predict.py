@@ -60,7 +60,19 @@ from unet_cbam.precision import choose_precision
 from unet_cbam.progress import progress as progress_of
 from unet_cbam.quantize import int8_model
 from unet_cbam.run import RunFolder
-from unet_cbam.runtime import OPENVINO_PRECISIONS, choose_runtime, to_onnx, to_openvino
+from unet_cbam.runtime import (
+    OPENVINO_PRECISIONS,
+    cache_file,
+    cache_key,
+    choose_runtime,
+    fastest,
+    read_choice,
+    runtime_candidates,
+    time_runtimes,
+    to_onnx,
+    to_openvino,
+    write_choice,
+)
 from unet_cbam.summary import ItemResult, SummaryWriter
 from unet_cbam.visualize import add_legend, class_colors, overlay, plot_attention
 
@@ -135,36 +147,23 @@ class BatchPredictor:
                                                   f"{' or '.join(OPENVINO_PRECISIONS)}")
         logger.debug("precision %s (%s)", self.precision, why)
         #: What runs the model (keras, onnxruntime or openvino).
+        self._converted: list[tempfile.TemporaryDirectory] = []
         if self.precision == "int8":
             self.runtime, why = "openvino", "precision int8: Keras runs no INT8 models"
         else:
             self.runtime, why = choose_runtime(inference.runtime, self.precision)
-        logger.info("runtime %s (%s)", self.runtime, why)
-        if self.runtime == "onnxruntime":
-            if self.precision != "float32":
-                raise ValueError(f"runtime onnxruntime runs float32 models; precision "
-                                 f"{self.precision} needs runtime keras")
-            self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-onnx-")
-            folder = Path(self._converted.name)
-            predictors = [onnx_predictor(to_onnx(model, folder / f"m{i}.onnx"))
-                          for i, model in enumerate(self._float32_members())]
-        elif self.precision == "int8":
-            predictors = self._int8_predictors()
-        elif self.runtime == "openvino":
-            if self.precision not in OPENVINO_PRECISIONS:
-                raise ValueError(f"runtime openvino runs {' or '.join(OPENVINO_PRECISIONS)}; "
-                                 f"precision {self.precision} needs runtime keras")
-            self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
-            folder = Path(self._converted.name)
-            predictors = []
-            for index, model in enumerate(self._float32_members()):
-                (folder / str(index)).mkdir()
-                predictors.append(openvino_predictor(to_openvino(model, folder / str(index)),
-                                                     OPENVINO_PRECISIONS[self.precision]))
+        if self.precision == "int8":
+            pairs = self._int8_predictors()
+        elif self.runtime == "auto":
+            self.runtime, why, first = self._fastest_runtime()
+            pairs = [first, *self._predictors(self.runtime, run.members[1:])]
         else:
-            self.models = [in_precision(model, run.config.model, self.precision)
-                           for model in run.members]
-            predictors = [keras_predictor(model) for model in self.models]
+            pairs = self._predictors(self.runtime, run.members)
+        #: The Keras models behind the predictors: in the precision, or the float32 ones
+        #: that were converted.
+        self.models = [model for model, _ in pairs]
+        predictors = [predictor for _, predictor in pairs]
+        logger.info("runtime %s, %s (%s)", self.runtime, self.precision, why)
         #: (scale, predictor, members): the members trained at one resolution, averaged
         #: tile by tile; groups at different resolutions are averaged at the image's size.
         self.groups = []
@@ -178,31 +177,88 @@ class BatchPredictor:
         self.native = len(self.groups) == 1 and self.groups[0][0] == 1.0
         self.divisor = run.config.model.divisor
 
-    def _int8_predictors(self) -> list:
-        """Each member's checked INT8 model (``unet_cbam.quantize``), or its float32 one
-        where INT8 failed the check; ``self.int8`` says which."""
+    def _predictors(self, runtime: str, members: list) -> list[tuple]:
+        """(Keras model, predictor) per model of ``members`` on ``runtime`` in
+        ``self.precision``."""
+        precision = self.precision
+        if runtime == "keras":
+            models = [in_precision(model, self.run.config.model, precision) for model in members]
+            return [(model, keras_predictor(model)) for model in models]
+        if runtime == "onnxruntime" and precision != "float32":
+            raise ValueError(f"runtime onnxruntime runs float32 models; precision "
+                             f"{precision} needs runtime keras")
+        if runtime == "openvino" and precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"runtime openvino runs {' or '.join(OPENVINO_PRECISIONS)}; "
+                             f"precision {precision} needs runtime keras")
+        folder = tempfile.TemporaryDirectory(prefix=f"unet_cbam-{runtime}-")
+        self._converted.append(folder)
+        pairs = []
+        for index, model in enumerate(self._float32(members)):
+            if runtime == "onnxruntime":
+                predictor = onnx_predictor(to_onnx(model, Path(folder.name) / f"m{index}.onnx"))
+            else:
+                (Path(folder.name) / str(index)).mkdir()
+                predictor = openvino_predictor(to_openvino(model, Path(folder.name) / str(index)),
+                                               OPENVINO_PRECISIONS[precision])
+            pairs.append((model, predictor))
+        return pairs
+
+    def _fastest_runtime(self):
+        """(runtime, reason, the first member's (model, predictor) on it) for --runtime auto:
+        from the cache, else timed (``unet_cbam.runtime``) on a batch of tiles of this
+        prediction's size, the first member standing for all."""
+        candidates, left_out = runtime_candidates(self.precision, gpus=0)
+        side = round_up(self.inference.tile_size, self.run.config.model.divisor)
+        shape = (self.inference.batch_size, side, side, self.run.channels)
+        files = [folder.model_path for folder in
+                 (RunFolder(self.run.path).folds() or [RunFolder(self.run.path)])]
+        key = cache_key(files, shape, self.precision, candidates) if all(
+            f.is_file() for f in files) else None
+        cached = read_choice(key) if key else None
+        if cached and cached.get("runtime") in candidates:
+            runtime = cached["runtime"]
+            return runtime, f"{cached['reason']}; measured before ({cache_file()})", \
+                self._predictors(runtime, self.run.members[:1])[0]
+        if len(candidates) == 1:
+            return "keras", "the only runtime here (" + "; ".join(left_out) + ")", \
+                self._predictors("keras", self.run.members[:1])[0]
+        pairs = {name: self._predictors(name, self.run.members[:1])[0] for name in candidates}
+        tiles = np.random.default_rng(0).random(shape, dtype=np.float32)
+        results = time_runtimes({name: predictor for name, (_, predictor) in pairs.items()},
+                                tiles, self.precision)
+        runtime, reason = fastest(results)
+        reason += f" of {'x'.join(map(str, shape))}"
+        if left_out:
+            reason += " (" + "; ".join(left_out) + ")"
+        if key:
+            write_choice(key, {"runtime": runtime, "reason": reason, "results": results})
+        return runtime, reason, pairs[runtime]
+
+    def _int8_predictors(self) -> list[tuple]:
+        """(float32 Keras model, predictor) per member: its checked INT8 model
+        (``unet_cbam.quantize``), or its float32 one where INT8 failed the check;
+        ``self.int8`` says which."""
         folders = RunFolder(self.run.path).folds() or [RunFolder(self.run.path)]
-        self._converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
+        converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
+        self._converted.append(converted)
         predictors, self.int8 = [], []
         for index, (model, folder, scale) in enumerate(zip(
-                self._float32_members(), folders, self.run.scales, strict=True)):
+                self._float32(self.run.members), folders, self.run.scales, strict=True)):
             outcome = int8_model(folder.path, model, scale, self.inference.tile_size,
                                  self.inference.overlap, self.inference.batch_size,
                                  self.threshold)
             logger.info("%s: %s", folder.path.name, outcome.reason)
             chosen = outcome.model
             if chosen is None:
-                (Path(self._converted.name) / str(index)).mkdir()
-                chosen = to_openvino(model, Path(self._converted.name) / str(index))
+                (Path(converted.name) / str(index)).mkdir()
+                chosen = to_openvino(model, Path(converted.name) / str(index))
             self.int8.append(outcome.model is not None)
-            predictors.append(openvino_predictor(chosen, "f32"))
+            predictors.append((model, openvino_predictor(chosen, "f32")))
         return predictors
 
-    def _float32_members(self) -> list:
-        """The members in float32, for a conversion (OpenVINO applies its own precision)."""
-        self.models = [in_precision(model, self.run.config.model, "float32")
-                       for model in self.run.members]
-        return self.models
+    def _float32(self, members: list) -> list:
+        """``members`` in float32, for a conversion (OpenVINO applies its own precision)."""
+        return [in_precision(model, self.run.config.model, "float32") for model in members]
 
     # -- one image ---------------------------------------------------------
 

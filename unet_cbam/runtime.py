@@ -1,14 +1,25 @@
 """What runs a model's forward passes: Keras, onnxruntime on an ONNX conversion, or
-OpenVINO on an OpenVINO conversion of that ONNX model, and the rule ``--runtime auto``
-chooses by."""
+OpenVINO on an OpenVINO conversion of that ONNX model; and how ``--runtime auto``
+chooses: on first use on a machine it times every runtime installed that runs the
+precision, on a batch of tiles of predict.py's size, interleaved, and takes the
+fastest that agrees with Keras; the choice is cached, keyed by the CPU model, the
+runtimes' versions, the model's hash, the tile shape and the precision."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import keras
+import numpy as np
+
+from unet_cbam.files import write_text
+from unet_cbam.precision import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,36 +56,128 @@ def to_openvino(model: keras.Model, folder: Path):
 OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
 
 
-#: onnxruntime's images/s over Keras' in float32 on a CPU, measured by benchmarks/runtime.py
-#: (predict.py's tiling, default model, 512x512): 1.30 on this project's 2-core AMD EPYC
-#: (AVX2), 1.25 on an AVX-512 EPYC. No GPU build of onnxruntime is installed by the extra.
-ONNXRUNTIME_CPU_SPEEDUP = 1.30
+#: A candidate of --runtime auto must agree with Keras in the same precision on the timing
+#: tiles to within this (largest absolute probability difference).
+AGREEMENT = {"float32": 1e-4, "bfloat16": 0.02, "float16": 0.02}
+#: --runtime auto: timed rounds over the candidates, interleaved; the best of them counts.
+TIMED_ROUNDS = 3
+#: What onnxruntime and OpenVINO need besides themselves: the conversion to ONNX.
+NEEDS = {"onnxruntime": ("onnxruntime", "tf2onnx"), "openvino": ("openvino", "tf2onnx")}
 
 
 def choose_runtime(requested: str, precision: str, gpus: int | None = None
                    ) -> tuple[str, str]:
-    """(keras | onnxruntime | openvino, reason) for ``requested`` (those, or auto).
-
-    auto's rule, from measurements (``ONNXRUNTIME_CPU_SPEEDUP``): onnxruntime for float32
-    on a CPU when onnxruntime and tf2onnx are installed; keras otherwise (on a GPU, Keras
-    runs there; onnxruntime runs float32 only).
-    """
+    """(keras | onnxruntime | openvino | auto, reason) for ``requested``: auto stays auto
+    (``runtime_candidates`` and ``time_runtimes`` decide) except where only Keras can run
+    (a GPU is visible: the other runtimes installed here are CPU-only)."""
     if requested != "auto":
         return requested, "asked for"
-    if precision != "float32":
-        return "keras", f"onnxruntime runs float32 only; precision is {precision}"
+    if _gpus(gpus):
+        return "keras", "a GPU is visible (the onnxruntime and OpenVINO installed are CPU-only)"
+    return "auto", "timed on this machine"
+
+
+def runtime_candidates(precision: str, gpus: int | None = None) -> tuple[list[str], list[str]]:
+    """(the runtimes ``--runtime auto`` times for ``precision``, why the others are left out):
+    Keras always; onnxruntime for float32; OpenVINO for float32 and bfloat16; each only when
+    installed, and none but Keras where a GPU is visible."""
+    if _gpus(gpus):
+        return ["keras"], ["a GPU is visible: the other runtimes installed are CPU-only"]
+    candidates, left_out = ["keras"], []
+    for runtime, precisions in (("onnxruntime", ("float32",)),
+                                ("openvino", tuple(OPENVINO_PRECISIONS))):
+        missing = [name for name in NEEDS[runtime] if importlib.util.find_spec(name) is None]
+        if precision not in precisions:
+            left_out.append(f"{runtime} runs no {precision}")
+        elif missing:
+            left_out.append(f"{runtime}: {' and '.join(missing)} not installed")
+        else:
+            candidates.append(runtime)
+    return candidates, left_out
+
+
+def _gpus(gpus: int | None) -> int:
     if gpus is None:
         import tensorflow as tf
 
         gpus = len(tf.config.list_physical_devices("GPU"))
-    if gpus:
-        return "keras", "a GPU is visible (the onnxruntime of the export extra is CPU-only)"
-    missing = [name for name in ("onnxruntime", "tf2onnx")
-               if importlib.util.find_spec(name) is None]
-    if missing:
-        return "keras", (f"{' and '.join(missing)} not installed (pip install "
-                         "'unet_cbam[export]' for onnxruntime, measured "
-                         f"{ONNXRUNTIME_CPU_SPEEDUP:.2f}x faster on CPUs)")
-    return "onnxruntime", (f"float32 on a CPU: measured {ONNXRUNTIME_CPU_SPEEDUP:.2f}x Keras' "
-                           "images/s (benchmarks/runtime.py)")
+    return gpus
 
+
+def time_runtimes(predictors: dict, tiles: np.ndarray, precision: str,
+                  rounds: int = TIMED_ROUNDS) -> dict[str, dict]:
+    """Each predictor's best seconds for ``tiles`` over ``rounds`` interleaved rounds (after
+    a warm-up call each), and its agreement with ``predictors["keras"]``."""
+    outputs = {name: predict(tiles) for name, predict in predictors.items()}  # warm-up
+    best = dict.fromkeys(predictors, float("inf"))
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            started = time.perf_counter()
+            predict(tiles)
+            best[name] = min(best[name], time.perf_counter() - started)
+    results = {}
+    for name in predictors:
+        difference = float(np.abs(outputs[name] - outputs["keras"]).max())
+        results[name] = {"seconds": round(best[name], 4), "max_difference": difference,
+                         "agrees": difference <= AGREEMENT[precision]}
+    return results
+
+
+def fastest(results: dict[str, dict]) -> tuple[str, str]:
+    """(the fastest runtime that agrees with Keras, reason) from ``time_runtimes``."""
+    agreeing = [name for name, result in results.items() if result["agrees"]]
+    winner = min(agreeing, key=lambda name: results[name]["seconds"])
+    timings = ", ".join(f"{name} {results[name]['seconds']:.3g} s"
+                        + ("" if results[name]["agrees"] else " (disagrees with keras: "
+                           f"{results[name]['max_difference']:.2g})")
+                        for name in results)
+    return winner, f"fastest of {timings} for a batch of tiles"
+
+
+def cache_file() -> Path:
+    """Where --runtime auto keeps its choices: $XDG_CACHE_HOME (or ~/.cache)/unet_cbam."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "unet_cbam" / "runtimes.json"
+
+
+def cache_key(model_files: list[Path], shape: tuple[int, ...], precision: str,
+              candidates: list[str]) -> str:
+    """The CPU model, the runtimes' versions, the models' hash, the tiles' shape and the
+    precision: a choice holds only where all of them are the same."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256()
+    for path in model_files:
+        digest.update(Path(path).read_bytes())
+    versions = []
+    for package in ("tensorflow", "onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package}{version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package}-")
+    return "|".join([cpu_model(), *versions, digest.hexdigest()[:16],
+                     "x".join(map(str, shape)), precision, "+".join(candidates)])
+
+
+def read_choice(key: str) -> dict | None:
+    """The cached choice for ``key``, or None (no cache, or an unreadable one)."""
+    try:
+        return json.loads(cache_file().read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def write_choice(key: str, choice: dict) -> None:
+    """Keep ``choice`` under ``key`` (other keys kept); a cache that cannot be written is
+    only logged: the choice is made again next time."""
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    cache[key] = choice
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(cache, indent=2))
+    except OSError as error:
+        logger.warning("runtime choice not cached (%s): %s", path, error)
