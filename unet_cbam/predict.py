@@ -150,15 +150,14 @@ class BatchPredictor:
         self._converted: list[tempfile.TemporaryDirectory] = []
         if self.precision == "int8":
             self.runtime, why = "openvino", "precision int8: Keras runs no INT8 models"
+            pairs = self._int8_predictors()
         else:
             self.runtime, why = choose_runtime(inference.runtime, self.precision)
-        if self.precision == "int8":
-            pairs = self._int8_predictors()
-        elif self.runtime == "auto":
-            self.runtime, why, first = self._fastest_runtime()
-            pairs = [first, *self._predictors(self.runtime, run.members[1:])]
-        else:
-            pairs = self._predictors(self.runtime, run.members)
+            if self.runtime == "auto":
+                self.runtime, why, first = self._fastest_runtime()
+                pairs = [first, *self._predictors(self.runtime, run.members[1:])]
+            else:
+                pairs = self._predictors(self.runtime, run.members)
         #: The Keras models behind the predictors: in the precision, or the float32 ones
         #: that were converted.
         self.models = [model for model, _ in pairs]

@@ -99,10 +99,13 @@ def int8_model(folder: Path, keras_model, scale: float, tile_size: int, overlap:
                            run.config.model.divisor, threshold, run.class_names)
     check["calibration_tiles"] = len(tiles)
     check["key"] = cache.name
-    cache.mkdir(parents=True, exist_ok=True)
-    if check["accepted"]:
-        openvino.save_model(quantized, str(xml), compress_to_fp16=False)
-    write_text(check_path, json.dumps(check, indent=2))
+    try:  # the model first: a check.json that says accepted always has its model beside it
+        cache.mkdir(parents=True, exist_ok=True)
+        if check["accepted"]:
+            openvino.save_model(quantized, str(xml), compress_to_fp16=False)
+        write_text(check_path, json.dumps(check, indent=2))
+    except OSError as error:  # a read-only run folder: used now, made again next time
+        logger.warning("%s: the INT8 verdict is not kept (%s)", cache, error)
     return Int8Outcome(quantized if check["accepted"] else None, check["reason"], check)
 
 
