@@ -58,12 +58,21 @@ def log_inference(tuned: TunedInference) -> None:
 
 def final_metrics(best: keras.Model, run: RunFolder, val_ds: tf.data.Dataset,
                   names: list[str], monitor: str) -> dict:
-    """Per-class validation scores of ``best``, the run's saved best model."""
+    """Per-class validation scores of ``best``, the run's saved best model.
+
+    One graph function scores a batch (the forward pass and every metric's update):
+    run eagerly, the 2 x classes + 2 metrics' updates cost more than the forward pass.
+    """
     metrics = segmentation_metrics(names)
-    for images, targets in val_ds:
+
+    @tf.function(reduce_retracing=True)
+    def score(images, targets):
         predictions = best(images, training=False)
         for metric in metrics:
             metric.update_state(targets, predictions)
+
+    for images, targets in val_ds:
+        score(images, targets)
     scores = {m.name: float(m.result()) for m in metrics}
     history = run.read_history()
     best_epoch = None
