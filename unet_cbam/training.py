@@ -460,8 +460,9 @@ class _Session:
     def final_seconds(self, batch_seconds: float) -> float:
         """What the run will take after training, estimated from a validation batch's
         seconds: the best model's scores on every validation batch (one graph function a
-        batch, as fast as validation), the tuning's whole-image predictions (``TUNING_OVERHEAD`` x the pixels of
-        the validation images it reads, at the validation pass's rate) and the saves."""
+        batch, as fast as validation), the tuning's whole-image predictions
+        (``TUNING_OVERHEAD`` x the pixels of the validation images it reads, at the
+        validation pass's rate) and the saves."""
         patch, batch = self.config.data.patch_size, self.config.train.batch_size
         rate = batch * patch * patch / max(batch_seconds, 1e-6)  # pixels a second
         sizes = self.data.val.native_sizes
