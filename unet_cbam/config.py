@@ -276,6 +276,11 @@ class DataConfig:
         "class name, e.g. '{window: 1, door: 4}' (a class left out is never drawn); none: "
         "planned (each class in proportion to 1/sqrt of its share of the pixels, so rare "
         "classes are seen more often)")
+    unlabeled: str | None = option(
+        None,
+        "a folder of images without masks to learn from as well (semi-supervised: "
+        "consistency between a weak and a strong view of each, see "
+        "unet_cbam.semisupervised); checked and normalised as the labelled images")
     augmentation: AugmentationPreset = option(
         "default", "augmentation preset: none, light, default or heavy")
     augmentations: list[dict[str, Any]] | None = option(
@@ -401,6 +406,18 @@ class TrainConfig:
         "model")
     fold: int | None = option(
         None, "with folds: train only this fold (0 ... folds-1), e.g. one per machine")
+    unlabeled_ratio: int | None = option(
+        None, "with unlabeled: unlabelled patches per labelled patch in a step; none: planned")
+    unlabeled_weight: float | None = option(
+        None, "with unlabeled: weight of the unlabelled (consistency) loss; none: planned")
+    unlabeled_rampup: float | None = option(
+        None,
+        "with unlabeled: share of the planned steps over which the unlabelled loss's weight "
+        "ramps up from 0; none: planned")
+    confidence: float | None = option(
+        None,
+        "with unlabeled: pseudo-labels are kept where the weak view's probability is at "
+        "least this; none: planned")
     tune_on: str | None = option(
         None,
         "two classes (binary): the class whose validation Dice chooses the threshold and the "
@@ -433,6 +450,14 @@ class TrainConfig:
                  self.early_stopping_patience, "must be >= 0")
         _require(self.monitor.startswith("val_"), "monitor", self.monitor,
                  "must be a validation metric (val_...)")
+        _require(self.unlabeled_ratio is None or self.unlabeled_ratio >= 1, "unlabeled_ratio",
+                 self.unlabeled_ratio, "must be >= 1")
+        _require(self.unlabeled_weight is None or self.unlabeled_weight >= 0,
+                 "unlabeled_weight", self.unlabeled_weight, "must be >= 0")
+        _require(self.unlabeled_rampup is None or 0 <= self.unlabeled_rampup <= 1,
+                 "unlabeled_rampup", self.unlabeled_rampup, "must be in [0, 1]")
+        _require(self.confidence is None or 0.5 <= self.confidence <= 1, "confidence",
+                 self.confidence, "must be in [0.5, 1]")
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:

@@ -149,6 +149,7 @@ def plan_run(config: RunConfig, fingerprint: dict[str, Any]) -> RunConfig:
             raise ValueError(f"class_sampling names {', '.join(map(repr, unknown))}, not a "
                              "foreground class of these masks (they have: "
                              f"{', '.join(foreground) or 'none'})")
+    train = plan_semi_supervised(train, data.unlabeled is not None, decide)
     names = list(fingerprint["class_frequency"])
     if train.tune_on is None and len(names) == 2:
         name, reason = choose_tune_on(fingerprint)
@@ -308,6 +309,38 @@ def choose_class_sampling(fingerprint: dict[str, Any]) -> tuple[dict[str, float]
         f"each foreground class in proportion to 1/sqrt of its share of the pixels: "
         f"{rarest} ({shares[rarest]:.2%}) {weights[rarest]:.0%} of the centred patches, "
         f"{commonest} ({shares[commonest]:.1%}) {weights[commonest]:.0%}")
+
+
+#: The semi-supervised mix (``unet_cbam.semisupervised``): setting -> (value, reason).
+SEMI_SUPERVISED: dict[str, tuple[float, str]] = {
+    "unlabeled_ratio": (1, (
+        "one unlabelled patch per labelled patch: each adds a forward pass (its weak view) "
+        "and a forward and backward pass (its strong view), so a time budget still affords "
+        "many steps on the labels")),
+    "unlabeled_weight": (1.0, "FixMatch's and UniMatch's weight of the unlabelled loss"),
+    "unlabeled_rampup": (0.2, (
+        "the unlabelled loss ramps up over the first fifth of the planned steps, while the "
+        "model's pseudo-labels are poor (Laine and Aila's exp(-5 (1 - t)^2))")),
+    "confidence": (0.95, (
+        "pseudo-labels only where the weak view's probability is at least 0.95 "
+        "(FixMatch's and UniMatch's threshold)")),
+}
+
+
+def plan_semi_supervised(train, unlabeled: bool, decide):
+    """``train`` (a ``TrainConfig``) with each setting of ``SEMI_SUPERVISED`` it leaves open
+    decided (``decide(name, value, reason)`` records it) when there are ``unlabeled``
+    images; without them, such a setting given is an error, not ignored."""
+    if not unlabeled:
+        given = [name for name in SEMI_SUPERVISED if getattr(train, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set without unlabeled images; give the "
+                             "folder with --unlabeled, or leave them out")
+        return train
+    chosen = {name: decide(name, value, reason)
+              for name, (value, reason) in SEMI_SUPERVISED.items()
+              if getattr(train, name) is None}
+    return dataclasses.replace(train, **chosen)
 
 
 def choose_tune_on(fingerprint: dict[str, Any]) -> tuple[str, str]:

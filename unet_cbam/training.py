@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_cbam import distribute
+from unet_cbam import distribute, semisupervised
 from unet_cbam import postprocess as postprocessing
 from unet_cbam.callbacks import (
     AverageReplicaStatistics,
@@ -273,6 +273,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
         session.steps
     logger.info("training on %d pairs, validating on %d; %d epochs of %d steps of %d patches",
                 len(data.train), len(data.val), train_cfg.epochs, steps, train_cfg.batch_size)
+    if data.unlabeled is not None:
+        logger.info("learning from %d unlabelled images as well: %d of their patches a step",
+                    len(data.unlabeled), train_cfg.batch_size * train_cfg.unlabeled_ratio)
     budgeted = train_cfg.time_budget is not None
     with strategy.scope():  # its horizon: a variable, moved by the pacer (TimeBudget)
         schedule = movable_schedule(train_cfg, steps) if budgeted else None
@@ -377,15 +380,22 @@ class _Session:
         return [float(chosen.get(name, 0.0)) for name in self.data.class_names]
 
     def training_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
-        """This worker's patches (its own random stream), in per-replica batches."""
+        """This worker's patches (its own random stream), in per-replica batches; with
+        unlabelled images, each batch with its unlabelled patches (``semisupervised``)."""
         config, train = self.config, self.config.train
-        return training_dataset(
-            self.data.train, patch_size=config.data.patch_size,
-            batch_size=context.get_per_replica_batch_size(train.batch_size),
+        batch_size = context.get_per_replica_batch_size(train.batch_size)
+        labelled = training_dataset(
+            self.data.train, patch_size=config.data.patch_size, batch_size=batch_size,
             augmentation=config.data.augmentation, augmentations=config.data.augmentations,
             foreground_oversampling=config.data.foreground_oversampling,
             class_weights=self.class_weights,
             seed=train.seed + context.input_pipeline_id)
+        if self.data.unlabeled is None:
+            return labelled
+        return semisupervised.mixed_dataset(labelled, semisupervised.unlabeled_dataset(
+            self.data.unlabeled, patch_size=config.data.patch_size,
+            batch_size=batch_size * train.unlabeled_ratio,
+            seed=train.seed + 7919 + context.input_pipeline_id))
 
     def validation_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(self.config.train.batch_size)
@@ -404,6 +414,11 @@ class _Session:
         config = self.config
         with self.strategy.scope():  # the model and its optimizer's variables
             model = self.build_model(config.model)
+            if self.data.unlabeled is not None:
+                train = config.train
+                model = semisupervised.ConsistencyTraining(
+                    model, weight=train.unlabeled_weight, confidence=train.confidence,
+                    rampup_steps=round(train.unlabeled_rampup * train.epochs * self.steps))
             model.compile(
                 optimizer=optimizer(),
                 loss=SegmentationLoss(resolve_loss_name(config.train.loss,
@@ -490,9 +505,11 @@ class _Session:
                     logger.info("plan: %s = %s (%s)", name, config.plan[name]["value"],
                                 config.plan[name]["reason"])
             if config.data.scale < 1:
+                unlabeled = self.data.unlabeled
                 self.data = dataclasses.replace(
                     self.data, config=config, train=self.data.train.rescaled(config.data.scale),
-                    val=self.data.val.rescaled(config.data.scale))
+                    val=self.data.val.rescaled(config.data.scale),
+                    unlabeled=unlabeled and unlabeled.rescaled(config.data.scale))
                 check_patch_size(config)
                 check_batch_size(config.train.batch_size, self.replicas)
                 step_seconds, first, batch_seconds, who = self.measure_step(step_timings,

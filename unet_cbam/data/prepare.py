@@ -21,6 +21,7 @@ from unet_cbam.data.verify import (
 from unet_cbam.fingerprint import fingerprint_from_report
 from unet_cbam.plan import plan_run
 from unet_cbam.run import class_names
+from unet_cbam.semisupervised import ImageSource, verify_unlabeled
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class PreparedData:
     val: PairSource
     report: DatasetReport       # of every verified pair, training and validation
     fingerprint: dict
+    unlabeled: ImageSource | None = None  # images without masks (data.unlabeled)
 
     @property
     def class_names(self) -> list[str]:
@@ -89,6 +91,12 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
     report.codec = codec
     fingerprint = fingerprint_from_report(report, class_names(resolved, codec),
                                           verified.threshold_reason, verified.classes)
+    unlabeled = None  # (files, sizes)
+    if data.unlabeled is not None:
+        *unlabeled, fingerprint["unlabeled"] = verify_unlabeled(
+            data.unlabeled, channels=config.model.input_channels, fingerprint=fingerprint,
+            labelled_stems={s.stem for s in samples + val_samples}, max_pixels=data.max_pixels,
+            progress=progress)
     model = dataclasses.replace(config.model, num_classes=verified.num_classes)
     config = plan_run(dataclasses.replace(config, model=model, data=resolved), fingerprint)
     normalization = config.data.normalization or BITDEPTH
@@ -96,4 +104,6 @@ def prepare_data(config: RunConfig, split: dict | None = None, progress: bool = 
     sources = [PairSource.from_report(part, report, channels, normalization,
                                       config.data.scale or 1.0) for part in (train, val)]
     report.cache = None  # the sources hold the preprocessed pixels now
-    return PreparedData(config, codec, *sources, report, fingerprint)
+    if unlabeled is not None:
+        unlabeled = ImageSource(*unlabeled, channels, normalization, config.data.scale or 1.0)
+    return PreparedData(config, codec, *sources, report, fingerprint, unlabeled)

@@ -312,7 +312,7 @@ def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool,
     raw = labels = None
     try:
         raw = read_raw(sample.image_path, max_pixels)
-        _check_image(raw, channels, sample.image_path)
+        check_image(raw, channels, sample.image_path)
     except ImageReadError as error:
         problems.append(str(error))
         raw = None
@@ -343,7 +343,7 @@ def _check_pair(sample: Sample, codec: MaskCodec, channels: int, keep: bool,
     return [], info, ((raw, labels) if keep else None), raw_values
 
 
-def _check_image(raw: np.ndarray, channels: int, path: Path) -> None:
+def check_image(raw: np.ndarray, channels: int, path: Path) -> None:
     """What every normalisation needs: a known type, finite values, usable channels."""
     if raw.dtype.kind not in "uif":
         raise ImageReadError(f"{path}: unsupported pixel type {raw.dtype}")
