@@ -138,12 +138,15 @@ def parse_variants(items: list[str]) -> dict[str, str]:
 
 
 def measure(name: str, work: Path, train_options: list[str], seed: int,
-            variant: str = "default") -> dict:
+            variant: str = "default", train_path: Path | None = None) -> dict:
+    """Train ``variant`` (its ``train_options``) on data set ``name``'s training split (or
+    on ``train_path``, a part of it), predict and score its test split: the result row."""
     train_dir, test_dir, channels, scored = DATA_SETS[name]
     if name == "isbi":
-        train_path, test_path = isbi_split(work / "isbi-data")
+        split_train, test_path = isbi_split(work / "isbi-data")
     else:
-        train_path, test_path = SHARED / train_dir, SHARED / test_dir
+        split_train, test_path = SHARED / train_dir, SHARED / test_dir
+    train_path = train_path or split_train
     stem = f"{name}-{variant}-seed{seed}" if variant != "default" else f"{name}-seed{seed}"
     run_dir, predictions = work / stem, work / f"{stem}-test"
     log = work / f"{stem}.log"
