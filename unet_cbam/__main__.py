@@ -1,4 +1,4 @@
-"""``python -m unet_cbam train|predict|evaluate|fingerprint|export ...``: see
+"""``python -m unet_cbam train|predict|evaluate|fingerprint|export|suggest ...``: see
 ``unet_cbam.cli.main``."""
 
 from unet_cbam.cli.main import entry

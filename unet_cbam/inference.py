@@ -194,24 +194,35 @@ def resampled_predict(image: np.ndarray, predictor: Predictor, *, scale: float =
 DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
-def with_tta(predictor: Predictor) -> Predictor:
-    """Average ``predictor`` over flips and 90-degree rotations, each inverted.
+def tta_views(square: bool) -> list[tuple[int, bool]]:
+    """(90-degree rotations, horizontal flip) of each TTA view: the 8 symmetries of a
+    square tile, or the 4 flips that keep a non-square tile's shape."""
+    return DIHEDRAL if square else [(0, False), (0, True), (2, False), (2, True)]
 
-    Tiles must be square for the rotations to keep their shape; non-square
-    tiles use the four flips that keep it.
-    """
+
+def in_view(predictor: Predictor, rotations: int, flip: bool) -> Predictor:
+    """``predictor`` on tiles flipped (horizontally, first) and rotated by ``rotations``
+    quarter turns, its probabilities turned back: the same result for a model that
+    respects the symmetry."""
     def predict(tiles: np.ndarray) -> np.ndarray:
-        square = tiles.shape[1] == tiles.shape[2]
-        transforms = DIHEDRAL if square else [(0, False), (0, True), (2, False), (2, True)]
+        view = np.flip(tiles, axis=2) if flip else tiles
+        view = np.rot90(view, rotations, axes=(1, 2))
+        prediction = np.asarray(predictor(np.ascontiguousarray(view)), np.float32)
+        prediction = np.rot90(prediction, -rotations, axes=(1, 2))
+        return np.flip(prediction, axis=2) if flip else prediction
+    return predict
+
+
+def with_tta(predictor: Predictor) -> Predictor:
+    """Average ``predictor`` over flips and 90-degree rotations (``tta_views``), each
+    inverted."""
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        views = tta_views(tiles.shape[1] == tiles.shape[2])
         total = None
-        for rotations, flip in transforms:
-            view = np.flip(tiles, axis=2) if flip else tiles
-            view = np.rot90(view, rotations, axes=(1, 2))
-            prediction = np.asarray(predictor(np.ascontiguousarray(view)), np.float32)
-            prediction = np.rot90(prediction, -rotations, axes=(1, 2))
-            prediction = np.flip(prediction, axis=2) if flip else prediction
+        for rotations, flip in views:
+            prediction = in_view(predictor, rotations, flip)(tiles)
             total = prediction if total is None else total + prediction
-        return total / len(transforms)
+        return total / len(views)
     return predict
 
 

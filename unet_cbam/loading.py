@@ -16,6 +16,7 @@ import numpy as np
 from unet_cbam.config import RunConfig, TunedInference
 from unet_cbam.data.io import BITDEPTH, MaskCodec, Normalization, preprocess
 from unet_cbam.files import one_line
+from unet_cbam.layers import ATTENTION_LAYERS  # noqa: F401 (registers the layers load_model meets)
 from unet_cbam.precision import POLICIES
 from unet_cbam.run import MODEL_FILE, RunFolder
 

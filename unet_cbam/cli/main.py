@@ -1,7 +1,7 @@
 """unet-cbam: one entry point for every command.
 
-    unet-cbam train|predict|evaluate|fingerprint|export [OPTIONS]
-    python -m unet_cbam train|predict|evaluate|fingerprint|export [OPTIONS]
+    unet-cbam train|predict|evaluate|fingerprint|export|suggest [OPTIONS]
+    python -m unet_cbam train|predict|evaluate|fingerprint|export|suggest [OPTIONS]
 
 Each command is the same as its own script (``train.py``, ``predict.py``,
 ``unet-cbam-evaluate`` ...): ``unet-cbam COMMAND --help`` lists its options.
@@ -21,7 +21,8 @@ COMMANDS = {
     "evaluate": ("unet_cbam.cli.evaluate", "score predicted masks against ground truth"),
     "fingerprint": ("unet_cbam.cli.fingerprint",
                     "what train.py would plan for a data folder, without training"),
-    "export": ("unet_cbam.cli.export", "a run as SavedModel, ONNX or TFLite"),
+    "export": ("unet_cbam.cli.export", "a run as SavedModel, ONNX, TFLite or OpenVINO"),
+    "suggest": ("unet_cbam.cli.suggest", "which unlabelled images to label next"),
 }
 PROG = "unet-cbam"
 
