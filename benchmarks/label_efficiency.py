@@ -11,7 +11,14 @@ semi-supervised gain in seed standard deviations (the larger of the two variants
 Prints tables and writes ``benchmarks/results/label_efficiency/label-efficiency-<label>.json``
 (rewritten after every run: what finished is kept).
 
+With ``--selection``, the selection curve instead: from the same labelled fraction, two
+rounds each add ``--round-fraction`` of ``train/`` from the unlabelled rest, chosen by
+``unet-cbam suggest`` (on the previous round's model) or at random (seeded), and retrain
+(supervised, the same budget) each time; the test Dice after each round, per strategy.
+
     python -m benchmarks.label_efficiency --data-sets kvasir ctc --fractions 0.1 0.25 \\
+        --seeds 1 2 3 --time-budget 30m
+    python -m benchmarks.label_efficiency --selection --data-sets kvasir --fractions 0.1 \\
         --seeds 1 2 3 --time-budget 30m
     python -m benchmarks.label_efficiency --quick          # CTC, 10 %, 2 minutes: checks it
 """
@@ -19,13 +26,15 @@ Prints tables and writes ``benchmarks/results/label_efficiency/label-efficiency-
 from __future__ import annotations
 
 import argparse
+import csv
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import machine, print_table, write_json
-from benchmarks.datasets import DATA_SETS, SHARED, measure
+from benchmarks.datasets import DATA_SETS, SHARED, measure, run
 
 SCRIPT = Path(__file__).stem
 VARIANTS = ("supervised", "semi-supervised")
@@ -54,6 +63,70 @@ def fraction_split(name: str, fraction: float, seed: int, work: Path) -> tuple[P
     return labelled, unlabeled, count
 
 
+def add_labels(labelled: Path, unlabeled: Path, chosen: list[str], folder: Path) -> tuple[
+        Path, Path]:
+    """A new (labelled, unlabelled) pair of folders: ``labelled``'s pairs plus the images
+    named ``chosen`` from ``unlabeled`` with their masks (from the training split), the
+    rest of ``unlabeled`` unlabelled. As links."""
+    new_labelled, new_unlabeled = folder / "labelled", folder / "unlabeled"
+    for part in (new_labelled / "images", new_labelled / "masks", new_unlabeled):
+        part.mkdir(parents=True, exist_ok=True)
+    for kind in ("images", "masks"):
+        for path in (labelled / kind).iterdir():
+            (new_labelled / kind / path.name).symlink_to(path.resolve())
+    for path in unlabeled.iterdir():
+        source = path.resolve()
+        if path.name in chosen:
+            (new_labelled / "images" / path.name).symlink_to(source)
+            mask = next(source.parent.parent.joinpath("masks").glob(f"{source.stem}.*"))
+            (new_labelled / "masks" / mask.name).symlink_to(mask)
+        else:
+            (new_unlabeled / path.name).symlink_to(source)
+    return new_labelled, new_unlabeled
+
+
+def suggested(run_dir: Path, unlabeled: Path, count: int, work: Path, log: Path) -> list[str]:
+    """The ``count`` images ``unet-cbam suggest`` chooses from ``unlabeled``."""
+    output = work / "suggestions"
+    run([sys.executable, "-m", "unet_cbam", "suggest", "--model", str(run_dir), "--images",
+         str(unlabeled), "--count", str(count), "--output", str(output), "--quiet"], log)
+    with (output / "suggestions.csv").open() as stream:
+        return [row["image"] for row in csv.DictReader(stream) if row["chosen"] == "yes"]
+
+
+def selection_curve(name: str, fraction: float, seed: int, work: Path, options: list[str],
+                    round_fraction: float, rounds: int = 2) -> list[dict]:
+    """Rows of one seed's selection curve: round 0 on ``fraction``, then ``rounds`` rounds
+    adding ``round_fraction`` of the training split each, by suggest and at random."""
+    labelled, unlabeled, count = fraction_split(name, fraction, seed, work)
+    total = count + sum(1 for _ in unlabeled.iterdir())
+    step = max(1, round(round_fraction * total))
+    tag = f"{round(fraction * 100)}pct"
+    first = measure(name, work, options, seed, f"select-{tag}-round0", train_path=labelled)
+    first.update(variant="round 0", strategy="both", round=0, labelled=count)
+    rows = [first]
+    for strategy in ("suggest", "random"):
+        current, pool = labelled, unlabeled
+        previous = work / (f"{name}-select-{tag}-round0-seed{seed}")
+        for index in range(1, rounds + 1):
+            folder = work / f"{name}-{strategy}-{tag}-round{index}-seed{seed}-data"
+            if strategy == "suggest":
+                chosen = suggested(previous, pool, step, folder,
+                                   work / f"{name}-{strategy}-{tag}-seed{seed}.log")
+            else:
+                names = sorted(p.name for p in pool.iterdir())
+                order = np.random.default_rng([seed, index]).permutation(len(names))
+                chosen = [names[i] for i in order[:step]]
+            current, pool = add_labels(current, pool, chosen, folder)
+            variant = f"select-{strategy}-{tag}-round{index}"
+            row = measure(name, work, options, seed, variant, train_path=current)
+            row.update(variant=f"round {index}", strategy=strategy, round=index,
+                       labelled=sum(1 for _ in (current / "images").iterdir()))
+            rows.append(row)
+            previous = work / f"{name}-{variant}-seed{seed}"
+    return rows
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Per data set and fraction: each variant's test Dice (mean, std over seeds) and the
     semi-supervised gain in seed standard deviations."""
@@ -77,6 +150,21 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def summarize_selection(rows: list[dict]) -> list[dict]:
+    """Per data set, fraction, strategy and round: the test Dice's mean and std over seeds
+    (round 0 counts for both strategies)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        for strategy in (("suggest", "random") if row["strategy"] == "both"
+                         else (row["strategy"],)):
+            key = (row["data_set"], row["fraction"], strategy, row["round"])
+            groups.setdefault(key, []).append(row["test_dice"])
+    return [{"data_set": name, "fraction": fraction, "strategy": strategy, "round": index,
+             "seeds": len(values), "test_dice_mean": round(float(np.mean(values)), 4),
+             "test_dice_std": round(float(np.std(values)), 4)}
+            for (name, fraction, strategy, index), values in sorted(groups.items())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-sets", nargs="+", default=["kvasir", "ctc"],
@@ -87,6 +175,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--label", default="auto")
     parser.add_argument("--work", type=Path, help="keep runs here (default: a temporary folder)")
+    parser.add_argument("--selection", action="store_true",
+                        help="the selection curve (suggest against random) instead")
+    parser.add_argument("--round-fraction", type=float, default=0.05,
+                        help="--selection: share of train/ added in each of the two rounds")
     parser.add_argument("--quick", action="store_true",
                         help="2-minute budget, one seed, CTC at 10 %%: checks the script")
     arguments = parser.parse_args()
@@ -99,6 +191,28 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     options = ["--time-budget", arguments.time_budget]
     rows = []
+    if arguments.selection:
+        name = f"label-selection-{arguments.label}.json"
+        for data_set in arguments.data_sets:
+            for fraction in arguments.fractions:
+                for seed in arguments.seeds:
+                    rows += selection_curve(data_set, fraction, seed, work, options,
+                                            arguments.round_fraction)
+                    write_json(SCRIPT, name, {
+                        "machine": info, "train_options": options, "work": str(work),
+                        "round_fraction": arguments.round_fraction, "runs": rows,
+                        "summary": summarize_selection(rows), "complete": False})
+        print_table(rows, ["data_set", "fraction", "strategy", "round", "seed", "labelled",
+                           "test_dice", "train_s", "over_budget"])
+        summary = summarize_selection(rows)
+        print()
+        print_table(summary, list(summary[0]))
+        path = write_json(SCRIPT, name, {
+            "machine": info, "train_options": options, "work": str(work),
+            "round_fraction": arguments.round_fraction, "runs": rows, "summary": summary,
+            "complete": True})
+        print(f"written: {path}")
+        return
     # Variants innermost: each pair is compared close together in time (the machine's
     # speed drifts), and a run cut short still holds whole pairs.
     for name in arguments.data_sets:

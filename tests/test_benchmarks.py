@@ -421,3 +421,41 @@ def test_runtime_benchmark_measures_what_this_machine_runs_natively(monkeypatch)
                        "openvino-int8": "openvino not installed"}
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert runtime.available(["keras-bfloat16"]) == (["keras-bfloat16"], {})
+
+
+def test_label_efficiency_splits_train_by_seed_as_links_and_adds_labels(tmp_path):
+    script = load_script("label_efficiency")
+    train = script.SHARED / "ctc-sim-nuclei" / "train"
+    if not train.is_dir():
+        pytest.skip("../shared/datasets/ctc-sim-nuclei is absent")
+    everything = sorted(p.name for p in (train / "images").iterdir())
+    labelled, unlabeled, count = script.fraction_split("ctc", 0.1, 1, tmp_path / "a")
+    names = sorted(p.name for p in (labelled / "images").iterdir())
+    rest = sorted(p.name for p in unlabeled.iterdir())
+    assert count == len(names) == round(0.1 * len(everything))
+    assert sorted(names + rest) == everything and not set(names) & set(rest)
+    assert sorted(p.name for p in (labelled / "masks").iterdir()) == names
+    assert all(p.is_symlink() for p in [*(labelled / "images").iterdir(), *unlabeled.iterdir()])
+    again, _, _ = script.fraction_split("ctc", 0.1, 1, tmp_path / "b")
+    other, _, _ = script.fraction_split("ctc", 0.1, 2, tmp_path / "c")
+    assert sorted(p.name for p in (again / "images").iterdir()) == names
+    assert sorted(p.name for p in (other / "images").iterdir()) != names
+
+    chosen = rest[:2]
+    more, fewer = script.add_labels(labelled, unlabeled, chosen, tmp_path / "round1")
+    assert sorted(p.name for p in (more / "images").iterdir()) == sorted(names + chosen)
+    assert sorted(p.name for p in (more / "masks").iterdir()) == sorted(names + chosen)
+    assert sorted(p.name for p in fewer.iterdir()) == rest[2:]
+    assert (more / "masks" / chosen[0]).resolve() == train / "masks" / chosen[0]
+
+
+def test_label_efficiency_reports_the_gain_in_seed_standard_deviations():
+    script = load_script("label_efficiency")
+    rows = [{"data_set": "kvasir", "fraction": 0.1, "variant": variant, "test_dice": dice}
+            for variant, values in (("supervised", (0.50, 0.52, 0.54)),
+                                    ("semi-supervised", (0.55, 0.56, 0.57)))
+            for dice in values]
+    summary, = script.summarize(rows)
+    assert summary["supervised_mean"] == 0.52 and summary["semi-supervised_mean"] == 0.56
+    assert summary["gain"] == 0.04
+    assert summary["gain_in_std"] == round(0.04 / np.std([0.50, 0.52, 0.54]), 2)

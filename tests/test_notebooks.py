@@ -63,9 +63,9 @@ def test_predictions_notebook(tmp_path, isbi_run, isbi_dir):
             (data / kind / f"slice{index}.png").symlink_to(isbi_dir / kind / f"slice{index}.png")
     _, figures = _execute("03_predictions.ipynb", tmp_path, run_dir=str(isbi_run),
                           data_dir=str(data), max_images=2, worst=1, tile_size=256,
-                          focus_class="membrane")
-    assert figures == ["03_confusion_matrix.png", "03_prediction.png", "03_threshold_sweep.png",
-                       "03_worst1.png"]
+                          focus_class="membrane", label_next=1)
+    assert figures == ["03_confusion_matrix.png", "03_label_next.png", "03_prediction.png",
+                       "03_threshold_sweep.png", "03_worst1.png"]
 
 
 @pytest.mark.slow

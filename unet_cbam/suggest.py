@@ -149,37 +149,50 @@ def rank(scored: list[Scored], similarity: float) -> list[Scored]:
     return distinct + duplicates + [s for s in scored if s.error is not None]
 
 
-def write_csv(path: Path, ranked: list[Scored], count: int, root: Path) -> None:
-    """One row per input: rank, image, the scores, whether chosen, and why."""
+#: The columns of suggestions.csv (``suggestion_rows``).
+COLUMNS = ["rank", "image", "score", "entropy", "disagreement", "uncertain_share", "chosen",
+           "near_duplicate_of", "similarity", "reason"]
+
+
+def suggestion_rows(ranked: list[Scored], count: int, root: Path | None = None
+                    ) -> list[dict[str, str]]:
+    """One row per input of ``rank``'s list (``COLUMNS``): its rank, name (below ``root``),
+    scores, whether it is among the ``count`` chosen, and why; bad files without a rank."""
     def name(p: Path) -> str:
         try:
-            return str(p.relative_to(root))
+            return str(p.relative_to(root)) if root is not None else str(p)
         except ValueError:
             return str(p)
 
-    stream = io.StringIO()
-    writer = csv.writer(stream)
-    writer.writerow(["rank", "image", "score", "entropy", "disagreement", "uncertain_share",
-                     "chosen", "near_duplicate_of", "similarity", "reason"])
-    position = 0
+    rows, position = [], 0
     for item in ranked:
         if item.error is not None:
-            writer.writerow(["", name(item.path), "", "", "", "", "no", "", "",
-                             f"skipped: {item.error}"])
+            rows.append(dict.fromkeys(COLUMNS, "") | {
+                "image": name(item.path), "chosen": "no", "reason": f"skipped: {item.error}"})
             continue
         position += 1
-        chosen = position <= count
         reason = (f"{item.uncertain:.1%} of its pixels uncertain (entropy > {UNCERTAIN}); "
                   f"mean entropy {item.entropy:.4f}, of which views and members disagree "
                   f"on {item.disagreement:.4f}")
         if item.near is not None:
             reason = (f"near-duplicate of {name(item.near[0])} (thumbnail correlation "
                       f"{item.near[1]:.3f}): ranked after every distinct image; {reason}")
-        writer.writerow([position, name(item.path), f"{item.score:.6f}",
-                         f"{item.entropy:.6f}", f"{item.disagreement:.6f}",
-                         f"{item.uncertain:.4f}", "yes" if chosen else "no",
-                         name(item.near[0]) if item.near else "",
-                         f"{item.near[1]:.4f}" if item.near else "", reason])
+        rows.append({
+            "rank": str(position), "image": name(item.path), "score": f"{item.score:.6f}",
+            "entropy": f"{item.entropy:.6f}", "disagreement": f"{item.disagreement:.6f}",
+            "uncertain_share": f"{item.uncertain:.4f}",
+            "chosen": "yes" if position <= count else "no",
+            "near_duplicate_of": name(item.near[0]) if item.near else "",
+            "similarity": f"{item.near[1]:.4f}" if item.near else "", "reason": reason})
+    return rows
+
+
+def write_csv(path: Path, ranked: list[Scored], count: int, root: Path | None = None) -> None:
+    """``suggestion_rows`` as a CSV file, written atomically."""
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, COLUMNS)
+    writer.writeheader()
+    writer.writerows(suggestion_rows(ranked, count, root))
     write_text(path, stream.getvalue())
 
 
@@ -211,12 +224,10 @@ def plot_contact_sheet(chosen: list[Scored], class_colors=None):
     return figure
 
 
-def suggest(run: LoadedRun, files: list[Path], output: Path, count: int, *,
-            root: Path, views: int = len(VIEWS), similarity: float = 0.9,
-            inference: InferenceConfig | None = None, progress: bool = True
-            ) -> list[Scored]:
-    """Score ``files``, rank them, write ``output/suggestions.csv`` and
-    ``output/contact-sheet.png``; the ranked list (bad files last)."""
+def score_images(run: LoadedRun, files: list[Path], inference: InferenceConfig | None = None,
+                 views: int = len(VIEWS), progress: bool = True) -> list[Scored]:
+    """``score_image`` of every file, in order; a bad file is logged and kept with its
+    error."""
     inference = inference or InferenceConfig()
     threshold = inference.resolve_threshold(run.config.inference)
     predictors = [keras_predictor(model) for model in run.members]
@@ -226,7 +237,16 @@ def suggest(run: LoadedRun, files: list[Path], output: Path, count: int, *,
         if item.error is not None:
             logger.warning("skipped: %s", item.error)
         scored.append(item)
-    ranked = rank(scored, similarity)
+    return scored
+
+
+def suggest(run: LoadedRun, files: list[Path], output: Path, count: int, *,
+            root: Path | None = None, views: int = len(VIEWS), similarity: float = 0.9,
+            inference: InferenceConfig | None = None, progress: bool = True
+            ) -> list[Scored]:
+    """Score ``files``, rank them, write ``output/suggestions.csv`` (names below ``root``)
+    and ``output/contact-sheet.png``; the ranked list (bad files last)."""
+    ranked = rank(score_images(run, files, inference, views, progress), similarity)
     write_csv(output / CSV_NAME, ranked, count, root)
     good = [s for s in ranked if s.error is None]
     if good:
