@@ -16,6 +16,13 @@ run on ISBI slices (untrained weights give probabilities near 0.5, where every
 precision's rounding flips labels and agreement means nothing).
 
     python -m benchmarks.runtime [--rounds 3] [--tta] [--variants keras-float32 openvino-float32]
+    python -m benchmarks.runtime --end-to-end 48 --label end-to-end
+
+With ``--end-to-end N``, predict.py's whole batch job instead (``BatchPredictor.run_files``:
+read each PNG, tile, predict, blend, threshold, write the mask) over N 512x512 images on
+disk (the ISBI slices, mirrored for more), for every variant and for ``--runtime auto``
+(which times the candidates on first use and caches its choice: made before the timed
+rounds), interleaved, best of --rounds.
 
 Prints a Markdown table and writes benchmarks/results/runtime/runtime-LABEL.json.
 """
@@ -87,6 +94,46 @@ def trained_run(folder: Path) -> Path:
     return folder / "run"
 
 
+def end_to_end(run, names: list[str], count: int, rounds: int, work: Path) -> list[dict]:
+    """Rows: images/s of the batch job over ``count`` 512x512 PNGs for each variant and
+    for ``auto`` (its choice recorded), best of ``rounds`` interleaved, after a warm-up."""
+    import cv2
+
+    from unet_cbam.config import InferenceConfig
+    from unet_cbam.predict import BatchPredictor
+
+    inputs = work / "inputs"
+    inputs.mkdir()
+    slices = sorted((ISBI / "images").glob("*.png"))
+    for index in range(count):
+        image = cv2.imread(str(slices[index % len(slices)]), cv2.IMREAD_UNCHANGED)
+        if index >= len(slices):
+            image = image[:, ::-1]
+        cv2.imwrite(str(inputs / f"image{index:03d}.png"), image)
+    files = sorted(inputs.glob("*.png"))
+    choices = {name: VARIANTS[name][:2] for name in names} | {"auto": ("auto", "auto")}
+    made = {}
+    for name, (runtime, precision) in choices.items():
+        started = time.perf_counter()
+        made[name] = BatchPredictor(run, InferenceConfig(runtime=runtime, precision=precision),
+                                    work / f"warm-{name}")
+        made[name].setup_seconds = time.perf_counter() - started
+        made[name].run_files(files[:4], progress=False)  # warm-up: tracing, thread pools
+    best = dict.fromkeys(choices, float("inf"))
+    for round_ in range(rounds):
+        for name, predictor in made.items():
+            predictor.output_dir = work / f"out-{name}-{round_}"
+            started = time.perf_counter()
+            result = predictor.run_files(files, progress=False)
+            best[name] = min(best[name], time.perf_counter() - started)
+            assert not result.failed, result.failed[0].error
+    return [{"variant": name, "end_to_end_images_per_s": round(count / best[name], 3),
+             "vs_keras_float32": round(best[REFERENCE] / best[name], 3),
+             "setup_s": round(made[name].setup_seconds, 1),
+             "runs_on": f"{made[name].runtime} {made[name].precision}"}
+            for name in choices]
+
+
 def main(argv: list[str] | None = None) -> None:
     import cv2
     import numpy as np
@@ -96,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--label", default="all", help="results file: runtime-LABEL.json")
+    parser.add_argument("--end-to-end", type=int, metavar="N",
+                        help="time predict.py's batch job over N images on disk instead")
     arguments = parser.parse_args(argv)
     info = machine()
     from unet_cbam.config import InferenceConfig
@@ -106,6 +155,17 @@ def main(argv: list[str] | None = None) -> None:
                                       key=list(VARIANTS).index))
     for name, why in skipped.items():
         print(f"{name}: left out ({why})")
+    if arguments.end_to_end:
+        with tempfile.TemporaryDirectory() as work:
+            rows = end_to_end(load_run(trained_run(Path(work))), names, arguments.end_to_end,
+                              arguments.rounds, Path(work))
+        print_table(rows, ["variant", "end_to_end_images_per_s", "vs_keras_float32",
+                           "runs_on", "setup_s"])
+        path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
+            "machine": info, "images": arguments.end_to_end, "size": "512x512",
+            "rounds": arguments.rounds, "left_out": skipped, "results": rows})
+        print(f"written: {path}")
+        return
     images = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
               for p in sorted((ISBI / "images").glob("*.png"))]
     with tempfile.TemporaryDirectory() as work:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -72,3 +75,22 @@ def tiny_fold_config(data: Path, folds: int = 2, fold: int | None = None):
         data=DataConfig(data=str(data), augmentation="none"),
         train=TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, warmup_epochs=0,
                           folds=folds, fold=fold))
+
+
+#: The start of a script that sees the CPU as two logical devices (two replicas).
+TWO_CPUS = """
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def run_on_two_cpus(body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` (Python, dedented) in a fresh interpreter whose CPU is two logical
+    devices, from the project root; its completed process (stdout and stderr as text)."""
+    return subprocess.run([sys.executable, "-c", TWO_CPUS + textwrap.dedent(body)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=600)
+

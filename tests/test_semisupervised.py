@@ -3,9 +3,6 @@ checks, and short runs (lower loss, resume, mirrored, folds)."""
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import cv2
@@ -13,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import run_on_two_cpus
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unet_cbam.data.demo import generate_demo
 from unet_cbam.data.io import DataError
@@ -26,7 +24,6 @@ from unet_cbam.semisupervised import (
 )
 from unet_cbam.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1)
 
 
@@ -196,13 +193,7 @@ def test_a_resumed_semi_supervised_run_matches_an_uninterrupted_one(tmp_path):
 def test_semi_supervised_folds_and_the_mirrored_strategy(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
     unlabeled = _unlabeled(tmp_path / "unl", count=3)
-    script = textwrap.dedent(f"""
-        import os
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    completed = run_on_two_cpus(f"""
         from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
         from unet_cbam.folds import train_folds
         config = RunConfig(
@@ -215,8 +206,6 @@ def test_semi_supervised_folds_and_the_mirrored_strategy(tmp_path):
             print("fold", result.run_dir.name, result.history["supervised_loss"][0],
                   result.history["confident"][0])
     """)
-    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                               text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.count("fold fold_") == 2, completed.stdout
     assert (tmp_path / "run" / "cv_metrics.json").is_file()

@@ -2,7 +2,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import cv2
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import make_untrained_run
+from helpers import make_untrained_run, run_on_two_cpus
 from unet_cbam.callbacks import BestModelCheckpoint
 from unet_cbam.cli.train import main as train_main
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml, save_yaml
@@ -310,13 +309,7 @@ def test_mixed_precision_run(tmp_path):
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     data = generate_demo(tmp_path / "demo", count=4)
-    script = textwrap.dedent(f"""
-        import os
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    completed = run_on_two_cpus(f"""
         from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
         from unet_cbam.training import make_strategy, train
         config = RunConfig(
@@ -339,8 +332,6 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         result = train(config, {str(tmp_path / "run")!r}, progress=False, callbacks=[Check()])
         print("loss", result.history["loss"][0])
     """)
-    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                               text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "replicas 2" in completed.stdout
     assert "replica statistics equal" in completed.stdout  # batch norm's, averaged
