@@ -395,7 +395,7 @@ class _Session:
         return semisupervised.mixed_dataset(labelled, semisupervised.unlabeled_dataset(
             self.data.unlabeled, patch_size=config.data.patch_size,
             batch_size=batch_size * train.unlabeled_ratio,
-            seed=train.seed + 7919 + context.input_pipeline_id))
+            seed=train.seed + 7919 + context.input_pipeline_id))  # not the labelled stream
 
     def validation_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(self.config.train.batch_size)
