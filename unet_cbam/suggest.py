@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_cbam.config import InferenceConfig
-from unet_cbam.data.io import ImageReadError, read_raw, resize_image
+from unet_cbam.data.io import ImageReadError, read_raw, resize_image, resize_labels
 from unet_cbam.files import atomic_write, one_line, write_text
 from unet_cbam.inference import (
     in_view,
@@ -60,8 +60,7 @@ class Scored:
     """One input's scores, or the error that stopped it."""
 
     path: Path
-    score: float = float("nan")
-    entropy: float = float("nan")
+    score: float = float("nan")  # the mean entropy
     disagreement: float = float("nan")
     uncertain: float = float("nan")
     feature: np.ndarray | None = field(default=None, repr=False)
@@ -108,8 +107,7 @@ def score_image(path: Path, run: LoadedRun, inference: InferenceConfig, views: i
     feature = feature - feature.mean()
     norm = np.linalg.norm(feature)
     feature = feature / norm if norm > 0 else feature
-    return Scored(path, score=float(entropy.mean()), entropy=float(entropy.mean()),
-                  disagreement=float(disagreement.mean()),
+    return Scored(path, score=float(entropy.mean()), disagreement=float(disagreement.mean()),
                   uncertain=float((entropy > UNCERTAIN).mean()), feature=feature,
                   thumbnails=_thumbnails(unit, entropy,
                                          probabilities_to_labels(mean, threshold)))
@@ -123,9 +121,7 @@ def _thumbnails(unit, entropy, labels):
     factor = min(1.0, SHEET_SIDE / max(height, width))
     size = max(1, round(height * factor)), max(1, round(width * factor))
     small = resize_image(display_image(unit).astype(np.float32), *size).round().astype(np.uint8)
-    return (small, resize_image(entropy, *size),
-            labels[np.linspace(0, height - 1, size[0]).round().astype(int)][
-                :, np.linspace(0, width - 1, size[1]).round().astype(int)])
+    return small, resize_image(entropy, *size), resize_labels(labels, *size)
 
 
 def rank(scored: list[Scored], similarity: float) -> list[Scored]:
@@ -150,7 +146,7 @@ def rank(scored: list[Scored], similarity: float) -> list[Scored]:
 
 
 #: The columns of suggestions.csv (``suggestion_rows``).
-COLUMNS = ["rank", "image", "score", "entropy", "disagreement", "uncertain_share", "chosen",
+COLUMNS = ["rank", "image", "score", "disagreement", "uncertain_share", "chosen",
            "near_duplicate_of", "similarity", "reason"]
 
 
@@ -172,14 +168,14 @@ def suggestion_rows(ranked: list[Scored], count: int, root: Path | None = None
             continue
         position += 1
         reason = (f"{item.uncertain:.1%} of its pixels uncertain (entropy > {UNCERTAIN}); "
-                  f"mean entropy {item.entropy:.4f}, of which views and members disagree "
+                  f"mean entropy {item.score:.4f}, of which views and members disagree "
                   f"on {item.disagreement:.4f}")
         if item.near is not None:
             reason = (f"near-duplicate of {name(item.near[0])} (thumbnail correlation "
                       f"{item.near[1]:.3f}): ranked after every distinct image; {reason}")
         rows.append({
             "rank": str(position), "image": name(item.path), "score": f"{item.score:.6f}",
-            "entropy": f"{item.entropy:.6f}", "disagreement": f"{item.disagreement:.6f}",
+            "disagreement": f"{item.disagreement:.6f}",
             "uncertain_share": f"{item.uncertain:.4f}",
             "chosen": "yes" if position <= count else "no",
             "near_duplicate_of": name(item.near[0]) if item.near else "",
