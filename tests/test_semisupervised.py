@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import run_on_two_cpus
+from helpers import Interrupt, run_on_two_cpus
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unet_cbam.data.demo import generate_demo
 from unet_cbam.data.io import DataError
@@ -154,19 +154,6 @@ def test_a_short_semi_supervised_run_lowers_the_supervised_loss_and_records_its_
     assert type(model).__name__ == "Functional"  # the plain network, not the trainer
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_a_resumed_semi_supervised_run_matches_an_uninterrupted_one(tmp_path):
     data = generate_demo(tmp_path / "demo", count=6)
@@ -174,7 +161,7 @@ def test_a_resumed_semi_supervised_run_matches_an_uninterrupted_one(tmp_path):
     config = _config(data, unlabeled, epochs=3, steps=3)
     whole = train(config, tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "cut", progress=False, callbacks=[_Interrupt(epoch=2)])
+        train(config, tmp_path / "cut", progress=False, callbacks=[Interrupt(epoch=2)])
     seen = []
 
     class Record(keras.callbacks.Callback):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import make_untrained_run, run_on_two_cpus
+from helpers import Interrupt, make_untrained_run, run_on_two_cpus
 from unet_cbam.callbacks import BestModelCheckpoint
 from unet_cbam.cli.train import main as train_main
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_yaml, save_yaml
@@ -70,29 +70,13 @@ def test_short_run_on_isbi_lowers_the_loss_then_predicts_and_evaluates(isbi_dir,
     assert scores["images"] == 2 and scores["classes"]["cell"]["pooled_dice"] > 0.5
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Dies in the middle of an epoch, as a killed process would."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-        self.current = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_resume_continues_epochs_history_and_optimizer(tmp_path):
     data = generate_demo(tmp_path / "demo", count=6)
     run = tmp_path / "run"
     config = _config(data, epochs=4, steps=3)
     with pytest.raises(KeyboardInterrupt):
-        train(config, run, progress=False, callbacks=[_Interrupt(epoch=2)])
+        train(config, run, progress=False, callbacks=[Interrupt(epoch=2)])
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + two completed epochs; the third was lost
     assert [c.epochs for c in RunFolder(run).checkpoints()] == [2, 1]
@@ -141,7 +125,7 @@ def test_a_time_budgeted_run_resumes_with_its_re_planned_epochs_and_schedule(tmp
     config = _config(data, epochs=1, steps=3, patch=32, time_budget="1500s")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, warmup_epochs=1))
     with pytest.raises(KeyboardInterrupt):
-        train(config, run, progress=False, callbacks=[_Interrupt(epoch=1)])
+        train(config, run, progress=False, callbacks=[Interrupt(epoch=1)])
     saved = RunFolder(run).config
     # Planned ~5000 epochs of 3 steps; after epoch 1 (300 s on the fake clock) of what
     # training got (1500 s less the final steps' share and the real seconds spent before
@@ -375,7 +359,7 @@ def test_a_run_that_never_completed_an_epoch_is_replaced_even_on_resume(tmp_path
     run = tmp_path / "run"
     config = _config(data, epochs=2, steps=2)
     with pytest.raises(KeyboardInterrupt):
-        train(config, run, progress=False, callbacks=[_Interrupt(epoch=0)])
+        train(config, run, progress=False, callbacks=[Interrupt(epoch=0)])
     assert (run / "config.yaml").is_file() and not RunFolder(run).checkpoints()
     fixed = dataclasses.replace(config, model=dataclasses.replace(config.model, depth=2))
     result = train(fixed, run, resume=True, progress=False)   # not "keeps its model"
