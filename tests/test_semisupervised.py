@@ -15,9 +15,10 @@ from helpers import Interrupt, run_on_two_cpus
 from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from unet_cbam.data.demo import generate_demo
 from unet_cbam.data.io import DataError
+from unet_cbam.losses import SegmentationLoss
 from unet_cbam.run import RunFolder
 from unet_cbam.semisupervised import (
-    consistency_loss,
+    ConsistencyTraining,
     find_unlabeled,
     pseudo_targets,
     rampup,
@@ -68,12 +69,19 @@ def test_pseudo_labels_keep_confident_real_pixels_only_softmax():
     np.testing.assert_array_equal(targets, [[[[1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 1]]]])
 
 
-def test_the_consistency_loss_is_the_cross_entropy_over_real_pixels():
-    targets = np.array([[[[0, 1, 1], [0, 0, 0]]]], np.float32)  # one kept (label 1), one not
-    student = np.array([[[[0.8], [0.3]]]], np.float32)  # sigmoid: p(foreground)
-    valid = np.ones((1, 1, 2), np.float32)
-    loss = float(consistency_loss(targets, student, valid))
-    assert loss == pytest.approx(-np.log(0.8) / 2, rel=1e-6)
+def test_the_consistency_loss_is_the_runs_loss_with_unconfident_pixels_ignored():
+    # two pixels confident (foreground 0.97, background 0.99), one not (0.6): the teacher
+    teacher = np.array([[[[0.97], [0.01], [0.6]]]], np.float32)
+    targets = pseudo_targets(teacher, np.ones((1, 1, 3), np.float32), 0.95)
+    training = ConsistencyTraining(keras.Sequential([keras.Input((1, 3, 1))]), weight=1.0,
+                                   confidence=0.95, rampup_steps=0)
+    training.compile(loss=SegmentationLoss("bce+dice"))
+    student = np.array([[[[0.8], [0.3], [0.0]]]], np.float32)  # the last one: wrong, unseen
+    ce = -np.log([0.8, 0.7]).mean()  # the two kept pixels' true-class probabilities
+    fg = (2 * 0.8 + 1e-5) / (0.8 + 0.3 + 1 + 1e-5)  # Dice per label over kept pixels
+    bg = (2 * 0.7 + 1e-5) / (0.2 + 0.7 + 1 + 1e-5)
+    expected = ce + 1 - (fg + bg) / 2
+    assert float(training.unlabeled_loss(targets, student)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_rampup_rises_from_near_zero_to_one():

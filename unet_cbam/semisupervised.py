@@ -13,10 +13,14 @@ unlabelled patches. An unlabelled patch comes in two views of the same crop and 
   ``STRONG``), which is trained to predict those pseudo-labels.
 
 The loss is the supervised loss on the labelled patches plus ``unlabeled_weight`` times the
-cross-entropy of the strong views against the pseudo-labels, averaged over every real
-pixel (an unconfident pixel adds 0, so the term grows as the model grows confident). Its
-weight ramps up over the first ``unlabeled_rampup`` of the planned steps
-(``exp(-5 (1 - t)^2)``, Laine and Aila 2017), while early pseudo-labels are poor.
+run's own loss (``SegmentationLoss``, Dice and cross-entropy by default) of the strong
+views against the pseudo-labels, with every unconfident pixel ignored as a void pixel is.
+The Dice term weighs each class equally, however few of its pixels are confident: with
+cross-entropy alone, as FixMatch and UniMatch have it, the confident pixels of a rare
+foreground (a polyp) are outnumbered by confident background, and the consistency term
+teaches mostly background (measured: docs/benchmarks/label-efficiency.md). Its weight
+ramps up over the first ``unlabeled_rampup`` of the planned steps (``exp(-5 (1 - t)^2)``,
+Laine and Aila 2017), while early pseudo-labels are poor.
 
 Why this method: it needs no second network (cross pseudo supervision trains two; a mean
 teacher keeps a second copy of the weights, to checkpoint and resume), so a step costs the
@@ -275,15 +279,6 @@ def pseudo_targets(probabilities, valid, confidence: float):
     return ops.concatenate([one_hot, keep], axis=-1)
 
 
-def consistency_loss(targets, probabilities, valid):
-    """Cross-entropy of ``probabilities`` (the strong views) against the pseudo-label
-    ``targets``, summed over the kept pixels and divided by the real (``valid``) ones."""
-    probabilities = ops.clip(class_probabilities(ops.cast(probabilities, "float32")),
-                             1e-7, 1.0)
-    entropy = -ops.sum(targets[..., :-1] * ops.log(probabilities), axis=-1)
-    return ops.sum(entropy) / ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
-
-
 def rampup(step, steps):
     """``exp(-5 (1 - t)^2)`` with ``t = step / steps`` (1 from ``steps`` on, and with
     ``steps`` 0)."""
@@ -313,6 +308,10 @@ class ConsistencyTraining(keras.Model):
         self.unlabeled_tracker = keras.metrics.Mean(name="unlabeled_loss")
         self.confident_tracker = keras.metrics.Mean(name="confident")
 
+    def unlabeled_loss(self, targets, probabilities):
+        """The consistency term: the run's compiled loss, on pseudo-label ``targets``."""
+        return keras.losses.get(self.loss)(targets, probabilities)
+
     def call(self, inputs, training=False):
         images = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.network(images, training=training)
@@ -335,7 +334,7 @@ class ConsistencyTraining(keras.Model):
             predictions, student = both[:count], both[count:]
             supervised = self._compute_loss(x=images, y=targets, y_pred=predictions,
                                             training=True)  # scaled for the replicas
-            unlabeled = consistency_loss(pseudo, student, valid)
+            unlabeled = self.unlabeled_loss(pseudo, student)  # unconfident: ignored
             weight = self.weight * rampup(self.optimizer.iterations, self.rampup_steps)
             loss = supervised + weight * unlabeled / replicas
             scaled = self.optimizer.scale_loss(loss)

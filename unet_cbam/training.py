@@ -496,7 +496,12 @@ class _Session:
         measured_by.add(who)
         config = self.config
         if config.data.scale is None:  # the resolution: from the passes the budget affords
-            pixel_rate = config.train.batch_size * config.data.patch_size ** 2 / step_seconds
+            # Every patch a step trains on counts, unlabelled ones too: a semi-supervised
+            # run trains at the resolution a supervised one would, and spends the extra
+            # time of its steps in fewer of them (not in coarser pixels).
+            patches = config.train.batch_size * (
+                1 + (config.train.unlabeled_ratio if self.data.unlabeled is not None else 0))
+            pixel_rate = patches * config.data.patch_size ** 2 / step_seconds
             left = max(0.0, config.train.time_budget - self._spent(started))
             passes = left * pixel_rate / sum(h * w for h, w in self.data.train.native_sizes)
             config = plan_scale(config, self.data.fingerprint, passes)
