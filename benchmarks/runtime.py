@@ -24,6 +24,15 @@ disk (the ISBI slices, mirrored for more), for every variant and for ``--runtime
 (which times the candidates on first use and caches its choice: made before the timed
 rounds), interleaved, best of --rounds.
 
+With ``--test-scores DATA_SET=RUN ...``, the accuracy of each variant instead: predict.py
+``--truth`` over the data set's test split with each ``--runtime``/``--precision``, as a user
+runs it, from the same trained run (``benchmarks.datasets``' splits and scored class: the
+test Dice of the class of interest, LabelMeFacade's mean IoU), and the difference from
+Keras float32. INT8 rows say whether the run's parity check accepted it (a refused INT8
+predicts in float32) with the check's figures. Test splits are only scored, never chosen on.
+
+    python -m benchmarks.runtime --test-scores kvasir=runs/kvasir isbi=runs/isbi --label scores
+
 Prints a Markdown table and writes benchmarks/results/runtime/runtime-LABEL.json.
 """
 
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,6 +144,46 @@ def end_to_end(run, names: list[str], count: int, rounds: int, work: Path) -> li
             for name in choices]
 
 
+def test_scores(runs: dict[str, Path], names: list[str], work: Path) -> list[dict]:
+    """Rows: each data set's test score with each variant, predicted by predict.py from
+    its trained run, and the difference from Keras float32."""
+    import json
+
+    from benchmarks.datasets import DATA_SETS, SHARED, isbi_split
+    from benchmarks.datasets import run as run_command
+
+    rows = []
+    for data_set, run in runs.items():
+        scored = DATA_SETS[data_set][3]
+        test = (isbi_split(work / "isbi-data")[1] if data_set == "isbi"
+                else SHARED / DATA_SETS[data_set][1])
+        scores = {}
+        for name in names:
+            runtime, precision, _ = VARIANTS[name]
+            output = work / f"{data_set}-{name}"
+            seconds = run_command(
+                [sys.executable, "predict.py", "--model", str(run), "--input",
+                 str(test / "images"), "--truth", str(test / "masks"), "--output",
+                 str(output), "--runtime", runtime, "--precision", precision, "--quiet"],
+                work / f"{data_set}.log")
+            summary = json.loads((output / "evaluation.json").read_text())
+            scores[name] = (summary["classes"][scored]["pooled_dice"] if scored
+                            else summary["pooled_mean_iou"])
+            row = {"data_set": data_set, "variant": name, "scored": scored or "mean IoU",
+                   "test_score": round(scores[name], 5), "test_images": summary["images"],
+                   "predict_s": round(seconds, 1)}
+            if precision == "int8":
+                checks = [json.loads(path.read_text())
+                          for path in sorted(Path(run).glob("**/int8/*/check.json"))]
+                row["int8_accepted"] = bool(checks) and all(c["accepted"] for c in checks)
+                row["int8_check"] = checks
+            rows.append(row)
+        for row in rows:
+            if row["data_set"] == data_set:
+                row["vs_keras_float32"] = round(row["test_score"] - scores[REFERENCE], 5)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     import cv2
     import numpy as np
@@ -145,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="all", help="results file: runtime-LABEL.json")
     parser.add_argument("--end-to-end", type=int, metavar="N",
                         help="time predict.py's batch job over N images on disk instead")
+    parser.add_argument("--test-scores", nargs="+", metavar="DATA_SET=RUN",
+                        help="score each variant on these trained runs' test splits instead")
     arguments = parser.parse_args(argv)
     info = machine()
     from unet_cbam.config import InferenceConfig
@@ -155,6 +207,16 @@ def main(argv: list[str] | None = None) -> None:
                                       key=list(VARIANTS).index))
     for name, why in skipped.items():
         print(f"{name}: left out ({why})")
+    if arguments.test_scores:
+        runs = dict(item.split("=", 1) for item in arguments.test_scores)
+        with tempfile.TemporaryDirectory() as work:
+            rows = test_scores({k: Path(v) for k, v in runs.items()}, names, Path(work))
+        print_table(rows, ["data_set", "variant", "scored", "test_score", "vs_keras_float32",
+                           "int8_accepted"])
+        path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
+            "machine": info, "runs": runs, "left_out": skipped, "results": rows})
+        print(f"written: {path}")
+        return
     if arguments.end_to_end:
         with tempfile.TemporaryDirectory() as work:
             rows = end_to_end(load_run(trained_run(Path(work))), names, arguments.end_to_end,

@@ -6,9 +6,10 @@ semi-supervised semantic segmentation", CVPR 2023: UniMatch's single-stream base
 Each training step takes a batch of labelled patches and ``unlabeled_ratio`` times as many
 unlabelled patches. An unlabelled patch comes in two views of the same crop and geometry:
 
-- a *weak* view (flips and 90-degree rotations), from which the model, in inference mode and
-  without gradient, predicts a pseudo-label per pixel, kept where its probability is at least
-  ``confidence`` (and the pixel is real image, not padding);
+- a *weak* view (flips and 90-degree rotations), from which the model, without gradient
+  (and with the batch's own statistics, as FixMatch has it), predicts a pseudo-label per
+  pixel, kept where its probability is at least ``confidence`` (and the pixel is real
+  image, not padding);
 - a *strong* view (the weak view with heavy photometric changes and cut-out holes:
   ``STRONG``), which is trained to predict those pseudo-labels.
 
@@ -326,7 +327,10 @@ class ConsistencyTraining(keras.Model):
         normalisation sees labelled and unlabelled patches together, as in FixMatch)."""
         (images, weak, strong, valid), targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        teacher = tf.stop_gradient(self.network(weak, training=False))
+        # The weak views are predicted in training mode, with their own batch statistics,
+        # as FixMatch and UniMatch predict them: early in a short run the moving averages
+        # lag behind the weights (measured: docs/benchmarks/label-efficiency.md).
+        teacher = tf.stop_gradient(self.network(weak, training=True))
         pseudo = pseudo_targets(teacher, valid, self.confidence)
         count = tf.shape(images)[0]
         with tf.GradientTape() as tape:
