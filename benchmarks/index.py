@@ -44,9 +44,20 @@ def settings(payload: dict) -> str:
     summary = payload.get("summary")
     if isinstance(summary, list) and summary and isinstance(summary[0], dict) \
             and "data_set" in summary[0]:  # benchmarks.datasets: what was trained, and scored
-        shown.append("; ".join(
-            f"{row['data_set']} {row.get('variant', '')} x{row.get('seeds', '?')}: test Dice "
-            f"{row.get('test_dice_mean', float('nan')):.3f}" for row in summary))
+        for row in summary:
+            if "fraction" in row:  # benchmarks.label_efficiency: each variant's mean
+                means = ", ".join(f"{key[:-5]} {value:.3f}" for key, value in row.items()
+                                  if key.endswith("_mean") and value is not None)
+                shown.append(f"{row['data_set']} {row['fraction']:.0%} labels: test Dice "
+                             f"{means}")
+                continue
+            iou = row["data_set"] == "labelmefacade"  # scored by mean IoU (datasets.py)
+            score = row.get("test_score_mean", row.get("test_dice_mean", float("nan")))
+            shown.append(f"{row['data_set']} {row.get('variant', '')} x{row.get('seeds', '?')}: "
+                         f"test {'mean IoU' if iou else 'Dice'} {score:.3f}")
+    if isinstance(payload.get("runs"), dict) and any(  # benchmarks.runtime --test-scores
+            "test_score" in row for row in payload.get("results", [])):
+        shown.append("test scores of " + ", ".join(payload["runs"]))
     for key in SETTINGS:
         if key not in payload or payload[key] in (None, [], {}):
             continue
