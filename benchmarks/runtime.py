@@ -180,7 +180,7 @@ def test_scores(runs: dict[str, Path], names: list[str], work: Path) -> list[dic
             rows.append(row)
         for row in rows:
             if row["data_set"] == data_set:
-                row["vs_keras_float32"] = round(row["test_score"] - scores[REFERENCE], 5)
+                row["vs_keras_float32"] = round(row["test_score"] - scores[REFERENCE], 5) + 0.0
     return rows
 
 
