@@ -329,7 +329,9 @@ class ConsistencyTraining(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # The weak views are predicted in training mode, with their own batch statistics,
         # as FixMatch and UniMatch predict them: early in a short run the moving averages
-        # lag behind the weights (measured: docs/benchmarks/label-efficiency.md).
+        # lag behind the weights. (Batch normalisation's moving averages take this batch's
+        # statistics in as well; one seed could not tell the two choices apart:
+        # docs/benchmarks/label-efficiency.md.)
         teacher = tf.stop_gradient(self.network(weak, training=True))
         pseudo = pseudo_targets(teacher, valid, self.confidence)
         count = tf.shape(images)[0]
