@@ -280,3 +280,43 @@ def test_auto_runtime_is_timed_once_per_machine_and_model_then_cached(run_dir, t
     predict.BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32",
                                                 tile_size=48))
     assert len(json.loads(cache_file().read_text())) == 2
+
+
+@pytest.mark.parametrize("precision, candidates, installed, expected", [
+    ("auto", ["keras", "onnxruntime", "openvino"], True, (True, "")),
+    ("float32", ["keras", "onnxruntime", "openvino"], True,
+     (False, "int8: --precision float32 asked for")),
+    ("auto", ["keras"], True, (False, "int8: openvino not a candidate")),
+    ("auto", ["keras", "openvino"], False, (False, "int8: nncf not installed")),
+])
+def test_int8_is_a_candidate_of_auto_only_where_the_precision_is_left_to_it(
+        monkeypatch, precision, candidates, installed, expected):
+    import importlib.util
+
+    from unet_cbam.runtime import int8_candidate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nncf" and not installed
+                        else real(name, *a))
+    assert int8_candidate(precision, candidates) == expected
+
+
+def test_a_checked_candidate_agrees_by_its_check_and_is_timed_like_the_others():
+    from unet_cbam.runtime import fastest, time_runtimes
+
+    tiles = np.zeros((2, 8, 8, 1), np.float32)
+    predictors = {"keras": lambda t: np.full(t.shape, 0.5, np.float32),
+                  "openvino": lambda t: np.full(t.shape, 0.9, np.float32),
+                  "openvino-int8": lambda t: np.full(t.shape, 0.7, np.float32)}
+    results = time_runtimes(predictors, tiles, "float32", rounds=1,
+                            checked=frozenset({"openvino-int8"}))
+    assert results["openvino"]["agrees"] is False
+    assert results["openvino-int8"]["agrees"] is True
+    assert results["openvino-int8"]["checked_on_validation"] is True
+    assert results["openvino-int8"]["max_difference"] == pytest.approx(0.2)
+    for name, seconds in (("keras", 1.0), ("openvino", 0.1), ("openvino-int8", 0.5)):
+        results[name]["seconds"] = seconds
+    runtime, reason = fastest(results)
+    assert runtime == "openvino-int8" and "openvino-int8 0.5 s (its validation check passed)" \
+        in reason

@@ -13,6 +13,7 @@ pytest.importorskip("nncf")
 from unet_cbam import quantize  # noqa: E402
 from unet_cbam.config import InferenceConfig  # noqa: E402
 from unet_cbam.loading import load_run  # noqa: E402
+from unet_cbam.precision import choose_precision  # noqa: E402
 from unet_cbam.predict import BatchPredictor  # noqa: E402
 
 
@@ -96,3 +97,67 @@ def test_calibration_tiles_are_spread_over_the_images():
     # Resampled by the run's scale first; small images set a smaller, divisible tile.
     tiles = quantize.calibration_tiles(images, 0.5, 256, 16)
     assert {t.shape for t in tiles} == {(1, 32, 32, 1)} and len(tiles) == 2
+
+
+@pytest.mark.slow
+def test_auto_times_the_checked_int8_model_and_runs_it_when_fastest(run_dir, tmp_path,
+                                                                    monkeypatch):
+    import unet_cbam.predict as predict
+    from unet_cbam.runtime import INT8_CANDIDATE, cache_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(quantize, "INT8_TOLERANCE", 1.0)  # this tiny model's check passes
+    real = predict.time_runtimes
+
+    def int8_fastest(predictors, *args, **kwargs):  # every candidate really runs
+        results = real(predictors, *args, **kwargs)
+        results[INT8_CANDIDATE]["seconds"] = 0.0
+        return results
+
+    monkeypatch.setattr(predict, "time_runtimes", int8_fastest)
+    inference = InferenceConfig(runtime="auto", precision="auto", tile_size=128)
+    chosen = BatchPredictor(load_run(run_dir), inference)
+    [choice] = json.loads(cache_file().read_text()).values()
+    assert set(choice["results"]) == {*_float_candidates(), INT8_CANDIDATE}
+    assert choice["results"][INT8_CANDIDATE]["checked_on_validation"]
+    assert choice["runtime"] == INT8_CANDIDATE
+    assert (chosen.runtime, chosen.precision, chosen.int8) == ("openvino", "int8", [True])
+    asked = BatchPredictor(load_run(run_dir), InferenceConfig(precision="int8",
+                                                              tile_size=128))
+    np.testing.assert_array_equal(chosen.predict_raw(_raw())[0], asked.predict_raw(_raw())[0])
+
+    # Again: the choice from the runtime cache, the INT8 model from the run folder.
+    monkeypatch.setattr(predict, "time_runtimes", lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(quantize, "quantize", lambda *a: pytest.fail("quantised again"))
+    again = BatchPredictor(load_run(run_dir), inference)
+    assert (again.runtime, again.precision, again.int8) == ("openvino", "int8", [True])
+
+
+@pytest.mark.slow
+def test_auto_leaves_out_an_int8_model_its_check_refused_and_says_why(run_dir, tmp_path,
+                                                                      monkeypatch, caplog):
+    import unet_cbam.predict as predict
+    from unet_cbam.runtime import cache_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    refused = "INT8 checked on 2 validation images: membrane's Dice fell 0.01: float32"
+    asked = []
+    monkeypatch.setattr(predict, "int8_model", lambda folder, *a: asked.append(folder) or
+                        quantize.Int8Outcome(None, refused, {}))
+    with caplog.at_level("INFO", logger="unet_cbam.predict"):
+        predictor = BatchPredictor(load_run(run_dir), InferenceConfig(
+            runtime="auto", precision="auto", tile_size=128))
+    assert asked == [run_dir]  # the run's own check decides
+    [choice] = json.loads(cache_file().read_text()).values()
+    assert set(choice["results"]) == set(_float_candidates())
+    assert (predictor.precision, predictor.int8) == (choose_precision("auto")[0], None)
+    assert predictor.runtime == choice["runtime"]
+    assert choice["reason"].endswith(f"(int8: {refused})")
+    assert f"runtime {predictor.runtime}, {predictor.precision} (fastest of" in caplog.text
+
+
+def _float_candidates() -> list[str]:
+    """The runtimes auto times besides INT8 on this machine (with --precision auto)."""
+    from unet_cbam.runtime import runtime_candidates
+
+    return runtime_candidates(choose_precision("auto")[0], gpus=0)[0]

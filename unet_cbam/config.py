@@ -567,8 +567,9 @@ class InferenceConfig:
         "what runs the model: keras, onnxruntime (the model converted to ONNX when "
         "predict.py starts; needs the export extra, float32 only) or openvino (converted to "
         "OpenVINO through ONNX; needs the openvino extra; float32 or bfloat16, on the CPU); "
-        "auto: onnxruntime where it was measured faster (float32 on a CPU, when installed), "
-        "else keras")
+        "auto: the fastest of those installed that run the precision, timed on this "
+        "machine on first use and cached; with --precision auto, also the run's INT8 "
+        "model where it passed its check")
     postprocess: bool = option(
         True,
         "apply the run's post-processing and threshold chosen on validation (its inference "

@@ -61,11 +61,13 @@ from unet_cbam.progress import progress as progress_of
 from unet_cbam.quantize import int8_model
 from unet_cbam.run import RunFolder
 from unet_cbam.runtime import (
+    INT8_CANDIDATE,
     OPENVINO_PRECISIONS,
     cache_file,
     cache_key,
     choose_runtime,
     fastest,
+    int8_candidate,
     read_choice,
     runtime_candidates,
     time_runtimes,
@@ -148,14 +150,15 @@ class BatchPredictor:
         logger.debug("precision %s (%s)", self.precision, why)
         #: What runs the model (keras, onnxruntime or openvino).
         self._converted: list[tempfile.TemporaryDirectory] = []
+        #: Per member, whether it runs its checked INT8 model (None: no INT8 asked or chosen).
+        self.int8: list[bool] | None = None
         if self.precision == "int8":
             self.runtime, why = "openvino", "precision int8: Keras runs no INT8 models"
             pairs = self._int8_predictors()
         else:
             self.runtime, why = choose_runtime(inference.runtime, self.precision)
             if self.runtime == "auto":
-                self.runtime, why, first = self._fastest_runtime()
-                pairs = [first, *self._predictors(self.runtime, run.members[1:])]
+                self.runtime, why, pairs = self._fastest_runtime()
             else:
                 pairs = self._predictors(self.runtime, run.members)
         #: The Keras models behind the predictors: in the precision, or the float32 ones
@@ -202,11 +205,18 @@ class BatchPredictor:
             pairs.append((model, predictor))
         return pairs
 
-    def _fastest_runtime(self):
-        """(runtime, reason, the first member's (model, predictor) on it) for --runtime auto:
-        from the cache, else timed (``unet_cbam.runtime``) on a batch of tiles of this
-        prediction's size, the first member standing for all."""
+    def _fastest_runtime(self) -> tuple[str, str, list[tuple]]:
+        """(runtime, reason, (model, predictor) per member) for --runtime auto: from the
+        cache, else timed (``unet_cbam.runtime``) on a batch of tiles of this prediction's
+        size, the first member standing for all. With the precision left to auto, the
+        run's INT8 model is a candidate where it passed its check; if it wins,
+        ``self.precision`` becomes int8."""
         candidates, left_out = runtime_candidates(self.precision, gpus=0)
+        int8, why_not = int8_candidate(self.inference.precision, candidates)
+        if int8:
+            candidates = [*candidates, INT8_CANDIDATE]
+        elif "openvino" in candidates:
+            left_out.append(why_not)
         side = round_up(self.inference.tile_size, self.run.config.model.divisor)
         shape = (self.inference.batch_size, side, side, self.run.channels)
         files = [folder.model_path for folder in
@@ -215,38 +225,63 @@ class BatchPredictor:
             f.is_file() for f in files) else None
         cached = read_choice(key) if key else None
         if cached and cached.get("runtime") in candidates:
-            runtime = cached["runtime"]
-            return runtime, f"{cached['reason']}; measured before ({cache_file()})", \
-                self._predictors(runtime, self.run.members[:1])[0]
+            reason = f"{cached['reason']}; measured before ({cache_file()})"
+            return self._on(cached["runtime"], reason)
         if len(candidates) == 1:
             return "keras", "the only runtime here (" + "; ".join(left_out) + ")", \
-                self._predictors("keras", self.run.members[:1])[0]
-        pairs = {name: self._predictors(name, self.run.members[:1])[0] for name in candidates}
+                self._predictors("keras", self.run.members)
+        first = {name: self._predictors(name, self.run.members[:1])[0]
+                 for name in candidates if name != INT8_CANDIDATE}
+        if int8:
+            [float32] = self._float32(self.run.members[:1])
+            outcome = self._int8_outcome(0, float32)
+            if outcome.model is None:
+                left_out.append(f"int8: {outcome.reason}")
+            else:
+                first[INT8_CANDIDATE] = (float32, openvino_predictor(outcome.model, "f32"))
         tiles = np.random.default_rng(0).random(shape, dtype=np.float32)
-        results = time_runtimes({name: predictor for name, (_, predictor) in pairs.items()},
-                                tiles, self.precision)
+        results = time_runtimes({name: predictor for name, (_, predictor) in first.items()},
+                                tiles, self.precision, checked=frozenset({INT8_CANDIDATE}))
         runtime, reason = fastest(results)
         reason += f" of {'x'.join(map(str, shape))}"
         if left_out:
             reason += " (" + "; ".join(left_out) + ")"
         if key:
             write_choice(key, {"runtime": runtime, "reason": reason, "results": results})
-        return runtime, reason, pairs[runtime]
+        if runtime == INT8_CANDIDATE:
+            self.precision, self.int8 = "int8", [True]
+            return "openvino", reason, [first[runtime], *self._int8_predictors(start=1)]
+        return runtime, reason, [first[runtime], *self._predictors(runtime,
+                                                                   self.run.members[1:])]
 
-    def _int8_predictors(self) -> list[tuple]:
-        """(float32 Keras model, predictor) per member: its checked INT8 model
-        (``unet_cbam.quantize``), or its float32 one where INT8 failed the check;
-        ``self.int8`` says which."""
+    def _on(self, runtime: str, reason: str) -> tuple[str, str, list[tuple]]:
+        """(runtime, reason, pairs) of a cached choice of --runtime auto."""
+        if runtime == INT8_CANDIDATE:
+            self.precision = "int8"
+            return "openvino", reason, self._int8_predictors()
+        return runtime, reason, self._predictors(runtime, self.run.members)
+
+    def _int8_outcome(self, index: int, model):
+        """``quantize.int8_model`` for member ``index`` (``model``: it in float32), its
+        reason logged."""
         folders = RunFolder(self.run.path).folds() or [RunFolder(self.run.path)]
+        outcome = int8_model(folders[index].path, model, self.run.scales[index],
+                             self.inference.tile_size, self.inference.overlap,
+                             self.inference.batch_size, self.threshold)
+        logger.info("%s: %s", folders[index].path.name, outcome.reason)
+        return outcome
+
+    def _int8_predictors(self, start: int = 0) -> list[tuple]:
+        """(float32 Keras model, predictor) per member from ``start``: its checked INT8
+        model (``unet_cbam.quantize``), or its float32 one where INT8 failed the check;
+        ``self.int8`` says which."""
         converted = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
         self._converted.append(converted)
-        predictors, self.int8 = [], []
-        for index, (model, folder, scale) in enumerate(zip(
-                self._float32(self.run.members), folders, self.run.scales, strict=True)):
-            outcome = int8_model(folder.path, model, scale, self.inference.tile_size,
-                                 self.inference.overlap, self.inference.batch_size,
-                                 self.threshold)
-            logger.info("%s: %s", folder.path.name, outcome.reason)
+        if start == 0:
+            self.int8 = []
+        predictors = []
+        for index, model in enumerate(self._float32(self.run.members[start:]), start):
+            outcome = self._int8_outcome(index, model)
             chosen = outcome.model
             if chosen is None:
                 (Path(converted.name) / str(index)).mkdir()
