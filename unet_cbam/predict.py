@@ -226,7 +226,7 @@ class BatchPredictor:
         cached = read_choice(key) if key else None
         if cached and cached.get("runtime") in candidates:
             reason = f"{cached['reason']}; measured before ({cache_file()})"
-            return self._on(cached["runtime"], reason)
+            return self._chosen_before(cached["runtime"], reason)
         if len(candidates) == 1:
             return "keras", "the only runtime here (" + "; ".join(left_out) + ")", \
                 self._predictors("keras", self.run.members)
@@ -254,7 +254,7 @@ class BatchPredictor:
         return runtime, reason, [first[runtime], *self._predictors(runtime,
                                                                    self.run.members[1:])]
 
-    def _on(self, runtime: str, reason: str) -> tuple[str, str, list[tuple]]:
+    def _chosen_before(self, runtime: str, reason: str) -> tuple[str, str, list[tuple]]:
         """(runtime, reason, pairs) of a cached choice of --runtime auto."""
         if runtime == INT8_CANDIDATE:
             self.precision = "int8"
