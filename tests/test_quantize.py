@@ -115,8 +115,19 @@ def test_auto_times_the_checked_int8_model_and_runs_it_when_fastest(run_dir, tmp
         return results
 
     monkeypatch.setattr(predict, "time_runtimes", int8_fastest)
+    import unet_cbam.runtime as runtime
+
+    converted = []  # the OpenVINO conversions: the member serves both candidates from one
+
+    def counted(model, folder, convert=runtime.to_openvino):
+        converted.append(folder)
+        return convert(model, folder)
+
+    monkeypatch.setattr(predict, "to_openvino", counted)
+    monkeypatch.setattr(runtime, "to_openvino", counted)
     inference = InferenceConfig(runtime="auto", precision="auto", tile_size=128)
     chosen = BatchPredictor(load_run(run_dir), inference)
+    assert len(converted) == 1
     [choice] = json.loads(cache_file().read_text()).values()
     assert set(choice["results"]) == {*_float_candidates(), INT8_CANDIDATE}
     assert choice["results"][INT8_CANDIDATE]["checked_on_validation"]

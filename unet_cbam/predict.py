@@ -231,14 +231,21 @@ class BatchPredictor:
             return "keras", "the only runtime here (" + "; ".join(left_out) + ")", \
                 self._predictors("keras", self.run.members)
         first = {name: self._predictors(name, self.run.members[:1])[0]
-                 for name in candidates if name != INT8_CANDIDATE}
-        if int8:
+                 for name in candidates if name not in (INT8_CANDIDATE, "openvino")}
+        if int8:  # the first member's OpenVINO form serves both candidates: converted once
             [float32] = self._float32(self.run.members[:1])
-            outcome = self._int8_outcome(0, float32)
+            folder = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
+            self._converted.append(folder)
+            converted = to_openvino(float32, Path(folder.name))
+            first["openvino"] = (float32, openvino_predictor(
+                converted, OPENVINO_PRECISIONS[self.precision]))
+            outcome = self._int8_outcome(0, float32, converted)
             if outcome.model is None:
                 left_out.append(f"int8: {outcome.reason}")
             else:
                 first[INT8_CANDIDATE] = (float32, openvino_predictor(outcome.model, "f32"))
+        elif "openvino" in candidates:
+            first["openvino"] = self._predictors("openvino", self.run.members[:1])[0]
         tiles = np.random.default_rng(0).random(shape, dtype=np.float32)
         results = time_runtimes({name: predictor for name, (_, predictor) in first.items()},
                                 tiles, self.precision, checked=frozenset({INT8_CANDIDATE}))
@@ -261,13 +268,13 @@ class BatchPredictor:
             return "openvino", reason, self._int8_predictors()
         return runtime, reason, self._predictors(runtime, self.run.members)
 
-    def _int8_outcome(self, index: int, model):
-        """``quantize.int8_model`` for member ``index`` (``model``: it in float32), its
-        reason logged."""
+    def _int8_outcome(self, index: int, model, converted=None):
+        """``quantize.int8_model`` for member ``index`` (``model``: it in float32;
+        ``converted``: its OpenVINO form, where made already), its reason logged."""
         folders = RunFolder(self.run.path).folds() or [RunFolder(self.run.path)]
         outcome = int8_model(folders[index].path, model, self.run.scales[index],
                              self.inference.tile_size, self.inference.overlap,
-                             self.inference.batch_size, self.threshold)
+                             self.inference.batch_size, self.threshold, converted)
         logger.info("%s: %s", folders[index].path.name, outcome.reason)
         return outcome
 

@@ -60,10 +60,11 @@ def model_key(model_file: Path) -> str:
 
 
 def int8_model(folder: Path, keras_model, scale: float, tile_size: int, overlap: float,
-               batch_size: int, threshold: float) -> Int8Outcome:
+               batch_size: int, threshold: float, converted=None) -> Int8Outcome:
     """The INT8 OpenVINO model of the run (or fold) in ``folder``, checked, from its cache
-    when there; ``keras_model`` is that run's model in float32. The tiling arguments are
-    predict.py's, so the check scores what prediction will do."""
+    when there; ``keras_model`` is that run's model in float32, and ``converted``, where
+    the caller has it already, its float32 OpenVINO form (else converted here). The
+    tiling arguments are predict.py's, so the check scores what prediction will do."""
     from unet_cbam.run import RunFolder
 
     try:
@@ -91,7 +92,7 @@ def int8_model(folder: Path, keras_model, scale: float, tile_size: int, overlap:
     from unet_cbam.runtime import to_openvino
 
     with tempfile.TemporaryDirectory(prefix="unet_cbam-int8-") as work:
-        float32 = to_openvino(keras_model, Path(work))
+        float32 = converted if converted is not None else to_openvino(keras_model, Path(work))
         tiles = calibration_tiles([image for image, _ in train], scale, tile_size,
                                   run.config.model.divisor)
         quantized = quantize(float32, tiles)
