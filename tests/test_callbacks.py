@@ -36,7 +36,8 @@ def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
 def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
            trace=0.0, validation=5.0):
     """Fit's loop around a TimeBudget on a fake clock, ``validation`` seconds after each
-    epoch's steps: (epochs run, wall seconds, the re-plans reported, the values agreed)."""
+    epoch's steps (or the seconds after epoch i: ``validation[i % len(validation)]``):
+    (epochs run, wall seconds, the re-plans reported, the values agreed)."""
     from unet_cbam.callbacks import TimeBudget
 
     class Model:
@@ -56,7 +57,8 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
             pacer.on_train_batch_end(step)
             if pacer.model.stop_training:
                 break
-        now[0] += validation  # counted: the budget is the whole command's
+        now[0] += validation[epoch % len(validation)] if isinstance(validation, list) \
+            else validation  # counted: the budget is the whole command's
         pacer.on_epoch_end(epoch)
         run += 1
         if pacer.model.stop_training:
@@ -84,6 +86,16 @@ def test_time_budget_pacer_refits_the_epochs_to_the_real_pace_validation_include
     # Far slower than planned (25 s a step): the guard stops within the first epoch.
     run, wall, replans, _ = _paced(25.0)
     assert run == 1 and wall == 130.0 and replans == [(1, 25.0, 1)]
+
+
+def test_time_budget_pacer_plans_from_the_mean_of_what_epochs_took_besides_their_steps():
+    """Validation that costs 5 s and 25 s in turn (a slow pass every other epoch) re-plans
+    from the mean, 15 s: the epochs settle at 10 of 25 s, moving by one, where planning from
+    the last epoch alone swung them 16, 7, 15, 8, 14, 8, 12, 9, 11, 10."""
+    run, wall, replans, _ = _paced(1.0, budget=250.0, epochs=10, max_epochs=20,
+                                   validation=[5.0, 25.0])
+    assert (run, wall) == (10, 250.0)
+    assert [epochs for epochs, _, _ in replans] == [16, 10, 11, 10, 11, 10]
 
 
 def test_time_budget_pacer_moves_the_schedule_horizon():

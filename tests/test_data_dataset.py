@@ -73,6 +73,24 @@ def test_validation_covers_every_pixel_exactly_once():
     assert targets[..., 3].sum() == 37 * 50 + 16 * 16 - 1
 
 
+def test_validation_limited_to_its_first_batches_ends_there():
+    """``batches=``: the whole pass's first batches, and the dataset ends after them (an
+    iterator used up, not dropped with batches in flight)."""
+    rng = np.random.default_rng(4)
+    images = [rng.random((48, 64, 1)).astype(np.float32) for _ in range(3)]
+    labels = [rng.integers(0, 2, im.shape[:2]).astype(np.uint16) for im in images]
+    source = _source(images, labels)
+    whole = list(validation_dataset(source, patch_size=16, batch_size=5).as_numpy_iterator())
+    first = list(validation_dataset(source, patch_size=16, batch_size=5, batches=2)
+                 .as_numpy_iterator())
+    assert len(whole) == 8 and len(first) == 2  # 3 images x 12 tiles = 36 -> 8 batches
+    for (x1, y1), (x2, y2) in zip(first, whole[:2], strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    every = validation_dataset(source, patch_size=16, batch_size=5, batches=100)
+    assert len(list(every.as_numpy_iterator())) == 8  # no more than there are
+
+
 def test_validation_patches_hold_real_image_not_zero_padding():
     """Border cells are scored in a patch shifted back inside the image, and an image
     smaller than a patch is mirrored: no patch shows the model a band of zeros."""

@@ -388,6 +388,27 @@ def test_the_time_budget_plans_validation_and_the_final_steps_into_it():
     assert cheap.train.epochs == 1110 // (157.5 + 10)
 
 
+def test_the_end_of_a_resampled_run_is_estimated_at_the_training_resolution():
+    """Tuning predicts the validation images at the resolution the model trained at: the
+    plan's final_seconds counts their resampled pixels, not their native ones."""
+    from types import SimpleNamespace
+
+    from unet_cbam.data.dataset import PairSource
+    from unet_cbam.data.io import MaskCodec
+    from unet_cbam.data.verify import Sample
+    from unet_cbam.training import SAVE_SECONDS, TUNING_OVERHEAD, _Session
+
+    samples = [Sample(f"s{i}", None, None) for i in range(3)]
+    native = PairSource(samples, [(400, 600)] * 3, MaskCodec("binary", 1), 3, None)
+    config = RunConfig(data=DataConfig(patch_size=64), train=TrainConfig(batch_size=4))
+    for source, pixels in ((native, 400 * 600), (native.rescaled(0.25), 100 * 150)):
+        session = SimpleNamespace(config=config, data=SimpleNamespace(val=source),
+                                  validation_batches=10)
+        rate = 4 * 64 * 64 / 0.5  # pixels a second at 0.5 s a batch
+        assert _Session.final_seconds(session, 0.5) == pytest.approx(
+            10 * 0.5 + TUNING_OVERHEAD * 3 * pixels / rate + SAVE_SECONDS)
+
+
 @pytest.mark.parametrize("value", ["soon", "20 minutes", "0s", "1x"])
 def test_bad_time_budget_is_refused_before_training(tmp_path, capsys, value):
     from unet_cbam.cli.train import main as train_main

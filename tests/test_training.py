@@ -2,6 +2,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -68,6 +69,28 @@ def test_short_run_on_isbi_lowers_the_loss_then_predicts_and_evaluates(isbi_dir,
                           "--config", str(tmp_path / "run")]) == 0
     scores = json.loads((out / "evaluation.json").read_text())
     assert scores["images"] == 2 and scores["classes"]["cell"]["pooled_dice"] > 0.5
+
+
+def test_validation_steps_score_the_same_first_batches_after_each_epoch(isbi_dir, tmp_path):
+    """``validation_steps``: fit scores that many batches an epoch (a dataset that ends
+    there, used up each pass), the final scores every batch."""
+    import keras
+
+    class Counter(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            counts.append(0)
+
+        def on_test_batch_end(self, batch, logs=None):
+            counts[-1] += 1
+
+    counts: list[int] = []
+    config = _config(_isbi_subset(isbi_dir, tmp_path, stems=(0, 1, 2)), epochs=2, steps=1,
+                     patch=64, batch=4, validation_steps=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ran out of data.*")
+        result = train(config, tmp_path / "run", progress=False, callbacks=[Counter()])
+    assert counts == [2, 2]  # of 16: one 512 x 512 slice in 64 x 64 patches, 4 a batch
+    assert len(result.history["val_loss"]) == 2
 
 
 @pytest.mark.slow

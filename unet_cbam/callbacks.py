@@ -161,9 +161,10 @@ class TimeBudget(keras.callbacks.Callback):
     model and one validation pass, which on a busy 2-core machine read 20-30 %
     off either way. After each epoch this re-plans the epochs still to run
     from the run's own pace: its training steps (all but the first, which
-    traces the training function) and what the last epoch took besides them
-    (validation, checkpoints, figures; after the first epoch, whose validation
-    also traces the test function, the planned ``validation_seconds``). An
+    traces the training function) and what an epoch took besides them, on
+    average (validation, checkpoints, figures; for the first epoch, whose
+    validation also traces the test function, at most the planned
+    ``validation_seconds``). An
     epoch is planned where it ends before ``seconds`` are up, or at most
     ``LAST_EPOCH_OVERRUN`` x ``seconds`` after, and the horizon of a
     ``MovableCosineDecay`` moves with the epochs, so the learning rate still
@@ -200,7 +201,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.schedule, self.agree, self.replanned, self.clock = schedule, agree, replanned, clock
         self.stepping, self.steps, self.first = 0.0, 0, 0.0
         self.begun = self.epoch_begun = self.step_begun = None
-        self.epoch_stepping, self.epochs_seen = 0.0, 0
+        self.epoch_stepping, self.epochs_seen, self.besides = 0.0, 0, 0.0
 
     def on_train_begin(self, logs=None):
         self.begun = self.clock()
@@ -237,6 +238,9 @@ class TimeBudget(keras.callbacks.Callback):
         if self.validation_seconds is not None and self.epochs_seen == 0:
             besides = min(besides, self.validation_seconds)  # not the test function's tracing
         self.epochs_seen += 1
+        self.besides += besides
+        besides = self.besides / self.epochs_seen  # the mean: one slow pass does not swing
+        # the plan (and the learning rate's horizon) back and forth
         left = self.seconds - (now - self.begun)
         cost = self.pace * self.steps_per_epoch + besides
         more = int(max(0.0, left) // cost)

@@ -313,17 +313,17 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
                     "of training (at most %d)", train_cfg.epochs, fit_epochs)
     callbacks += extra_callbacks
 
-    train_ds, val_ds = session.datasets()
+    train_ds, epoch_val_ds, val_ds = session.datasets()
     fitting = time.perf_counter()
     if session.multiworker:
-        loop = distribute.DistributedLoop(model, strategy, session.training_data,
-                                          session.validation_data)
+        loop = distribute.DistributedLoop(
+            model, strategy, session.training_data,
+            lambda context: session.validation_data(context, train_cfg.validation_steps))
         loop.fit(epochs=fit_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                  callbacks=callbacks, verbose=keras_verbosity(progress))
     else:
         model.fit(train_ds, epochs=fit_epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val_ds,
-                  validation_steps=train_cfg.validation_steps, callbacks=callbacks,
+                  steps_per_epoch=steps, validation_data=epoch_val_ds, callbacks=callbacks,
                   shuffle=False, verbose=keras_verbosity(progress))
     if run is not shared:  # another worker: the chief evaluates and tunes
         return TrainResult(shared.path, run.read_history(), {}, chief=False)
@@ -397,17 +397,24 @@ class _Session:
             batch_size=batch_size * train.unlabeled_ratio,
             seed=train.seed + 7919 + context.input_pipeline_id))  # not the labelled stream
 
-    def validation_data(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def validation_data(self, context: tf.distribute.InputContext,
+                        batches: int | None = None) -> tf.data.Dataset:
+        """This worker's validation batches: all of them, or the first ``batches``."""
         per_replica = context.get_per_replica_batch_size(self.config.train.batch_size)
         return validation_dataset(
             self.data.val, patch_size=self.config.data.patch_size, batch_size=per_replica,
             shard=(context.input_pipeline_id, context.num_input_pipelines),
-            multiple=self.replicas * per_replica if self.multiworker else 1)
+            multiple=self.replicas * per_replica if self.multiworker else 1, batches=batches)
 
-    def datasets(self) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        """(training, validation) for ``fit``, which splits the global batches itself."""
+    def datasets(self) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+        """(training, the validation after each epoch (the plan's ``validation_steps``
+        batches), the whole validation pass) for ``fit``, which splits the global batches
+        itself."""
         single = tf.distribute.InputContext()
-        return self.training_data(single), self.validation_data(single)
+        whole = self.validation_data(single)
+        steps = self.config.train.validation_steps
+        return (self.training_data(single),
+                whole if steps is None else self.validation_data(single, steps), whole)
 
     def compiled(self, optimizer: Callable[[], keras.optimizers.Optimizer]) -> keras.Model:
         """A new model with ``optimizer()``, its loss and metrics, under the strategy."""
@@ -452,7 +459,7 @@ class _Session:
             def step():
                 throwaway.train_on_batch(*next(batches))
             count = min(VALIDATION_BATCHES_MEASURED, self.validation_batches)
-            validation = self.validation_data(single).take(count)
+            validation = self.validation_data(single, count)
             throwaway.evaluate(validation, verbose=0)  # traces the test function
             begun = time.perf_counter()
             throwaway.evaluate(validation, verbose=0)
@@ -477,10 +484,12 @@ class _Session:
         seconds: the best model's scores on every validation batch (one graph function a
         batch, as fast as validation), the tuning's whole-image predictions
         (``TUNING_OVERHEAD`` x the pixels of the validation images it reads, at the
-        validation pass's rate) and the saves."""
+        validation pass's rate; at the training resolution, where the model predicts
+        them) and the saves."""
         patch, batch = self.config.data.patch_size, self.config.train.batch_size
         rate = batch * patch * patch / max(batch_seconds, 1e-6)  # pixels a second
-        sizes = self.data.val.native_sizes
+        sizes = self.data.val.sizes  # as resampled (a scale-0.25 Kvasir-SEG run counted at
+        # full resolution kept 151 s for an end that took 26)
         tuned = sizes if len(sizes) <= postprocessing.MAX_IMAGES else [
             sizes[i] for i in np.linspace(0, len(sizes) - 1, postprocessing.MAX_IMAGES)
             .round().astype(int)]
