@@ -113,6 +113,24 @@ def test_time_budget_pacer_moves_the_schedule_horizon():
                                [float(reference(s)) for s in steps], rtol=1e-5)
 
 
+def test_training_curves_are_redrawn_at_most_every_interval_and_at_the_end(tmp_path):
+    from unet_cbam.callbacks import PlotHistory
+
+    history, figure = tmp_path / "history.csv", tmp_path / "curves.png"
+    now, drawn = [0.0], []
+    plot = PlotHistory(history, figure, "run", interval=30.0, clock=lambda: now[0])
+    plot.draw = lambda: drawn.append(now[0]) or PlotHistory.draw(plot)
+    history.write_text("epoch,loss\n0,1.0\n")
+    for seconds in (10.0, 10.0, 15.0, 40.0, 5.0):  # epochs ending at 10, 20, 35, 75, 80 s
+        now[0] += seconds
+        plot.on_epoch_end(0)
+    assert drawn == [10.0, 75.0]  # the first epoch, then 30 s or more after a drawing
+    plot.on_train_end()
+    assert drawn == [10.0, 75.0, 80.0] and figure.read_bytes()[:4] == b"\x89PNG"
+    plot.on_train_end()
+    assert len(drawn) == 3  # nothing new since
+
+
 def test_measure_step_seconds_times_only_the_steps_after_warm_up():
     from unet_cbam.callbacks import measure_step_seconds
 

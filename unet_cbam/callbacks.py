@@ -126,13 +126,37 @@ class RunRecorder(keras.callbacks.Callback):
 
 
 class PlotHistory(keras.callbacks.Callback):
-    """Redraw training_curves.png from history.csv after every epoch."""
+    """Redraw training_curves.png from history.csv after an epoch, at most every
+    ``interval`` seconds, and at the end of training.
 
-    def __init__(self, history_path: Path, figure_path: Path, title: str):
+    A drawing takes about 1.5 s on 2 cores (2026-12-07, AVX2 EPYC): after every epoch
+    of a run whose epochs take seconds, that was a fifth of its time. An epoch of
+    ``interval`` seconds or more is drawn after every epoch; a run stopped from outside
+    leaves a figure at most ``interval`` seconds behind history.csv.
+    """
+
+    INTERVAL = 30.0
+
+    def __init__(self, history_path: Path, figure_path: Path, title: str,
+                 interval: float = INTERVAL, clock: Callable[[], float] = time.perf_counter):
         super().__init__()
         self.history_path, self.figure_path, self.title = history_path, figure_path, title
+        self.interval, self.clock = interval, clock
+        self.drawn: float | None = None
+        self.pending = False
 
     def on_epoch_end(self, epoch, logs=None):
+        self.pending = True
+        if self.drawn is None or self.clock() - self.drawn >= self.interval:
+            self.draw()
+
+    def on_train_end(self, logs=None):
+        if self.pending:
+            self.draw()
+
+    def draw(self) -> None:
+        """Redraw the figure from history.csv now."""
+        self.drawn, self.pending = self.clock(), False
         if self.history_path.exists():
             figure = plot_history(read_history(self.history_path), self.title)
             with atomic_write(self.figure_path) as temporary:

@@ -12,7 +12,8 @@ folder, never from flags::
     checkpoint/           the last two completed epochs: epoch-NNNN.weights.h5 (weights and
                           optimizer state after NNNN epochs) and epoch-NNNN.json (its logs)
     history.csv           one row per epoch: losses, per-class IoU/Dice, learning rate
-    training_curves.png   history.csv as plots, redrawn every epoch
+    training_curves.png   history.csv as plots, redrawn after an epoch (at most every
+                          30 s) and at the end
     logs/                 TensorBoard
     metrics.json          final per-class validation scores of model.keras
 
