@@ -71,6 +71,7 @@ def test_short_run_on_isbi_lowers_the_loss_then_predicts_and_evaluates(isbi_dir,
     assert scores["images"] == 2 and scores["classes"]["cell"]["pooled_dice"] > 0.5
 
 
+@pytest.mark.slow
 def test_validation_steps_score_the_same_first_batches_after_each_epoch(isbi_dir, tmp_path):
     """``validation_steps``: fit scores that many batches an epoch (a dataset that ends
     there, used up each pass), the final scores every batch."""
