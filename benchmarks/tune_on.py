@@ -7,9 +7,10 @@ post-processing are chosen on each class's validation Dice in turn
 (``unet_cbam.postprocess.tune`` with ``tune_on``; ``--judge`` names fewer),
 under each rule asked for (``--confidence``; default: training's), and each
 choice, and plain thresholding at 0.5, goes through ``predict.py --truth`` on a
-test folder. The test Dice of every class is reported: the test split is
-scored, never used for a choice. Same model for every row, so the rows differ
-only by the choice.
+test folder (its ``main``, in this process: the command's code, without importing
+TensorFlow again for every row). The test Dice of every class is reported: the
+test split is scored, never used for a choice. Same model for every row, so the
+rows differ only by the choice.
 
     python -m benchmarks.tune_on --run RUN --test DIR --label isbi
 
@@ -25,12 +26,10 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, print_table, rule_name, run_validation_pairs, write_json
+from benchmarks.common import print_table, rule_name, run_validation_pairs, write_json
 
 #: Its results folder: benchmarks/results/SCRIPT/.
 SCRIPT = Path(__file__).stem
@@ -115,6 +114,8 @@ def compare(run_dir: Path, test: Path, work: Path, judges: list[str] | None = No
             confidences: list[float] | None = None) -> list[dict]:
     """A row per choice (and one for plain 0.5 thresholding): what was chosen, the
     validation Dice it was chosen on, and the test Dice of every class."""
+    from unet_cbam.cli.predict import main as predict_main
+
     tuned, names = choices(run_dir, judges, confidences)
     plain = {"judge": "none (0.5, no post-processing)", "rule": "-", "inference": None}
     rows = []
@@ -124,11 +125,11 @@ def compare(run_dir: Path, test: Path, work: Path, judges: list[str] | None = No
         _copy_with(run_dir, copy, inference)
         output = work / f"test-{len(rows)}"
         shutil.rmtree(output, ignore_errors=True)
-        subprocess.run([sys.executable, "predict.py", "--model", str(copy), "--input",
-                        str(test / "images"), "--output", str(output), "--truth",
-                        str(test / "masks"), "--quiet",
-                        *([] if inference else ["--no-postprocess"])],
-                       cwd=ROOT, check=True)
+        status = predict_main(["--model", str(copy), "--input", str(test / "images"),
+                               "--output", str(output), "--truth", str(test / "masks"),
+                               "--quiet", *([] if inference else ["--no-postprocess"])])
+        if status != 0:
+            raise SystemExit(f"predict.py on {copy} exited {status}")
         evaluation = json.loads((output / "evaluation.json").read_text())
         row = {"chosen on": choice["judge"], "rule": choice["rule"],
                "threshold": inference["threshold"] if inference else 0.5,
