@@ -32,23 +32,47 @@ def isbi_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def isbi_run(isbi_dir, tmp_path_factory) -> Path:
-    """A small binary model trained briefly on ISBI slices 0-7 (membrane, cell)."""
+    """A small binary model trained briefly on ISBI slices 0-7 (membrane, cell).
+
+    Trained once for the whole session, not once in every pytest-xdist process: the
+    first process to ask trains it under a file lock in the session's shared temporary
+    folder (pytest-xdist's documented recipe), and the others wait and reuse it. Only a
+    complete run is moved into place, so a failed training is never reused.
+    """
+    from filelock import FileLock
+
     from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from unet_cbam.training import train
 
-    root = tmp_path_factory.mktemp("isbi_data")
-    for kind in ("images", "masks"):
-        (root / kind).mkdir()
-        for index in range(8):
-            (root / kind / f"slice{index:02d}.png").symlink_to(
-                isbi_dir / kind / f"slice{index:02d}.png")
-    config = RunConfig(
-        model=ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1),
-        data=DataConfig(data=str(root), val_fraction=0.25, patch_size=128,
-                        class_names=["membrane", "cell"], augmentation="light"),
-        train=TrainConfig(epochs=4, steps_per_epoch=6, batch_size=4, warmup_epochs=0,
-                          learning_rate=3e-3, seed=1))
-    run_dir = tmp_path_factory.mktemp("isbi_run") / "run"
-    train(config, run_dir, progress=False)
-    keras.backend.clear_session()
-    return run_dir
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    run_dir = shared / "isbi_run" / "run"
+    with FileLock(str(shared / "isbi_run.lock")):
+        if run_dir.is_dir():
+            return run_dir
+        root = shared / "isbi_run" / "data"
+        for kind in ("images", "masks"):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            for index in range(8):
+                link = root / kind / f"slice{index:02d}.png"
+                if not link.is_symlink():
+                    link.symlink_to(isbi_dir / kind / f"slice{index:02d}.png")
+        config = RunConfig(
+            model=ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1),
+            data=DataConfig(data=str(root), val_fraction=0.25, patch_size=128,
+                            class_names=["membrane", "cell"], augmentation="light"),
+            train=TrainConfig(epochs=4, steps_per_epoch=6, batch_size=4, warmup_epochs=0,
+                              learning_rate=3e-3, seed=1))
+        training = tmp_path_factory.mktemp("isbi_run_training") / "run"
+        train(config, training, progress=False)
+        keras.backend.clear_session()
+        training.rename(run_dir)
+        return run_dir
+
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, then the rest (stable within each): pytest-xdist hands tests
+    out in this order, so the longest start early and the short ones fill the gaps at
+    the end, instead of one process finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
