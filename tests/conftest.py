@@ -32,43 +32,29 @@ def isbi_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def isbi_run(isbi_dir, tmp_path_factory) -> Path:
-    """A small binary model trained briefly on ISBI slices 0-7 (membrane, cell).
+    """A small binary model trained briefly on ISBI slices 0-7 (membrane, cell): trained
+    once for all the pytest processes (``helpers.made_once``); copy it to write into it."""
+    from helpers import made_once
 
-    Trained once for the whole session, not once in every pytest-xdist process: the
-    first process to ask trains it under a file lock in the session's shared temporary
-    folder (pytest-xdist's documented recipe), and the others wait and reuse it. Only a
-    complete run is moved into place, so a failed training is never reused.
-    """
-    from filelock import FileLock
+    def make(folder: Path, data: Path) -> None:
+        from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+        from unet_cbam.training import train
 
-    from unet_cbam.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from unet_cbam.training import train
-
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    run_dir = shared / "isbi_run" / "run"
-    with FileLock(str(shared / "isbi_run.lock")):
-        if run_dir.is_dir():
-            return run_dir
-        root = shared / "isbi_run" / "data"
         for kind in ("images", "masks"):
-            (root / kind).mkdir(parents=True, exist_ok=True)
+            (data / kind).mkdir()
             for index in range(8):
-                link = root / kind / f"slice{index:02d}.png"
-                if not link.is_symlink():
-                    link.symlink_to(isbi_dir / kind / f"slice{index:02d}.png")
+                (data / kind / f"slice{index:02d}.png").symlink_to(
+                    isbi_dir / kind / f"slice{index:02d}.png")
         config = RunConfig(
             model=ModelConfig(num_classes=1, depth=3, base_filters=8, input_channels=1),
-            data=DataConfig(data=str(root), val_fraction=0.25, patch_size=128,
+            data=DataConfig(data=str(data), val_fraction=0.25, patch_size=128,
                             class_names=["membrane", "cell"], augmentation="light"),
             train=TrainConfig(epochs=4, steps_per_epoch=6, batch_size=4, warmup_epochs=0,
                               learning_rate=3e-3, seed=1))
-        training = tmp_path_factory.mktemp("isbi_run_training") / "run"
-        train(config, training, progress=False)
+        train(config, folder / "run", progress=False)
         keras.backend.clear_session()
-        training.rename(run_dir)
-        return run_dir
 
+    return made_once(tmp_path_factory, "isbi_run", make) / "run"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,27 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     return path
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` once for the whole test session, not once in every pytest-xdist
+    process: the first process to ask makes the folder under a file lock in the
+    session's shared temporary folder (pytest-xdist's documented recipe), the others
+    wait and reuse it. ``make`` works in a temporary folder, moved into place only when
+    it returns, so a failure is never reused. ``shared / f"{name}-inputs"`` (created) is
+    a stable place for what the made folder refers to by path. Users only read it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not folder.is_dir():
+            making = tmp_path_factory.mktemp(f"{name}-making")
+            (shared / f"{name}-inputs").mkdir(exist_ok=True)
+            make(making, shared / f"{name}-inputs")
+            making.rename(folder)
+    return folder
 
 
 def tiny_fold_config(data: Path, folds: int = 2, fold: int | None = None):

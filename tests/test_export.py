@@ -18,16 +18,35 @@ from unet_cbam.export import PREPROCESSING_FILE, export_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    # Trained on images resampled by 0.5: the example must resample as predict.py does.
-    return make_untrained_run(tmp_path_factory.mktemp("export") / "run", channels=1,
-                              scale=0.5)
+FORMATS = ("onnx", "savedmodel", "tflite", "openvino")
 
 
-@pytest.fixture(scope="module")
-def exports(run_dir):
-    return {fmt: export_run(run_dir, fmt) for fmt in ("onnx", "savedmodel", "tflite", "openvino")}
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """An untrained run exported to every format, made once for all the pytest processes
+    (``helpers.made_once``): (the run folder, each format's path as export_run returned
+    it). Trained on images resampled by 0.5: the example must resample as predict.py
+    does."""
+    from helpers import made_once
+
+    def make(folder, _):
+        run = make_untrained_run(folder / "run", channels=1, scale=0.5)
+        paths = {fmt: str(export_run(run, fmt).relative_to(run)) for fmt in FORMATS}
+        (folder / "exports.json").write_text(json.dumps(paths))
+
+    folder = made_once(tmp_path_factory, "exported_run", make)
+    paths = json.loads((folder / "exports.json").read_text())
+    return folder / "run", {fmt: folder / "run" / path for fmt, path in paths.items()}
+
+
+@pytest.fixture
+def run_dir(exported_run):
+    return exported_run[0]
+
+
+@pytest.fixture
+def exports(exported_run):
+    return exported_run[1]
 
 
 @pytest.mark.slow
