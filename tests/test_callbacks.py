@@ -34,10 +34,11 @@ def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
 
 
 def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
-           trace=0.0, validation=5.0):
+           trace=0.0, validation=5.0, steps_run=None):
     """Fit's loop around a TimeBudget on a fake clock, ``validation`` seconds after each
     epoch's steps (or the seconds after epoch i: ``validation[i % len(validation)]``):
-    (epochs run, wall seconds, the re-plans reported, the values agreed)."""
+    (epochs run, wall seconds, the re-plans reported, the values agreed). ``steps_run``: a
+    list that gets each epoch's steps."""
     from unet_cbam.callbacks import TimeBudget
 
     class Model:
@@ -57,6 +58,8 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
             pacer.on_train_batch_end(step)
             if pacer.model.stop_training:
                 break
+        if steps_run is not None:
+            steps_run.append(step + 1)
         now[0] += validation[epoch % len(validation)] if isinstance(validation, list) \
             else validation  # counted: the budget is the whole command's
         pacer.on_epoch_end(epoch)
@@ -68,34 +71,39 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
 
 def test_time_budget_pacer_refits_the_epochs_to_the_real_pace_validation_included():
     # Planned 5 epochs of 10 steps; the steps take 1 s and validation 5 s: 15 s an epoch,
-    # so after epoch 1 the 85 s left hold 5 more (never one that would end past 100 s).
-    run, wall, replans, agreed = _paced(1.0)
-    assert (run, wall) == (6, 90.0)
-    assert replans == [(6, 1.0, 1)]
-    assert agreed[0] == 6.0  # every worker takes the chief's value
-    # 3 s a step: 35 s an epoch; after epoch 1, 65 s hold one more: 70 s.
+    # so after epoch 1 the 85 s left hold 5 more (never one that would end past 100 s),
+    # and the 10 s after them a shorter 7th epoch of 5 steps and its validation.
+    steps_run = []
+    run, wall, replans, agreed = _paced(1.0, steps_run=steps_run)
+    assert (run, wall) == (7, 100.0) and steps_run == [10] * 6 + [5]
+    assert replans == [(7, 1.0, 1, 5)]
+    assert agreed[:2] == [7.0, 5.0]  # every worker takes the chief's values
+    # 3 s a step: 35 s an epoch; after epoch 1, 65 s hold one more and then 8 steps.
     run, wall, replans, _ = _paced(3.0)
-    assert (run, wall) == (2, 70.0) and replans == [(2, 3.0, 1)]
+    assert (run, wall) == (3, 99.0) and replans == [(3, 3.0, 1, 8)]
     # The first step also traces the training function (20 s): spent, but not the pace.
+    # The 5 s left then hold no steps besides validation: no shorter epoch.
     run, wall, replans, _ = _paced(1.0, trace=20.0)
     assert (run, wall) == (5, 95.0) and replans == []  # 5 fit, as planned
     # 2 s a step: 25 s an epoch, 4 epochs fill the budget exactly.
-    assert _paced(2.0)[:3] == (4, 100.0, [(4, 2.0, 1)])
+    assert _paced(2.0)[:3] == (4, 100.0, [(4, 2.0, 1, None)])
     # Without validation on plan: no re-plan, 5 epochs, exactly the budget.
     assert _paced(2.0, validation=0.0)[:3] == (5, 100.0, [])
     # Far slower than planned (25 s a step): the guard stops within the first epoch.
     run, wall, replans, _ = _paced(25.0)
-    assert run == 1 and wall == 130.0 and replans == [(1, 25.0, 1)]
+    assert run == 1 and wall == 130.0 and replans == [(1, 25.0, 1, None)]
 
 
 def test_time_budget_pacer_plans_from_the_mean_of_what_epochs_took_besides_their_steps():
     """Validation that costs 5 s and 25 s in turn (a slow pass every other epoch) re-plans
     from the mean, 15 s: the epochs settle at 10 of 25 s, moving by one, where planning from
-    the last epoch alone swung them 16, 7, 15, 8, 14, 8, 12, 9, 11, 10."""
+    the last epoch alone swung them 16, 7, 15, 8, 14, 8, 12, 9, 11, 10. (After epoch 1,
+    planned from its 5 s: 16 epochs and a shorter 17th.)"""
     run, wall, replans, _ = _paced(1.0, budget=250.0, epochs=10, max_epochs=20,
                                    validation=[5.0, 25.0])
     assert (run, wall) == (10, 250.0)
-    assert [epochs for epochs, _, _ in replans] == [16, 10, 11, 10, 11, 10]
+    assert [(epochs, last) for epochs, _, _, last in replans] == [
+        (17, 5), (10, None), (11, None), (10, None), (11, None), (10, None)]
 
 
 def test_time_budget_pacer_moves_the_schedule_horizon():
@@ -105,10 +113,10 @@ def test_time_budget_pacer_moves_the_schedule_horizon():
 
     schedule = MovableCosineDecay(1e-3, 50 - 10, warmup_steps=10)
     _paced(1.0, schedule=schedule)
-    assert float(schedule.decay_steps.numpy()) == 6 * 10 - 10
-    reference = keras.optimizers.schedules.CosineDecay(1e-5, 50, alpha=0.01,
+    assert float(schedule.decay_steps.numpy()) == 6 * 10 + 5 - 10  # the shorter 7th: 5
+    reference = keras.optimizers.schedules.CosineDecay(1e-5, 55, alpha=0.01,
                                                        warmup_target=1e-3, warmup_steps=10)
-    steps = np.array([0, 3, 10, 40, 59, 60, 140], np.int64)
+    steps = np.array([0, 3, 10, 40, 64, 65, 140], np.int64)
     np.testing.assert_allclose([float(schedule(s)) for s in steps],
                                [float(reference(s)) for s in steps], rtol=1e-5)
 

@@ -190,10 +190,14 @@ class TimeBudget(keras.callbacks.Callback):
     validation also traces the test function, at most the planned
     ``validation_seconds``). An
     epoch is planned where it ends before ``seconds`` are up, or at most
-    ``LAST_EPOCH_OVERRUN`` x ``seconds`` after, and the horizon of a
-    ``MovableCosineDecay`` moves with the epochs, so the learning rate still
-    anneals over the whole run. Within an epoch, training stops at
-    ``OVERRUN`` x ``seconds`` (a machine that slows down).
+    ``LAST_EPOCH_OVERRUN`` x ``seconds`` after. Where the time left after the
+    whole epochs holds at least ``MIN_LAST_EPOCH`` of an epoch's steps and its
+    validation, one shorter last epoch is planned to fill it (``last_steps``):
+    whole epochs alone left up to an epoch of the budget unused (126 s of 1200
+    in a CTC run of 157-s epochs). The horizon of a ``MovableCosineDecay`` moves
+    with the steps planned, so the learning rate still anneals over the whole
+    run. Within an epoch, training stops at ``OVERRUN`` x ``seconds`` (a
+    machine that slows down).
 
     Args:
         seconds: the wall time left for training and validation, from ``fit``'s start.
@@ -203,7 +207,8 @@ class TimeBudget(keras.callbacks.Callback):
         max_epochs: the most epochs it may extend to (``fit``'s ``epochs``).
         schedule: the schedule whose horizon follows the epochs, if any.
         agree: ``value -> the chief's value`` (every worker plans the same epochs).
-        replanned: called with ``(epochs, seconds_a_step, after_epochs)`` on a change.
+        replanned: called with ``(epochs, seconds_a_step, after_epochs, last_steps)`` on a
+            change (``last_steps``: the shorter last epoch's steps, or None).
         validation_seconds: the plan's validation time an epoch (used after the first).
     """
 
@@ -211,11 +216,14 @@ class TimeBudget(keras.callbacks.Callback):
     #: A last epoch that would end this share of ``seconds`` late is still planned (the
     #: rest of the command was reserved apart): rounding to the nearest epoch, not down.
     LAST_EPOCH_OVERRUN = 0.02
+    #: The least share of an epoch's steps worth a shorter last epoch (which costs a
+    #: whole validation pass).
+    MIN_LAST_EPOCH = 0.25
 
     def __init__(self, seconds: float, steps_per_epoch: int = 1, epochs: int = 1,
                  max_epochs: int | None = None, schedule: MovableCosineDecay | None = None,
                  agree: Callable[[float], float] = lambda value: value,
-                 replanned: Callable[[int, float, int], None] | None = None,
+                 replanned: Callable[[int, float, int, int | None], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  validation_seconds: float | None = None):
         super().__init__()
@@ -226,12 +234,13 @@ class TimeBudget(keras.callbacks.Callback):
         self.stepping, self.steps, self.first = 0.0, 0, 0.0
         self.begun = self.epoch_begun = self.step_begun = None
         self.epoch_stepping, self.epochs_seen, self.besides = 0.0, 0, 0.0
+        self.epoch, self.last_steps = 0, None
 
     def on_train_begin(self, logs=None):
         self.begun = self.clock()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_begun, self.epoch_stepping = self.clock(), 0.0
+        self.epoch_begun, self.epoch_stepping, self.epoch = self.clock(), 0.0, epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         self.step_begun = self.clock()
@@ -248,6 +257,9 @@ class TimeBudget(keras.callbacks.Callback):
             logger.warning("time budget: %.0f s of %.0f s spent inside an epoch; stopping",
                            now - self.begun, self.seconds)
             self.model.stop_training = True
+        elif (self.last_steps is not None and self.epoch + 1 == self.epochs
+              and batch + 1 >= self.last_steps and not self.model.stop_training):
+            self.model.stop_training = True  # the shorter last epoch: validated, then done
 
     @property
     def pace(self) -> float:
@@ -263,24 +275,45 @@ class TimeBudget(keras.callbacks.Callback):
             besides = min(besides, self.validation_seconds)  # not the test function's tracing
         self.epochs_seen += 1
         self.besides += besides
+        if self.last_steps is not None and done >= self.epochs:
+            self.model.stop_training = True  # the shorter last epoch: the plan is done
+            return
         besides = self.besides / self.epochs_seen  # the mean: one slow pass does not swing
         # the plan (and the learning rate's horizon) back and forth
         left = self.seconds - (now - self.begun)
         cost = self.pace * self.steps_per_epoch + besides
         more = int(max(0.0, left) // cost)
-        if left - more * cost > cost - self.LAST_EPOCH_OVERRUN * self.seconds:
+        rest = left - more * cost
+        last = None
+        if rest > cost - self.LAST_EPOCH_OVERRUN * self.seconds:
             more += 1  # ends at most LAST_EPOCH_OVERRUN late
-        epochs = int(self.agree(float(min(self.max_epochs, done + more))))
-        if epochs != self.epochs:
+        else:  # a shorter last epoch, where enough of one fits
+            steps = int(max(0.0, rest - besides) // max(self.pace, 1e-9))
+            if steps >= max(1.0, self.MIN_LAST_EPOCH * self.steps_per_epoch):
+                more, last = more + 1, min(steps, self.steps_per_epoch - 1)
+        if done + more > self.max_epochs:  # capped: every epoch whole
+            more, last = self.max_epochs - done, None
+        # every worker calls agree() as often as the chief: it is a collective
+        epochs = int(self.agree(float(done + more)))
+        last = int(self.agree(float(-1 if last is None else last)))
+        last = None if last < 0 else last
+        if (epochs, last) != (self.epochs, self.last_steps):
             logger.info("time budget: %.3g s a step and %.3g s of validation so far, %.0f s of "
-                        "%.0f s spent after epoch %d: %d epochs instead of %d", self.pace,
-                        besides, now - self.begun, self.seconds, done, epochs, self.epochs)
-            self.epochs = epochs
+                        "%.0f s spent after epoch %d: %d epochs instead of %d%s", self.pace,
+                        besides, now - self.begun, self.seconds, done, epochs, self.epochs,
+                        f", the last of {last} steps" if last is not None else "")
+            self.epochs, self.last_steps = epochs, last
             if self.schedule is not None:
                 self.schedule.decay_steps.assign(float(max(
-                    1, epochs * self.steps_per_epoch - self.schedule.warmup_steps)))
+                    1, self.planned_steps - self.schedule.warmup_steps)))
             if self.replanned is not None:
-                self.replanned(epochs, self.pace, done)
+                self.replanned(epochs, self.pace, done, last)
         if done >= self.epochs:
             self.model.stop_training = True
+
+    @property
+    def planned_steps(self) -> int:
+        """The run's training steps as now planned, the shorter last epoch counted."""
+        short = self.steps_per_epoch - self.last_steps if self.last_steps is not None else 0
+        return self.epochs * self.steps_per_epoch - short
 

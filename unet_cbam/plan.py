@@ -441,15 +441,17 @@ def plan_time_budget(config: RunConfig, step_seconds: float, pass_steps: int,
         plan=plan)
 
 
-def replan_epochs(config: RunConfig, epochs: int, step_seconds: float, after: int
-                  ) -> RunConfig:
+def replan_epochs(config: RunConfig, epochs: int, step_seconds: float, after: int,
+                  last_steps: int | None = None) -> RunConfig:
     """``config`` with the epochs the time budget's pacer chose after epoch ``after`` from
-    the run's own pace (``step_seconds``), the measured plan kept in the reason."""
+    the run's own pace (``step_seconds``), the measured plan kept in the reason;
+    ``last_steps``: the steps of a shorter last epoch, if the pacer planned one."""
     plan = dict(config.plan or {})
     measured = plan.get("epochs", {}).get("reason", "").split("; re-planned")[0]
+    last = f", the last of {last_steps} steps" if last_steps is not None else ""
     plan["epochs"] = {"value": epochs, "reason": (
         f"{measured}; re-planned after epoch {after}: {step_seconds:.3g} s a step in "
-        f"training, {epochs} epochs fill the budget")}
+        f"training, {epochs} epochs fill the budget{last}")}
     return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs),
                                plan=plan)
 

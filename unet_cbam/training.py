@@ -297,9 +297,9 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
         left = (train_cfg.epochs - initial_epoch) / train_cfg.epochs
         fit_epochs += max(2, train_cfg.epochs - initial_epoch)  # the pacer may extend
 
-        def replanned(epochs: int, pace: float, done: int) -> None:
+        def replanned(epochs: int, pace: float, done: int, last_steps: int | None) -> None:
             nonlocal config
-            config = replan_epochs(config, epochs, pace, done)
+            config = replan_epochs(config, epochs, pace, done, last_steps)
             run.write_config(config)
 
         plan = config.plan or {}
