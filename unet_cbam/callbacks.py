@@ -298,10 +298,12 @@ class TimeBudget(keras.callbacks.Callback):
         last = int(self.agree(float(-1 if last is None else last)))
         last = None if last < 0 else last
         if (epochs, last) != (self.epochs, self.last_steps):
+            def shown(count: int, steps: int | None) -> str:
+                return f"{count} epochs" + (f", the last of {steps} steps" if steps else "")
             logger.info("time budget: %.3g s a step and %.3g s of validation so far, %.0f s of "
-                        "%.0f s spent after epoch %d: %d epochs instead of %d%s", self.pace,
-                        besides, now - self.begun, self.seconds, done, epochs, self.epochs,
-                        f", the last of {last} steps" if last is not None else "")
+                        "%.0f s spent after epoch %d: %s instead of %s", self.pace, besides,
+                        now - self.begun, self.seconds, done, shown(epochs, last),
+                        shown(self.epochs, self.last_steps))
             self.epochs, self.last_steps = epochs, last
             if self.schedule is not None:
                 self.schedule.decay_steps.assign(float(max(
