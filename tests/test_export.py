@@ -266,7 +266,8 @@ def test_the_fastest_runtime_that_agrees_wins():
                "openvino": {"seconds": 0.8, "max_difference": 1e-6, "agrees": True}}
     runtime, reason = fastest(results)
     assert runtime == "openvino"
-    assert reason == ("fastest of keras 1 s, onnxruntime 0.5 s (disagrees with keras: 0.3), "
+    assert reason == ("fastest of keras 1 s, onnxruntime 0.5 s (disagrees with keras float32: "
+                      "0.3), "
                       "openvino 0.8 s for a batch of tiles")
 
 
@@ -299,6 +300,13 @@ def test_auto_runtime_is_timed_once_per_machine_and_model_then_cached(run_dir, t
     predict.BatchPredictor(run, InferenceConfig(runtime="auto", precision="float32",
                                                 tile_size=48))
     assert len(json.loads(cache_file().read_text())) == 2
+    # In bfloat16 every candidate is held to Keras float32, Keras bfloat16 included.
+    predict.BatchPredictor(run, InferenceConfig(runtime="auto", precision="bfloat16",
+                                                tile_size=48))
+    choices = json.loads(cache_file().read_text())
+    [bfloat16] = [choice for key, choice in choices.items() if "|bfloat16|" in key]
+    assert set(bfloat16["results"]) == {"keras", "openvino"}
+    assert bfloat16["results"]["keras"]["max_difference"] > 0
 
 
 @pytest.mark.parametrize("precision, candidates, installed, expected", [
@@ -319,6 +327,40 @@ def test_int8_is_a_candidate_of_auto_only_where_the_precision_is_left_to_it(
                         lambda name, *a: None if name == "nncf" and not installed
                         else real(name, *a))
     assert int8_candidate(precision, candidates) == expected
+
+
+def test_reduced_precision_candidates_are_held_to_float32_not_to_each_other():
+    """Two bfloat16 runtimes round differently: OpenVINO bfloat16 0.025 from Keras bfloat16
+    (an AVX512_BF16 EPYC) was refused though closer to float32. Each is held to Keras
+    float32: within AGREEMENT, or no further than Keras itself is in that precision."""
+    from unet_cbam.runtime import AGREEMENT, fastest, time_runtimes
+
+    tiles = np.zeros((2, 8, 8, 1), np.float32)
+    reference = np.full(tiles.shape, 0.5, np.float32)  # Keras float32
+
+    def constant(value):
+        return lambda t: np.full(t.shape, value, np.float32)
+
+    predictors = {"keras": constant(0.53),         # Keras bfloat16: 0.03 from float32
+                  "openvino": constant(0.48),      # 0.02 from float32, 0.05 from keras
+                  "onnxruntime": constant(0.54)}   # 0.04 from float32: further than keras
+    results = time_runtimes(predictors, tiles, "bfloat16", rounds=1, reference=reference)
+    assert {name: r["agrees"] for name, r in results.items()} == {
+        "keras": True, "openvino": True, "onnxruntime": False}
+    assert results["openvino"]["max_difference"] == pytest.approx(0.02)
+    assert results["keras"]["max_difference"] == pytest.approx(0.03)
+    # Where Keras is closer to float32 than AGREEMENT allows, AGREEMENT is the bound.
+    predictors["keras"] = constant(0.5)
+    predictors["openvino"] = constant(0.5 + AGREEMENT["bfloat16"] / 2)
+    results = time_runtimes(predictors, tiles, "bfloat16", rounds=1, reference=reference)
+    assert results["openvino"]["agrees"] and not results["onnxruntime"]["agrees"]
+    for name, seconds in (("keras", 1.0), ("openvino", 0.5), ("onnxruntime", 0.1)):
+        results[name]["seconds"] = seconds
+    assert fastest(results)[0] == "openvino"
+    # Without a reference, Keras runs float32 and is it.
+    results = time_runtimes({"keras": constant(0.5), "openvino": constant(0.5 + 2e-4)},
+                            tiles, "float32", rounds=1)
+    assert not results["openvino"]["agrees"]
 
 
 def test_a_checked_candidate_agrees_by_its_check_and_is_timed_like_the_others():

@@ -232,8 +232,10 @@ class BatchPredictor:
                 self._predictors("keras", self.run.members)
         first = {name: self._predictors(name, self.run.members[:1])[0]
                  for name in candidates if name not in (INT8_CANDIDATE, "openvino")}
-        if int8:  # the first member's OpenVINO form serves both candidates: converted once
+        float32 = None
+        if int8 or self.precision != "float32":
             [float32] = self._float32(self.run.members[:1])
+        if int8:  # the first member's OpenVINO form serves both candidates: converted once
             folder = tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-")
             self._converted.append(folder)
             converted = to_openvino(float32, Path(folder.name))
@@ -247,8 +249,13 @@ class BatchPredictor:
         elif "openvino" in candidates:
             first["openvino"] = self._predictors("openvino", self.run.members[:1])[0]
         tiles = np.random.default_rng(0).random(shape, dtype=np.float32)
+        # Every candidate is held to Keras float32 (``time_runtimes``), not to Keras in
+        # this precision: two bfloat16 runtimes round differently.
+        reference = (None if self.precision == "float32"
+                     else keras_predictor(float32)(tiles))
         results = time_runtimes({name: predictor for name, (_, predictor) in first.items()},
-                                tiles, self.precision, checked=frozenset({INT8_CANDIDATE}))
+                                tiles, self.precision, checked=frozenset({INT8_CANDIDATE}),
+                                reference=reference)
         runtime, reason = fastest(results)
         reason += f" of {'x'.join(map(str, shape))}"
         if left_out:
