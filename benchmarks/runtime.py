@@ -58,9 +58,9 @@ VARIANTS = {
     "keras-float32": ("keras", "float32", ()),
     "keras-bfloat16": ("keras", "bfloat16", ()),
     "onnxruntime-float32": ("onnxruntime", "float32", ("onnxruntime", "tf2onnx")),
-    "openvino-float32": ("openvino", "float32", ("openvino", "tf2onnx")),
-    "openvino-bfloat16": ("openvino", "bfloat16", ("openvino", "tf2onnx")),
-    "openvino-int8": ("openvino", "int8", ("openvino", "nncf", "tf2onnx")),
+    "openvino-float32": ("openvino", "float32", ("openvino",)),
+    "openvino-bfloat16": ("openvino", "bfloat16", ("openvino",)),
+    "openvino-int8": ("openvino", "int8", ("openvino", "nncf")),
 }
 REFERENCE = "keras-float32"
 #: A pixel is confident when its probability is at least this far from the threshold.

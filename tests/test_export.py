@@ -253,7 +253,7 @@ def test_auto_runtime_times_the_runtimes_that_can_run(monkeypatch, precision, gp
     assert candidates == expected, left_out
     if not installed:
         assert left_out == ["onnxruntime: onnxruntime and tf2onnx not installed",
-                            "openvino: openvino and tf2onnx not installed"]
+                            "openvino: openvino not installed"]
     assert choose_runtime("auto", precision, gpus=gpus)[0] == ("keras" if gpus else "auto")
     assert choose_runtime("onnxruntime", precision, gpus=gpus) == ("onnxruntime", "asked for")
 

@@ -3,8 +3,8 @@ preprocessing.
 
 Built on Keras' own ``Model.export`` (SavedModel through TensorFlow, ONNX
 through tf2onnx, TFLite through TensorFlow Lite's converter); OpenVINO's IR
-(``model.xml`` and ``model.bin``, float32 weights) is converted by OpenVINO
-from that ONNX model. Every export
+(``model.xml`` and ``model.bin``, float32 weights) is converted by OpenVINO's
+TensorFlow front end from the SavedModel (``runtime.to_openvino``). Every export
 gets a ``preprocessing.json`` beside it: what predict.py does around the
 model (channels, normalisation, divisor, output activation, class names,
 mask encoding, threshold, post-processing, tiling), so the model can be used
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: format: (Keras' name for it, default output below RUN/export/)
 FORMATS = {"savedmodel": ("tf_saved_model", "savedmodel"), "onnx": ("onnx", "onnx/model.onnx"),
            "tflite": ("litert", "tflite/model.tflite"),
-           "openvino": ("onnx", "openvino/model.xml")}
+           "openvino": ("tf_saved_model", "openvino/model.xml")}
 #: Largest absolute difference from Keras allowed (float32).
 PARITY = 1e-4
 PREPROCESSING_FILE = "preprocessing.json"
@@ -148,20 +148,18 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
 
 
 def _export_openvino(model, output: Path, signature) -> None:
-    """OpenVINO IR at ``output`` (``.xml``, and ``.bin`` beside it) from the model's ONNX
-    export, with float32 weights (OpenVINO would store float16 by default)."""
+    """OpenVINO IR at ``output`` (``.xml``, and ``.bin`` beside it), converted as
+    ``--runtime openvino`` converts (``runtime.to_openvino``: from the SavedModel), with
+    float32 weights (OpenVINO would store float16 by default)."""
     import tempfile
 
-    try:
-        import openvino
-    except ImportError as error:
-        raise ValueError(f"format openvino needs the openvino extra (pip install "
-                         f"'unet_cbam[openvino]'): {error}") from None
+    from unet_cbam.runtime import to_openvino
+
     with tempfile.TemporaryDirectory(prefix="unet_cbam-openvino-") as folder:
-        onnx = Path(folder) / "model.onnx"
-        model.export(str(onnx), format="onnx", verbose=False, input_signature=signature)
-        openvino.save_model(openvino.convert_model(str(onnx)), str(output),
-                            compress_to_fp16=False)
+        converted = to_openvino(model, Path(folder), tuple(signature[0].shape))
+        import openvino  # to_openvino said what to install where it is missing
+
+        openvino.save_model(converted, str(output), compress_to_fp16=False)
 
 
 def _remove(path: Path, format: str | None = None) -> None:

@@ -43,16 +43,29 @@ def to_onnx(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
-def to_openvino(model: keras.Model, folder: Path):
-    """``model`` as an OpenVINO ``Model`` (any height and width), converted from its ONNX
-    form (``to_onnx``, written into ``folder``): OpenVINO's ONNX front end reads what
-    tf2onnx writes, where its TensorFlow front end would need a SavedModel of Keras 3."""
+def to_openvino(model: keras.Model, folder: Path, shape: tuple | None = None):
+    """``model`` as an OpenVINO ``Model`` (any height and width, or ``shape``: ``(None, H,
+    W, C)``), converted by OpenVINO's TensorFlow front end from its SavedModel (written
+    into ``folder``).
+
+    Not through ONNX: tf2onnx writes an NHWC graph with a transpose around every layer,
+    which OpenVINO runs as Transpose, Pad, Reorder and reference-kernel Concat nodes. On
+    a 2-core AVX512_BF16 EPYC that was 58 % of a bfloat16 pass (PERF_COUNT); from the
+    SavedModel, convolutions are 76 % of it and the pass ran 1.8x as fast
+    (docs/guide/performance.md#runtimes).
+    """
+    import tensorflow as tf
+
     try:
         import openvino
     except ImportError as error:
         raise ValueError(f"runtime openvino needs the openvino extra (pip install "
                          f"'unet_cbam[openvino]'): {error}") from None
-    return openvino.convert_model(to_onnx(model, Path(folder) / "model.onnx"))
+    shape = shape or (None, *model.inputs[0].shape[1:])  # a fixed input size stays fixed
+    saved = Path(folder) / "savedmodel"
+    model.export(str(saved), format="tf_saved_model", verbose=False,
+                 input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+    return openvino.convert_model(str(saved))
 
 
 #: OpenVINO's CPU inference precision for predict.py's ``--precision``.
@@ -71,7 +84,7 @@ CHOICE_RULE = 2
 #: --runtime auto: timed rounds over the candidates, interleaved; the best of them counts.
 TIMED_ROUNDS = 3
 #: What onnxruntime and OpenVINO need besides themselves: the conversion to ONNX.
-NEEDS = {"onnxruntime": ("onnxruntime", "tf2onnx"), "openvino": ("openvino", "tf2onnx")}
+NEEDS = {"onnxruntime": ("onnxruntime", "tf2onnx"), "openvino": ("openvino",)}
 
 
 def choose_runtime(requested: str, precision: str, gpus: int | None = None
