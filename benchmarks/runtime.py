@@ -33,6 +33,14 @@ predicts in float32) with the check's figures. Test splits are only scored, neve
 
     python -m benchmarks.runtime --test-scores kvasir=runs/kvasir isbi=runs/isbi --label scores
 
+With ``--profile``, where one pass of the model over a batch of four 512x512 tiles goes
+instead: for Keras float32 and each OpenVINO variant, its seconds and OpenVINO's own
+per-node counters summed into convolutions, CBAM, layout (transposes, reorders, padding,
+concatenation), pooling and element-wise work; OpenVINO float32 and bfloat16 also from
+tf2onnx's ONNX, the conversion predict.py used before 2026-12-07.
+
+    python -m benchmarks.runtime --profile --label profile
+
 Prints a Markdown table and writes benchmarks/results/runtime/runtime-LABEL.json.
 """
 
@@ -102,6 +110,91 @@ def trained_run(folder: Path) -> Path:
                                          precision="float32", seed=1))
     train(config, folder / "run", progress=False)
     return folder / "run"
+
+
+#: --profile: OpenVINO's node types by what they do (a node of a CBAM module counts as CBAM).
+CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "FullyConnected",
+                "MatMul", "Deconvolution"}
+LAYOUT = {"Transpose", "Reorder", "Pad", "Concat", "Reshape", "Slice", "StridedSlice", "Split",
+          "Gather", "Convert", "Broadcast", "Tile"}
+POOLING = {"MaxPool", "AvgPool", "Interpolate"}
+CATEGORIES = ("convolution", "cbam", "layout", "pooling", "element-wise and other")
+
+
+def category(node_type: str, node_name: str) -> str:
+    """Which of ``CATEGORIES`` an OpenVINO node's time counts under."""
+    import re
+
+    if re.search(r"skip\d+_cbam", node_name):
+        return "cbam"
+    return ("convolution" if node_type in CONVOLUTIONS else "layout" if node_type in LAYOUT
+            else "pooling" if node_type in POOLING else "element-wise and other")
+
+
+def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
+    """Rows: where one pass over a batch of four 512x512 tiles goes, for Keras float32 and
+    each OpenVINO variant: its best seconds over ``rounds`` interleaved (after a warm-up),
+    and OpenVINO's own per-node counters (PERF_COUNT, a separately compiled copy) summed by
+    ``category``, as shares. OpenVINO float32 and bfloat16 also from tf2onnx's ONNX
+    (``conversion: onnx``), the conversion predict.py used before it converted the
+    SavedModel: the difference is the transposes tf2onnx writes."""
+    import numpy as np
+    import openvino
+
+    from unet_cbam.inference import keras_predictor, openvino_predictor
+    from unet_cbam.loading import in_precision
+    from unet_cbam.quantize import int8_model
+    from unet_cbam.runtime import OPENVINO_PRECISIONS, to_onnx, to_openvino
+
+    [model] = run.members
+    model = in_precision(model, run.config.model, "float32")  # as predict.py converts it
+    converted = {"savedmodel": to_openvino(model, work / "savedmodel"),
+                 "onnx": openvino.convert_model(to_onnx(model, work / "model.onnx"))}
+    models = {}  # (variant, conversion): (OpenVINO model, inference precision hint)
+    for name in names:
+        runtime, precision, _ = VARIANTS[name]
+        if runtime != "openvino":
+            continue
+        if precision == "int8":
+            outcome = int8_model(run.path, model, 1.0, 512, 0.25, 4, 0.5,
+                                 converted["savedmodel"])
+            if outcome.model is not None:
+                models[name, "savedmodel"] = (outcome.model, "f32")
+            continue
+        for conversion, ov_model in converted.items():
+            models[name, conversion] = (ov_model, OPENVINO_PRECISIONS[precision])
+    tiles = np.random.default_rng(0).random((4, 512, 512, run.channels), dtype=np.float32)
+    timed = {(REFERENCE, "keras"): keras_predictor(model)} | {
+        key: openvino_predictor(ov_model, hint) for key, (ov_model, hint) in models.items()}
+    for predict in timed.values():
+        predict(tiles)  # warm-up
+    best = dict.fromkeys(timed, float("inf"))
+    for _ in range(rounds):
+        for key, predict in timed.items():
+            started = time.perf_counter()
+            predict(tiles)
+            best[key] = min(best[key], time.perf_counter() - started)
+    rows = []
+    for (name, conversion), seconds in best.items():
+        row = {"variant": name, "conversion": conversion, "seconds_per_batch": round(seconds, 4),
+               "images_per_s": round(len(tiles) / seconds, 2),
+               "vs_keras_float32": round(best[REFERENCE, "keras"] / seconds, 3)}
+        if conversion != "keras":
+            ov_model, hint = models[name, conversion]
+            compiled = openvino.Core().compile_model(ov_model, "CPU", {
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                "PERF_COUNT": True})
+            request = compiled.create_infer_request()
+            request.infer({0: tiles})
+            request.infer({0: tiles})
+            spent = dict.fromkeys(CATEGORIES, 0.0)
+            for node in request.profiling_info:
+                spent[category(node.node_type, node.node_name)] += \
+                    node.real_time.total_seconds()
+            total = sum(spent.values())
+            row |= {f"{key} %": round(100 * value / total, 1) for key, value in spent.items()}
+        rows.append(row)
+    return rows
 
 
 def end_to_end(run, names: list[str], count: int, rounds: int, work: Path) -> list[dict]:
@@ -197,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="time predict.py's batch job over N images on disk instead")
     parser.add_argument("--test-scores", nargs="+", metavar="DATA_SET=RUN",
                         help="score each variant on these trained runs' test splits instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="where one pass of the model goes, by OpenVINO's node counters, "
+                             "instead")
     arguments = parser.parse_args(argv)
     info = machine()
     from unet_cbam.config import InferenceConfig
@@ -215,6 +311,17 @@ def main(argv: list[str] | None = None) -> None:
                            "int8_accepted"])
         path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
             "machine": info, "runs": runs, "left_out": skipped, "results": rows})
+        print(f"written: {path}")
+        return
+    if arguments.profile:
+        with tempfile.TemporaryDirectory() as work:
+            rows = profile(load_run(trained_run(Path(work))), names, arguments.rounds,
+                           Path(work))
+        print_table(rows, ["variant", "conversion", "images_per_s", "vs_keras_float32",
+                           *(f"{key} %" for key in CATEGORIES)])
+        path = write_json(SCRIPT, f"runtime-{arguments.label}.json", {
+            "machine": info, "batch": "4x512x512", "rounds": arguments.rounds,
+            "left_out": skipped, "results": rows})
         print(f"written: {path}")
         return
     if arguments.end_to_end:

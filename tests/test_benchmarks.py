@@ -422,6 +422,41 @@ def test_runtime_benchmark_measures_what_this_machine_runs_natively(monkeypatch)
     assert runtime.available(["keras-bfloat16"]) == (["keras-bfloat16"], {})
 
 
+def test_runtime_profile_sorts_openvino_nodes_by_what_they_do():
+    runtime = load_script("runtime")
+    assert runtime.category("Convolution", "StatefulPartitionedCall/unet_cbam_1/"
+                            "encoder_stage0_conv1_1/convolution") == "convolution"
+    assert runtime.category("Sigmoid", "unet_unet_cbam_1/skip1_cbam_1/spatial_attention_1/"
+                            "Sigmoid") == "cbam"  # the model's name holds "cbam" too
+    assert runtime.category("Convolution", "x/skip3_cbam/spatial/conv") == "cbam"
+    assert runtime.category("Transpose", "Transpose__1118") == "layout"
+    assert runtime.category("Concat", "decoder_stage3_concat_1/concat") == "layout"
+    assert runtime.category("MaxPool", "encoder_stage1_pool") == "pooling"
+    assert runtime.category("Add", "y") == "element-wise and other"
+
+
+@pytest.mark.slow
+def test_runtime_profile_shows_the_transposes_the_onnx_conversion_costs(isbi_run, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("tf2onnx")
+    from unet_cbam.loading import load_run
+
+    runtime = load_script("runtime")
+    rows = runtime.profile(load_run(isbi_run), ["keras-float32", "openvino-float32"], 1,
+                           tmp_path)
+    by = {(row["variant"], row["conversion"]): row for row in rows}
+    assert set(by) == {("keras-float32", "keras"), ("openvino-float32", "savedmodel"),
+                       ("openvino-float32", "onnx")}
+    assert by["keras-float32", "keras"]["vs_keras_float32"] == 1.0
+    for key in (("openvino-float32", "savedmodel"), ("openvino-float32", "onnx")):
+        shares = [by[key][f"{name} %"] for name in runtime.CATEGORIES]
+        assert sum(shares) == pytest.approx(100, abs=0.5) and min(shares) >= 0
+        assert by[key]["convolution %"] > 0 and by[key]["cbam %"] > 0
+    # What predict.py converts spends less on layout than tf2onnx's NHWC graph did.
+    assert by["openvino-float32", "savedmodel"]["layout %"] < \
+        by["openvino-float32", "onnx"]["layout %"]
+
+
 def test_label_efficiency_splits_train_by_seed_as_links_and_adds_labels(tmp_path):
     script = load_script("label_efficiency")
     train = script.SHARED / "ctc-sim-nuclei" / "train"

@@ -9,8 +9,8 @@ the same tiling. A model that fails, or a run whose validation images are gone,
 falls back to float32, and the log says why.
 
 The outcome is kept in the run folder (``int8/``): the quantised model and a
-``check.json`` with the figures, keyed by the model file's hash and the
-OpenVINO and NNCF versions, so quantisation and its check happen once per
+``check.json`` with the figures, keyed by the model file's hash, the
+OpenVINO and NNCF versions and the conversion, so quantisation and its check happen once per
 model and installation; a failed check is remembered too.
 """
 
@@ -51,12 +51,16 @@ class Int8Outcome:
 
 
 def model_key(model_file: Path) -> str:
-    """The cache key: the model file's hash, and the OpenVINO and NNCF versions."""
+    """The cache key: the model file's hash, the OpenVINO and NNCF versions, and how the
+    model reaches OpenVINO (``runtime.OPENVINO_CONVERSION``)."""
     import nncf
     import openvino
 
+    from unet_cbam.runtime import OPENVINO_CONVERSION
+
     digest = hashlib.sha256(Path(model_file).read_bytes()).hexdigest()[:16]
-    return f"{digest}-openvino{openvino.__version__.split('-')[0]}-nncf{nncf.__version__}"
+    return (f"{digest}-openvino{openvino.__version__.split('-')[0]}-nncf{nncf.__version__}"
+            f"-{OPENVINO_CONVERSION}")
 
 
 def int8_model(folder: Path, keras_model, scale: float, tile_size: int, overlap: float,

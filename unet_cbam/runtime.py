@@ -43,6 +43,11 @@ def to_onnx(model: keras.Model, path: Path) -> str:
     return str(path)
 
 
+#: How ``to_openvino`` converts, in the INT8 cache's key: a model quantised from another
+#: conversion (tf2onnx's ONNX, before 2026-12-07) is quantised anew.
+OPENVINO_CONVERSION = "savedmodel"
+
+
 def to_openvino(model: keras.Model, folder: Path, shape: tuple | None = None):
     """``model`` as an OpenVINO ``Model`` (any height and width, or ``shape``: ``(None, H,
     W, C)``), converted by OpenVINO's TensorFlow front end from its SavedModel (written
