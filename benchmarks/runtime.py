@@ -35,8 +35,9 @@ predicts in float32) with the check's figures. Test splits are only scored, neve
 
 With ``--profile``, where one pass of the model over a batch of four 512x512 tiles goes
 instead: for Keras float32 and each OpenVINO variant, its seconds and OpenVINO's own
-per-node counters summed into convolutions, CBAM, layout (transposes, reorders, padding,
-concatenation), pooling and element-wise work; OpenVINO float32 and bfloat16 also from
+per-node counters summed by node type into convolutions, layout (transposes, reorders,
+padding, concatenation), pooling, reductions and activations (CBAM's pooling and gates) and
+element-wise work; OpenVINO float32 and bfloat16 also from
 tf2onnx's ONNX, the conversion predict.py used before 2026-12-07.
 
     python -m benchmarks.runtime --profile --label profile
@@ -112,30 +113,35 @@ def trained_run(folder: Path) -> Path:
     return folder / "run"
 
 
-#: --profile: OpenVINO's node types by what they do (a node of a CBAM module counts as CBAM).
+#: --profile: OpenVINO's node types by what they do. By type alone: the names of the nodes
+#: OpenVINO makes from a SavedModel are mostly its own (``Transpose_33186`` for a ReduceMean
+#: of a CBAM module), so what belongs to CBAM cannot be told from them; its cost is measured
+#: by benchmarks.attention_cost, the model with and without it.
 CONVOLUTIONS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "FullyConnected",
                 "MatMul", "Deconvolution"}
 LAYOUT = {"Transpose", "Reorder", "Pad", "Concat", "Reshape", "Slice", "StridedSlice", "Split",
-          "Gather", "Convert", "Broadcast", "Tile"}
+          "Gather", "Convert", "Broadcast", "Tile", "ShapeOf"}
 POOLING = {"MaxPool", "AvgPool", "Interpolate"}
-CATEGORIES = ("convolution", "cbam", "layout", "pooling", "element-wise and other")
+#: Reductions and activations: here CBAM's channel and spatial pooling and its sigmoid gates,
+#: besides the head's activation (ReLUs are fused into the convolutions).
+REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceSum", "Sigmoid", "Softmax", "Relu"}
+CATEGORIES = ("convolution", "layout", "pooling", "reductions and activations",
+              "element-wise and other")
 
 
-def category(node_type: str, node_name: str) -> str:
+def category(node_type: str) -> str:
     """Which of ``CATEGORIES`` an OpenVINO node's time counts under."""
-    import re
-
-    if re.search(r"skip\d+_cbam", node_name):
-        return "cbam"
     return ("convolution" if node_type in CONVOLUTIONS else "layout" if node_type in LAYOUT
-            else "pooling" if node_type in POOLING else "element-wise and other")
+            else "pooling" if node_type in POOLING
+            else "reductions and activations" if node_type in REDUCTIONS
+            else "element-wise and other")
 
 
 def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
     """Rows: where one pass over a batch of four 512x512 tiles goes, for Keras float32 and
     each OpenVINO variant: its best seconds over ``rounds`` interleaved (after a warm-up),
     and OpenVINO's own per-node counters (PERF_COUNT, a separately compiled copy) summed by
-    ``category``, as shares. OpenVINO float32 and bfloat16 also from tf2onnx's ONNX
+    ``category`` (node type), as shares. OpenVINO float32 and bfloat16 also from tf2onnx's ONNX
     (``conversion: onnx``), the conversion predict.py used before it converted the
     SavedModel: the difference is the transposes tf2onnx writes."""
     import numpy as np
@@ -189,8 +195,7 @@ def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
             request.infer({0: tiles})
             spent = dict.fromkeys(CATEGORIES, 0.0)
             for node in request.profiling_info:
-                spent[category(node.node_type, node.node_name)] += \
-                    node.real_time.total_seconds()
+                spent[category(node.node_type)] += node.real_time.total_seconds()
             total = sum(spent.values())
             row |= {f"{key} %": round(100 * value / total, 1) for key, value in spent.items()}
         rows.append(row)
