@@ -150,7 +150,7 @@ def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
     from unet_cbam.inference import keras_predictor, openvino_predictor
     from unet_cbam.loading import in_precision
     from unet_cbam.quantize import int8_model
-    from unet_cbam.runtime import OPENVINO_PRECISIONS, to_onnx, to_openvino
+    from unet_cbam.runtime import OPENVINO_PRECISIONS, interleaved_best, to_onnx, to_openvino
 
     [model] = run.members
     model = in_precision(model, run.config.model, "float32")  # as predict.py converts it
@@ -172,14 +172,7 @@ def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
     tiles = np.random.default_rng(0).random((4, 512, 512, run.channels), dtype=np.float32)
     timed = {(REFERENCE, "keras"): keras_predictor(model)} | {
         key: openvino_predictor(ov_model, hint) for key, (ov_model, hint) in models.items()}
-    for predict in timed.values():
-        predict(tiles)  # warm-up
-    best = dict.fromkeys(timed, float("inf"))
-    for _ in range(rounds):
-        for key, predict in timed.items():
-            started = time.perf_counter()
-            predict(tiles)
-            best[key] = min(best[key], time.perf_counter() - started)
+    _, best = interleaved_best(timed, tiles, rounds)
     rows = []
     for (name, conversion), seconds in best.items():
         row = {"variant": name, "conversion": conversion, "seconds_per_batch": round(seconds, 4),

@@ -149,6 +149,21 @@ def int8_candidate(requested_precision: str, candidates: list[str]) -> tuple[boo
     return True, ""
 
 
+def interleaved_best(predictors: dict, tiles: np.ndarray, rounds: int
+                     ) -> tuple[dict, dict[str, float]]:
+    """({name: its output for ``tiles``}, {name: its best seconds}): a warm-up call of each
+    predictor (whose output is kept), then ``rounds`` rounds calling each once in turn, so a
+    machine whose speed drifts slows every one alike."""
+    outputs = {name: predict(tiles) for name, predict in predictors.items()}
+    best = dict.fromkeys(predictors, float("inf"))
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            started = time.perf_counter()
+            predict(tiles)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return outputs, best
+
+
 def time_runtimes(predictors: dict, tiles: np.ndarray, precision: str,
                   rounds: int = TIMED_ROUNDS, checked: frozenset = frozenset(),
                   reference: np.ndarray | None = None) -> dict[str, dict]:
@@ -160,13 +175,7 @@ def time_runtimes(predictors: dict, tiles: np.ndarray, precision: str,
     predictors named in ``checked`` (INT8) agree by their own check, on validation Dice,
     since their probabilities differ from float32 by design; their largest difference is
     recorded."""
-    outputs = {name: predict(tiles) for name, predict in predictors.items()}  # warm-up
-    best = dict.fromkeys(predictors, float("inf"))
-    for _ in range(rounds):
-        for name, predict in predictors.items():
-            started = time.perf_counter()
-            predict(tiles)
-            best[name] = min(best[name], time.perf_counter() - started)
+    outputs, best = interleaved_best(predictors, tiles, rounds)
     reference = outputs["keras"] if reference is None else reference
     differences = {name: float(np.abs(output - reference).max())
                    for name, output in outputs.items()}
