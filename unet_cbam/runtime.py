@@ -55,9 +55,9 @@ def to_openvino(model: keras.Model, folder: Path, shape: tuple | None = None):
 
     Not through ONNX: tf2onnx writes an NHWC graph with a transpose around every layer,
     which OpenVINO runs as Transpose, Pad, Reorder and reference-kernel Concat nodes. On
-    a 2-core AVX512_BF16 EPYC that was 58 % of a bfloat16 pass (PERF_COUNT); from the
-    SavedModel, convolutions are 76 % of it and the pass ran 1.8x as fast
-    (docs/guide/performance.md#runtimes).
+    a 2-core AVX512_BF16 EPYC they were 39 % of a bfloat16 pass (PERF_COUNT), against 13 %
+    from the SavedModel, which ran 1.33x as fast (``benchmarks.runtime --profile``,
+    docs/guide/performance.md#runtimes).
     """
     import tensorflow as tf
 
@@ -88,7 +88,8 @@ AGREEMENT = {"float32": 1e-4, "bfloat16": 0.02, "float16": 0.02}
 CHOICE_RULE = 2
 #: --runtime auto: timed rounds over the candidates, interleaved; the best of them counts.
 TIMED_ROUNDS = 3
-#: What onnxruntime and OpenVINO need besides themselves: the conversion to ONNX.
+#: What onnxruntime and OpenVINO need: onnxruntime the conversion to ONNX as well; OpenVINO
+#: converts the SavedModel itself (``to_openvino``).
 NEEDS = {"onnxruntime": ("onnxruntime", "tf2onnx"), "openvino": ("openvino",)}
 
 
