@@ -69,12 +69,16 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
     return run, now[0], replans, agreed
 
 
-def test_time_budget_pacer_refits_the_epochs_to_the_real_pace_validation_included():
+def test_time_budget_pacer_refits_the_epochs_to_the_real_pace_validation_included(caplog):
     # Planned 5 epochs of 10 steps; the steps take 1 s and validation 5 s: 15 s an epoch,
     # so after epoch 1 the 85 s left hold 5 more (never one that would end past 100 s),
     # and the 10 s after them a shorter 7th epoch of 5 steps and its validation.
     steps_run = []
-    run, wall, replans, agreed = _paced(1.0, steps_run=steps_run)
+    with caplog.at_level("INFO", logger="unet_cbam.callbacks"):
+        run, wall, replans, agreed = _paced(1.0, steps_run=steps_run)
+    # Keras' line for the shorter epoch reads 10/10 (its target): the log says what ran.
+    assert "time budget: epoch 7, the last, stops after its 5 planned steps of 10" \
+        in caplog.text
     assert (run, wall) == (7, 100.0) and steps_run == [10] * 6 + [5]
     assert replans == [(7, 1.0, 1, 5)]
     assert agreed[:2] == [7.0, 5.0]  # every worker takes the chief's values

@@ -260,6 +260,9 @@ class TimeBudget(keras.callbacks.Callback):
         elif (self.last_steps is not None and self.epoch + 1 == self.epochs
               and batch + 1 >= self.last_steps and not self.model.stop_training):
             self.model.stop_training = True  # the shorter last epoch: validated, then done
+            # Keras' own line for this epoch still reads "N/N" steps: say what ran
+            logger.info("time budget: epoch %d, the last, stops after its %d planned steps "
+                        "of %d", self.epoch + 1, batch + 1, self.steps_per_epoch)
 
     @property
     def pace(self) -> float:
