@@ -147,6 +147,7 @@ def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
     import numpy as np
     import openvino
 
+    from unet_cbam.config import InferenceConfig
     from unet_cbam.inference import keras_predictor, openvino_predictor
     from unet_cbam.loading import in_precision
     from unet_cbam.quantize import int8_model
@@ -161,8 +162,11 @@ def profile(run, names: list[str], rounds: int, work: Path) -> list[dict]:
         runtime, precision, _ = VARIANTS[name]
         if runtime != "openvino":
             continue
-        if precision == "int8":
-            outcome = int8_model(run.path, model, 1.0, 512, 0.25, 4, 0.5,
+        if precision == "int8":  # quantised and checked as predict.py's defaults do
+            inference = InferenceConfig()
+            outcome = int8_model(run.path, model, run.scales[0], inference.tile_size,
+                                 inference.overlap, inference.batch_size,
+                                 inference.resolve_threshold(run.config.inference),
                                  converted["savedmodel"])
             if outcome.model is not None:
                 models[name, "savedmodel"] = (outcome.model, "f32")
