@@ -34,11 +34,11 @@ def test_time_budget_guard_stops_an_overrun_with_a_fake_clock():
 
 
 def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, schedule=None,
-           trace=0.0, validation=5.0, steps_run=None):
+           trace=0.0, validation=5.0, steps_run=None, initial_epoch=0, last_steps=None):
     """Fit's loop around a TimeBudget on a fake clock, ``validation`` seconds after each
     epoch's steps (or the seconds after epoch i: ``validation[i % len(validation)]``):
     (epochs run, wall seconds, the re-plans reported, the values agreed). ``steps_run``: a
-    list that gets each epoch's steps."""
+    list that gets each epoch's steps. ``initial_epoch``, ``last_steps``: a resumed run's."""
     from unet_cbam.callbacks import TimeBudget
 
     class Model:
@@ -46,15 +46,16 @@ def _paced(seconds_a_step, budget=100.0, steps=10, epochs=5, max_epochs=10, sche
     now, replans, agreed = [0.0], [], []
     pacer = TimeBudget(budget, steps, epochs, max_epochs, schedule,
                        agree=lambda value: agreed.append(value) or value,
-                       replanned=lambda *args: replans.append(args), clock=lambda: now[0])
+                       replanned=lambda *args: replans.append(args), clock=lambda: now[0],
+                       last_steps=last_steps)
     pacer.set_model(Model())
     pacer.on_train_begin()
     run = 0
-    for epoch in range(max_epochs):
+    for epoch in range(initial_epoch, max_epochs):
         pacer.on_epoch_begin(epoch)
         for step in range(steps):
             pacer.on_train_batch_begin(step)
-            now[0] += seconds_a_step + (trace if epoch == step == 0 else 0.0)
+            now[0] += seconds_a_step + (trace if epoch == initial_epoch and step == 0 else 0.0)
             pacer.on_train_batch_end(step)
             if pacer.model.stop_training:
                 break
@@ -199,3 +200,37 @@ def test_early_stopping_of_a_new_run_starts_from_nothing():
     for epoch, loss in enumerate([0.5, 0.6, 0.7]):
         callback.on_epoch_end(epoch, {"val_loss": loss})
     assert callback.model.stop_training
+
+
+def test_a_resumed_pacer_keeps_the_shorter_last_epoch_it_planned():
+    """A run killed in its shorter last epoch (7 planned, the last of 5 steps: the plan's
+    ``last_epoch_steps``) resumes into that epoch and stops after its 5 steps, on the
+    horizon of the steps planned, not 10 steps and a horizon of 7 whole epochs."""
+    from unet_cbam.optim import MovableCosineDecay
+
+    schedule = MovableCosineDecay(1e-3, 7 * 10 - 10, warmup_steps=10)  # movable_schedule's
+    steps_run = []
+    run, wall, replans, _ = _paced(1.0, budget=15.0, epochs=7, schedule=schedule,
+                                   steps_run=steps_run, initial_epoch=6, last_steps=5)
+    assert (run, wall, steps_run, replans) == (1, 10.0, [5], [])
+    assert float(schedule.decay_steps.numpy()) == 6 * 10 + 5 - 10
+    # Without it (as before), the resumed last epoch ran whole.
+    steps_run = []
+    assert _paced(1.0, budget=15.0, epochs=7, steps_run=steps_run, initial_epoch=6)[0] == 1
+    assert steps_run == [10]
+
+
+def test_the_plan_records_the_shorter_last_epoch_and_drops_it_when_re_planned_whole():
+    from unet_cbam.config import DataConfig, RunConfig, TrainConfig
+    from unet_cbam.plan import replan_epochs
+
+    config = RunConfig(data=DataConfig(data="d"), train=TrainConfig(epochs=5, steps_per_epoch=10),
+                       plan={"epochs": {"value": 5, "reason": "time_budget 100s: measured"}})
+    shorter = replan_epochs(config, 7, 1.0, after=1, last_steps=5)
+    assert shorter.plan["last_epoch_steps"]["value"] == 5
+    assert shorter.train.epochs == 7
+    assert shorter.plan["epochs"]["reason"] == (
+        "time_budget 100s: measured; re-planned after epoch 1: 1 s a step in training, "
+        "7 epochs fill the budget, the last of 5 steps")
+    whole = replan_epochs(shorter, 6, 1.2, after=2)
+    assert "last_epoch_steps" not in whole.plan and whole.train.epochs == 6

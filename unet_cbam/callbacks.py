@@ -210,6 +210,8 @@ class TimeBudget(keras.callbacks.Callback):
         replanned: called with ``(epochs, seconds_a_step, after_epochs, last_steps)`` on a
             change (``last_steps``: the shorter last epoch's steps, or None).
         validation_seconds: the plan's validation time an epoch (used after the first).
+        last_steps: the shorter last epoch's steps, as planned before (a resumed run's,
+            from its plan's ``last_epoch_steps``), or None.
     """
 
     OVERRUN = 1.02
@@ -225,7 +227,7 @@ class TimeBudget(keras.callbacks.Callback):
                  agree: Callable[[float], float] = lambda value: value,
                  replanned: Callable[[int, float, int, int | None], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 validation_seconds: float | None = None):
+                 validation_seconds: float | None = None, last_steps: int | None = None):
         super().__init__()
         self.seconds, self.steps_per_epoch, self.epochs = seconds, steps_per_epoch, epochs
         self.validation_seconds = validation_seconds
@@ -234,10 +236,12 @@ class TimeBudget(keras.callbacks.Callback):
         self.stepping, self.steps, self.first = 0.0, 0, 0.0
         self.begun = self.epoch_begun = self.step_begun = None
         self.epoch_stepping, self.epochs_seen, self.besides = 0.0, 0, 0.0
-        self.epoch, self.last_steps = 0, None
+        self.epoch, self.last_steps = 0, last_steps
 
     def on_train_begin(self, logs=None):
         self.begun = self.clock()
+        if self.last_steps is not None:  # resumed: the horizon of the steps as planned
+            self._move_horizon()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_begun, self.epoch_stepping, self.epoch = self.clock(), 0.0, epoch
@@ -308,13 +312,17 @@ class TimeBudget(keras.callbacks.Callback):
                         now - self.begun, self.seconds, done, shown(epochs, last),
                         shown(self.epochs, self.last_steps))
             self.epochs, self.last_steps = epochs, last
-            if self.schedule is not None:
-                self.schedule.decay_steps.assign(float(max(
-                    1, self.planned_steps - self.schedule.warmup_steps)))
+            self._move_horizon()
             if self.replanned is not None:
                 self.replanned(epochs, self.pace, done, last)
         if done >= self.epochs:
             self.model.stop_training = True
+
+    def _move_horizon(self) -> None:
+        """The cosine schedule's horizon at the steps now planned."""
+        if self.schedule is not None:
+            self.schedule.decay_steps.assign(float(max(
+                1, self.planned_steps - self.schedule.warmup_steps)))
 
     @property
     def planned_steps(self) -> int:

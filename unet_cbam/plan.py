@@ -452,6 +452,11 @@ def replan_epochs(config: RunConfig, epochs: int, step_seconds: float, after: in
     plan["epochs"] = {"value": epochs, "reason": (
         f"{measured}; re-planned after epoch {after}: {step_seconds:.3g} s a step in "
         f"training, {epochs} epochs fill the budget{last}")}
+    plan.pop("last_epoch_steps", None)
+    if last_steps is not None:  # read back by a --resume (``TimeBudget(last_steps=...)``)
+        plan["last_epoch_steps"] = {"value": last_steps, "reason": (
+            f"the time left after {epochs - 1} whole epochs holds {last_steps} of an epoch's "
+            f"{config.train.steps_per_epoch} steps: epoch {epochs} stops after them")}
     return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs),
                                plan=plan)
 

@@ -308,7 +308,8 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
             left * train_cfg.time_budget - (time.perf_counter() - started) - final,
             steps, train_cfg.epochs, fit_epochs, schedule,
             agree=lambda value: distribute.chief_value(strategy, value), replanned=replanned,
-            validation_seconds=plan.get("validation_seconds", {}).get("value")))
+            validation_seconds=plan.get("validation_seconds", {}).get("value"),
+            last_steps=plan.get("last_epoch_steps", {}).get("value") if resuming else None))
         logger.info("time budget: %d epochs planned, re-planned after each epoch from the pace "
                     "of training (at most %d)", train_cfg.epochs, fit_epochs)
     callbacks += extra_callbacks
