@@ -64,7 +64,7 @@ FINGERPRINT = {"image_size": {"median": [600.0, 500.0]},
 def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES)[0] == 1.0  # enough passes
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 16)
-    assert scale == 0.25 and "resampled by 0.25 it affords 16" in reason
+    assert scale == 0.25 and f"resampled by 0.25 it affords {TARGET_PASSES}" in reason
     # Fewer passes still: the foreground's 160 px must stay 24 px wide (0.15) ...
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 400)
     assert scale == 0.15 and "not lower: foreground structures" in reason
@@ -80,7 +80,7 @@ def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     nuclei = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 24.8}}
     assert choose_scale(nuclei, 16, 9.1) == (1.0, (  # 0.97 rounds up to 1
         "the budget affords 9.1 passes over the training pixels at full resolution (at least "
-        "16 wanted), but the thinnest structures (foreground, 24.8 px wide) must stay at least "
+        f"{TARGET_PASSES} wanted), but the thinnest structures (foreground, 24.8 px wide) must stay at least "
         "24 px wide"))
     old = {"image_size": FINGERPRINT["image_size"]}
     assert choose_scale(old, 16, 0.5) == (1.0, "the fingerprint has no structure widths "
