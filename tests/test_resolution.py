@@ -80,8 +80,8 @@ def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     nuclei = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 24.8}}
     assert choose_scale(nuclei, 16, 9.1) == (1.0, (  # 0.97 rounds up to 1
         "the budget affords 9.1 passes over the training pixels at full resolution (at least "
-        f"{TARGET_PASSES} wanted), but the thinnest structures (foreground, 24.8 px wide) must stay at least "
-        "24 px wide"))
+        f"{TARGET_PASSES} wanted), but the thinnest structures (foreground, 24.8 px wide) must "
+        "stay at least 24 px wide"))
     old = {"image_size": FINGERPRINT["image_size"]}
     assert choose_scale(old, 16, 0.5) == (1.0, "the fingerprint has no structure widths "
                                                 "(written by an older version)")
