@@ -183,3 +183,19 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
     labels, _ = BatchPredictor(loaded, InferenceConfig()).predict_raw(raw)
     assert labels.shape == raw.shape
     assert preprocessing_spec(loaded, "onnx")["scale"]["value"] == saved.data.scale
+
+
+@pytest.mark.parametrize("widths, scales", [
+    ({"background": 6.0, "foreground": 30.25}, [1.0] * 5),        # ISBI's membranes
+    ({"background": 317.05, "foreground": 24.83}, [1.0] * 5),     # CTC's nuclei
+    ({"class0": 10.0, "class4": 86.0}, [1.0] * 5),                # LabelMeFacade's thinnest
+    ({"background": 533.18, "foreground": 105.33}, [0.25, 0.3, 0.4, 0.45, 0.8]),  # Kvasir
+])
+def test_only_wide_structures_trade_resolution_for_passes(widths, scales):
+    """The shared data sets' structure widths (their fingerprints, 2026-12-07) at the passes
+    their 20-minute runs measured at full resolution (0.8 on the AVX2 EPYC to 39 for ISBI):
+    only Kvasir-SEG's wide polyps are resampled, and at 0.8 passes (AVX2) to its floor,
+    0.25, whatever TARGET_PASSES is."""
+    fingerprint = {"image_size": {"median": [530.0, 620.0]}, "structure_width": widths}
+    assert [choose_scale(fingerprint, 16, passes)[0]
+            for passes in (0.8, 4.2, 8.6, 11.2, 39.1)] == scales
