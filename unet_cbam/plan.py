@@ -80,9 +80,9 @@ CLASS_SAMPLING_POWER = -0.5
 #: With a time budget, the resolution is lowered until the budget affords this many passes
 #: over the training pixels ... Chosen on Kvasir-SEG's validation split, 20 minutes on a
 #: 2-core Zen 5 EPYC: at 16 the plan took factor 0.6 (14 passes; 11 epochs, validation
-#: Dice 0.57), where factor 0.3 (about 50 passes; 38 epochs) reached 0.78. Within a CPU
-#: budget every data set here was still learning at its last epoch: passes pay more than
-#: resolution above the width floor below. (64 gives 0.3 on that machine; 48 would give
+#: Dice 0.57), where factor 0.3 (about 50 passes; 38 epochs) reached 0.78. Every run at
+#: 16 passes was still learning at its last epoch: passes paid more than resolution above
+#: the width floor below. (64 gives 0.3 on that machine; 48 would give
 #: 0.35, not measured.) Data whose floor is at full resolution (ISBI, CTC, LabelMeFacade)
 #: plan the same either way.
 TARGET_PASSES = 64
