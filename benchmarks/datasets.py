@@ -224,12 +224,14 @@ def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: P
         val_iou = None if scored else cv["mean_iou"]
         history = (folds[0] / "history.csv").read_text().strip().splitlines()
         config = (folds[0] / "config.yaml").read_text()
+        wall = cv.get("wall_seconds")
     else:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         val_dice = metrics["classes"][scored]["dice"] if scored else metrics["mean_dice"]
         val_iou = None if scored else metrics["mean_iou"]
         history = (run_dir / "history.csv").read_text().strip().splitlines()
         config = (run_dir / "config.yaml").read_text()
+        wall = metrics.get("wall_seconds")
     test_dice = (summary["classes"][scored]["pooled_dice"] if scored
                  else summary["pooled_mean_dice"])
     scores = {"test_score": test_dice, "val_score": val_dice}
@@ -245,6 +247,7 @@ def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: P
         "val_dice": val_dice,
         "epochs_run": len(history) - 1,
         "train_s": round(train_seconds, 1), "predict_s": round(predict_seconds, 1),
+        "wall_seconds": wall,  # train.py's own account of where its time went
         "config": config,
     }
 

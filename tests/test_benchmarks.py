@@ -313,7 +313,8 @@ def test_datasets_benchmark_scores_several_classes_by_their_mean_iou(tmp_path):
     run_dir, predictions = tmp_path / "run", tmp_path / "test"
     run_dir.mkdir()
     predictions.mkdir()
-    (run_dir / "metrics.json").write_text(json.dumps({"mean_iou": 0.5, "mean_dice": 0.6}))
+    (run_dir / "metrics.json").write_text(json.dumps({"mean_iou": 0.5, "mean_dice": 0.6,
+                                                      "wall_seconds": {"total": 305.2}}))
     (run_dir / "history.csv").write_text("epoch,loss\n0,1\n1,0.5\n")
     (run_dir / "config.yaml").write_text("model: {}\n")
     (predictions / "evaluation.json").write_text(json.dumps({
@@ -323,6 +324,7 @@ def test_datasets_benchmark_scores_several_classes_by_their_mean_iou(tmp_path):
     assert (row["class"], row["test_score"], row["val_score"], row["test_dice"],
             row["val_dice"]) == ("mean IoU", 0.4, 0.5, 0.55, 0.6)
     assert row["test_iou"] == {"sky": 0.7, "door": 0.1} and row["epochs_run"] == 2
+    assert row["wall_seconds"] == {"total": 305.2}  # train.py's account, kept with the row
 
 
 @pytest.mark.slow

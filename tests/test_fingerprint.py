@@ -442,3 +442,6 @@ def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     wall = RunFolder(tmp_path / "run").read_metrics()["wall_seconds"]
     assert wall["budget"] == 8.0 and wall["final_planned"] == saved.plan["final_seconds"]["value"]
     assert wall["total"] >= wall["training_and_validation"] + wall["final_scores_tuning_and_saves"]
+    steps = wall["final_steps"]  # the end of the run, step by step, adding up to its whole
+    assert list(steps) == ["load", "scores", "tuning_predictions", "tuning", "saves"]
+    assert abs(sum(steps.values()) - wall["final_scores_tuning_and_saves"]) <= 0.1

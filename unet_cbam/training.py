@@ -330,19 +330,31 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
         return TrainResult(shared.path, run.read_history(), {}, chief=False)
 
     finishing = time.perf_counter()
+    marks = {}  # the end of the run, step by step: a slow one is named in metrics.json
+
+    def mark(step: str) -> None:
+        marks[step] = round(time.perf_counter() - finishing - sum(marks.values()), 1)
+
     best = run.load_model()
+    mark("load")
     metrics = final_metrics(best, run, val_ds, data.class_names, train_cfg.monitor)
     run.write_metrics(metrics)
-    tuned = postprocessing.tune(validation_predictions(best, data.val, config.model.divisor),
-                                data.class_names, data.fingerprint, train_cfg.tune_on)
+    mark("scores")
+    predictions = validation_predictions(best, data.val, config.model.divisor)
+    mark("tuning_predictions")
+    tuned = postprocessing.tune(predictions, data.class_names, data.fingerprint,
+                                train_cfg.tune_on)
+    mark("tuning")
     log_inference(tuned)
     run.write_config(dataclasses.replace(config, inference=tuned))
     done = time.perf_counter()
+    mark("saves")
     metrics["wall_seconds"] = {  # where the command's time went (the benchmarks read it)
         "total": round(done - started, 1),
         "before_training": round(fitting - started, 1),
         "training_and_validation": round(finishing - fitting, 1),
         "final_scores_tuning_and_saves": round(done - finishing, 1),
+        "final_steps": marks,
         "budget": train_cfg.time_budget,
         "final_planned": (config.plan or {}).get("final_seconds", {}).get("value")}
     run.write_metrics(metrics)
