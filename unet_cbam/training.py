@@ -333,7 +333,8 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     marks = {}  # the end of the run, step by step: a slow one is named in metrics.json
 
     def mark(step: str) -> None:
-        marks[step] = round(time.perf_counter() - finishing - sum(marks.values()), 1)
+        spent = round(time.perf_counter() - finishing - sum(marks.values()), 1)
+        marks[step] = spent or 0.0  # not -0.0
 
     best = run.load_model()
     mark("load")
