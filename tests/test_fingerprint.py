@@ -445,3 +445,5 @@ def test_a_time_budgeted_run_saves_its_planned_epochs(tmp_path):
     steps = wall["final_steps"]  # the end of the run, step by step, adding up to its whole
     assert list(steps) == ["load", "scores", "tuning_predictions", "tuning", "saves"]
     assert abs(sum(steps.values()) - wall["final_scores_tuning_and_saves"]) <= 0.1
+    # fit's leftover pipeline is torn down off the budget's path, and how long it took kept
+    assert wall["pipeline_release"] is None or wall["pipeline_release"] >= 0

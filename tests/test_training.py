@@ -410,3 +410,39 @@ def test_an_error_inside_a_tf_data_worker_ends_the_process_with_one_line(tmp_pat
     lines = [line for line in completed.stderr.splitlines() if "train.py: error" in line]
     assert len(lines) == 1 and "training failed" in lines[0]
     assert "Traceback" not in completed.stderr
+
+
+def test_fit_leaves_its_training_iterator_for_release_pipelines_to_tear_down():
+    import gc
+
+    import tensorflow as tf
+    from tensorflow.python.data.ops import iterator_ops
+
+    from unet_cbam.training import release_pipelines
+
+    def live() -> int:
+        return sum(isinstance(o, iterator_ops.OwnedIterator) for o in gc.get_objects())
+
+    images = tf.data.Dataset.random(seed=1).map(
+        lambda seed: (tf.random.stateless_uniform((8, 8, 1), tf.stack([seed, seed])),
+                      tf.zeros((8, 8, 1))), num_parallel_calls=tf.data.AUTOTUNE)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 3, padding="same")])
+    model.compile("adam", "mse")
+    gc.collect()
+    before = live()
+    class StopMidEpoch(keras.callbacks.Callback):  # as TimeBudget ends an overrunning epoch
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.stop_training = batch == 1
+
+    gc.disable()  # no collection may happen to run inside fit: the cycle is left as fit left it
+    try:
+        model.fit(images.batch(2).prefetch(tf.data.AUTOTUNE), epochs=2, steps_per_epoch=3,
+                  callbacks=[StopMidEpoch()], verbose=0)
+        assert live() == before + 1  # fit's iterator outlives it, in a reference cycle
+    finally:
+        gc.enable()
+    release = release_pipelines()
+    release.join()
+    assert release.name == "release-training-pipeline" and release.daemon
+    assert isinstance(release.seconds, float) and release.seconds >= 0
+    assert live() == before
