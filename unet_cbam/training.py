@@ -353,7 +353,6 @@ def _train(config: RunConfig, run: RunFolder, resuming: bool, split: dict | None
     run.write_config(dataclasses.replace(config, inference=tuned))
     done = time.perf_counter()
     mark("saves")
-    release.join(timeout=0)
     metrics["wall_seconds"] = {  # where the command's time went (the benchmarks read it)
         "total": round(done - started, 1),
         "before_training": round(fitting - started, 1),
@@ -386,13 +385,14 @@ class PipelineRelease(threading.Thread):
 def release_pipelines() -> PipelineRelease:
     """Tear down the tf.data iterators ``fit`` left behind, off the calling thread.
 
-    Keras leaves fit's training iterator in a reference cycle (its epoch iterator and the
-    generator that walks it), so the pipeline is torn down by whichever garbage collection
-    comes next, on the thread that triggers it. That teardown waits on tf.data's threads
-    with the interpreter lock released. 3 of 10 five-minute Kvasir-SEG runs at
-    ``--scale 0.2`` stalled for about 52 s that way after fit, on a random line of the
-    final steps, 18 % over their budget (docs/benchmarks/multi-class.md). Collected here,
-    in a thread of its own, the teardown holds up no step of the run.
+    When fit stops mid-epoch, as the time budget's pacer makes it, Keras leaves its
+    training iterator in a reference cycle (its epoch iterator and the generator that walks
+    it). The pipeline is then torn down by whichever garbage collection comes next, on the
+    thread that triggers it, waiting on tf.data's threads with the interpreter lock
+    released. 3 of 10 five-minute Kvasir-SEG runs at ``--scale 0.2`` stalled for about
+    52 s after fit, on a random line of the final steps with the lock free: the mark of
+    such a teardown (docs/benchmarks/multi-class.md). Collected here, in a thread of its
+    own, the teardown holds up no step of the run.
     """
     release = PipelineRelease()
     release.start()
