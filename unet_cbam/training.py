@@ -376,6 +376,7 @@ class PipelineRelease(threading.Thread):
         self.seconds: float | None = None
 
     def run(self) -> None:
+        """Collect, and keep how long it took."""
         begun = time.perf_counter()
         gc.collect()
         self.seconds = round(time.perf_counter() - begun, 1)
