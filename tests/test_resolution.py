@@ -65,23 +65,24 @@ def test_scale_trades_resolution_for_passes_but_keeps_structures_wide():
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES)[0] == 1.0  # enough passes
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 16)
     assert scale == 0.25 and f"resampled by 0.25 it affords {TARGET_PASSES}" in reason
-    # Fewer passes still: the foreground's 160 px must stay 24 px wide (0.15) ...
+    # Fewer passes still: the foreground's 160 px must stay 20 px wide (0.125: 0.15) ...
     scale, reason = choose_scale(FINGERPRINT, 16, TARGET_PASSES / 400)
     assert scale == 0.15 and "not lower: foreground structures" in reason
     narrow = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 80.0}}
-    assert choose_scale(narrow, 16, TARGET_PASSES / 400)[0] == 0.3
+    assert choose_scale(narrow, 16, TARGET_PASSES / 400)[0] == 0.25
     # ... and the median image's 500 px side 4 x 16 = 64 px (0.128, rounded up).
     wide = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 300.0}}
     assert choose_scale(wide, 16, TARGET_PASSES / 400)[0] == 0.15
     assert choose_scale(FINGERPRINT, 16, TARGET_PASSES / 10)[0] == 0.35  # rounded up
-    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 20.0}}
+    thin = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 19.0}}
     scale, reason = choose_scale(thin, 16, 0.5)
-    assert scale == 1.0 and "must stay at least 24 px wide" in reason
+    assert scale == 1.0 and "must stay at least 20 px wide" in reason
     nuclei = {**FINGERPRINT, "structure_width": {"background": 400.0, "foreground": 24.8}}
-    assert choose_scale(nuclei, 16, 9.1) == (1.0, (  # 0.97 rounds up to 1
-        "the budget affords 9.1 passes over the training pixels at full resolution (at least "
-        f"{TARGET_PASSES} wanted), but the thinnest structures (foreground, 24.8 px wide) must "
-        "stay at least 24 px wide"))
+    assert choose_scale(nuclei, 16, 12.9) == (0.85, (  # 0.806 rounds up to 0.85
+        "the budget affords 12.9 passes over the training pixels at full resolution (at least "
+        f"{TARGET_PASSES} wanted): resampled by 0.85 it affords 18; not lower: foreground "
+        "structures (24.8 px wide) must stay at least 20 px wide, the median image's side 64"))
+    assert choose_scale(nuclei, 16, 59.0)[0] == 1.0  # 0.96 wanted, rounded up to 1
     old = {"image_size": FINGERPRINT["image_size"]}
     assert choose_scale(old, 16, 0.5) == (1.0, "the fingerprint has no structure widths "
                                                 "(written by an older version)")
@@ -171,8 +172,8 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
     train(config, tmp_path / "run", progress=False)
     saved = RunFolder(tmp_path / "run").config
     width = RunFolder(tmp_path / "run").read_fingerprint()["structure_width"]["foreground"]
-    # Limited by the disc's width (24 px) or the images' side (4 cells of 4 px at depth 2).
-    floor = max(24 / width, 16 / 256)
+    # Limited by the disc's width (20 px) or the images' side (4 cells of 4 px at depth 2).
+    floor = max(plan.MIN_RESAMPLED_WIDTH / width, 16 / 256)
     assert saved.data.scale == pytest.approx(np.ceil(floor / 0.05 - 1e-9) * 0.05)
     assert saved.data.scale < 1 and "not lower" in saved.plan["scale"]["reason"]
     side = round(256 * saved.data.scale)
@@ -187,15 +188,16 @@ def test_a_time_budget_that_affords_few_passes_trains_on_resampled_images(tmp_pa
 
 @pytest.mark.parametrize("widths, scales", [
     ({"background": 6.0, "foreground": 30.25}, [1.0] * 5),        # ISBI's membranes
-    ({"background": 317.05, "foreground": 24.83}, [1.0] * 5),     # CTC's nuclei
+    ({"background": 317.05, "foreground": 24.83}, [0.85] * 5),    # CTC's nuclei
     ({"class0": 10.0, "class4": 86.0}, [1.0] * 5),                # LabelMeFacade's thinnest
-    ({"background": 533.18, "foreground": 105.33}, [0.25, 0.3, 0.4, 0.45, 0.8]),  # Kvasir
+    ({"background": 533.18, "foreground": 105.33}, [0.2, 0.3, 0.4, 0.45, 0.8]),  # Kvasir
 ])
 def test_only_wide_structures_trade_resolution_for_passes(widths, scales):
     """The shared data sets' structure widths (their fingerprints, 2026-12-07) at the passes
     their 20-minute runs measured at full resolution (0.8 on the AVX2 EPYC to 39 for ISBI):
-    only Kvasir-SEG's wide polyps are resampled, and at 0.8 passes (AVX2) to its floor,
-    0.25, whatever TARGET_PASSES is."""
+    ISBI's membranes and LabelMeFacade's thinnest class keep full resolution, CTC's nuclei
+    go to their floor (0.85: 21 px), and Kvasir-SEG's wide polyps at 0.8 passes (AVX2) to
+    theirs, 0.2, whatever TARGET_PASSES is."""
     fingerprint = {"image_size": {"median": [530.0, 620.0]}, "structure_width": widths}
     assert [choose_scale(fingerprint, 16, passes)[0]
             for passes in (0.8, 4.2, 8.6, 11.2, 39.1)] == scales

@@ -22,9 +22,9 @@ The rules:
   affords them, but never so far that the thinnest class's typical structure
   (fingerprint ``structure_width``) gets narrower than ``MIN_RESAMPLED_WIDTH``
   pixels, nor the median image's shorter side below ``MIN_SIDE_DIVISORS``
-  cells of the model's coarsest grid. Thin membranes and small nuclei keep
-  their resolution; large blobs in large frames are learnt from whole,
-  smaller frames, many times over.
+  cells of the model's coarsest grid. Thin membranes keep their resolution
+  and small nuclei nearly theirs; large blobs in large frames are learnt
+  from whole, smaller frames, many times over.
 - patch size (``patch_size: none``): the median (resampled) image's shorter side,
   rounded down to the model's divisor, at most ``MAX_PATCH_SIDE`` rounded
   likewise: small images are not padded into huge patches, large ones are
@@ -83,15 +83,18 @@ CLASS_SAMPLING_POWER = -0.5
 #: Dice 0.57), where factor 0.3 (about 50 passes; 38 epochs) reached 0.78. Every run at
 #: 16 passes was still learning at its last epoch: passes paid more than resolution above
 #: the width floor below. (64 gives 0.3 on that machine; 48 would give
-#: 0.35, not measured.) Data whose floor is at full resolution (ISBI, CTC, LabelMeFacade)
-#: plan the same either way.
+#: 0.35, not measured.) Data whose floor is at full resolution (ISBI, LabelMeFacade) plan
+#: the same either way; CTC's nuclei go no lower than 0.85 (their floor).
 TARGET_PASSES = 64
 #: ... but the thinnest class's typical width stays at least this many pixels once resampled
 #: (the resampling's boundary error, about a resampled pixel, stays a small share of it) ...
-#: Chosen on validation splits: Kvasir-SEG's polyps (105 px) did better at 26 px (factor
-#: 0.25, 13 passes: Dice 0.63) than at 37 px (0.35, 7 passes: 0.58); CTC's nuclei (25 px)
-#: did worse at 20 px (0.8: 0.75) than at their own 25 px (0.78).
-MIN_RESAMPLED_WIDTH = 24
+#: Chosen on validation splits, three seeds each, with 5 minutes on a 2-core Zen 5 EPYC
+#: (1.1 passes at full resolution for Kvasir-SEG, near the AVX2 EPYC's 0.8 in 20 minutes):
+#: Kvasir-SEG's polyps (105 px) did better at 21 px (factor 0.2: whole-image Dice 0.744 ±
+#: 0.029, 5 seeds) than at 26 px (0.25: 0.671 ± 0.056); CTC's nuclei (25 px) scored the same
+#: at 21 px (0.85: 0.850 ± 0.013, 3 seeds) as at their own 25 px (0.847 ± 0.014). (24, the
+#: value before, rested on one CTC seed at factor 0.8.)
+MIN_RESAMPLED_WIDTH = 20
 #: ... and the median image's shorter side at least this many.
 MIN_SIDE_DIVISORS = 4
 #: Planned factors are rounded up to a multiple of this.
