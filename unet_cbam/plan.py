@@ -88,7 +88,7 @@ CLASS_SAMPLING_POWER = -0.5
 TARGET_PASSES = 64
 #: ... but the thinnest class's typical width stays at least this many pixels once resampled
 #: (the resampling's boundary error, about a resampled pixel, stays a small share of it) ...
-#: Chosen on validation splits, three seeds each, with 5 minutes on a 2-core Zen 5 EPYC
+#: Chosen on validation splits, 3 to 5 seeds each, with 5 minutes on a 2-core Zen 5 EPYC
 #: (1.1 passes at full resolution for Kvasir-SEG, near the AVX2 EPYC's 0.8 in 20 minutes):
 #: Kvasir-SEG's polyps (105 px) did better at 21 px (factor 0.2: whole-image Dice 0.744 ±
 #: 0.029, 5 seeds) than at 26 px (0.25: 0.671 ± 0.056); CTC's nuclei (25 px) scored the same
