@@ -17,6 +17,11 @@ ISBI = ROOT.parent / "shared" / "datasets" / "isbi2012-membrane"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+#: Environment variables that change what TensorFlow runs on the CPU (recorded when set):
+#: ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 CPU stands in for an AVX2-only one.
+ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS",
+               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")
+
 PACKAGES = ("tensorflow", "keras", "numpy", "albumentations", "opencv-python-headless",
             "segmentation-models", "tifffile", "onnxruntime", "openvino", "nncf", "unet_cbam")
 
@@ -67,6 +72,7 @@ def machine() -> dict:
         "cpu_cores": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "packages": versions,
+        "environment": {name: os.environ[name] for name in ENVIRONMENT if name in os.environ},
     }
 
 

@@ -246,6 +246,8 @@ def test_tune_on_benchmark_scores_a_fold_ensemble_on_out_of_fold_predictions(tmp
 def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch):
     common = load_script("common")
     monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # a stand-in CPU is recorded as such
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     path = common.write_json("script", "x.json", {"rows": [1]})
     assert path == tmp_path / "script" / "x.json"
     import json
@@ -254,6 +256,8 @@ def test_every_result_records_commit_date_cpu_and_versions(tmp_path, monkeypatch
     assert len(machine["commit"].removesuffix("-dirty")) == 40
     assert machine["cpu"] and machine["date"][:4].isdigit()
     assert machine["packages"]["tensorflow"] and machine["packages"]["keras"]
+    assert machine["environment"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert "TF_ENABLE_ONEDNN_OPTS" not in machine["environment"]
     assert json.loads(path.read_text())["rows"] == [1]
 
 
