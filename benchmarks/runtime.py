@@ -78,9 +78,9 @@ CONFIDENT = 0.05
 
 def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """(the variants this machine can measure, {left out: why})."""
-    from unet_cbam.precision import BF16_CPU_FLAGS, cpu_flags
+    from unet_cbam.precision import bf16_units, cpu_flags
 
-    bf16 = any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    bf16 = bool(bf16_units(cpu_flags())[0])  # units oneDNN may use (ONEDNN_MAX_CPU_ISA)
     chosen, skipped = [], {}
     for name in names:
         _, precision, packages = VARIANTS[name]

@@ -425,7 +425,12 @@ def test_runtime_benchmark_measures_what_this_machine_runs_natively(monkeypatch)
                        "openvino-bfloat16": "openvino not installed",
                        "openvino-int8": "openvino not installed"}
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     assert runtime.available(["keras-bfloat16"]) == (["keras-bfloat16"], {})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the units are there, oneDNN's are not
+    assert runtime.available(["keras-bfloat16"])[0] == []
 
 
 def test_runtime_profile_sorts_openvino_nodes_by_what_they_do():

@@ -24,6 +24,48 @@ def test_auto_follows_the_hardware(gpus, flags, expected, why):
     assert chosen == expected and why in reason
 
 
+@pytest.mark.parametrize("environ, flags, expected, why", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"avx512_bf16"}, "float32",
+     "CPU with avx512_bf16, but ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from them"),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}, {"avx512_bf16"}, "float32",
+     "ONEDNN_MAX_CPU_ISA=avx512_core_vnni keeps"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, {"avx512_bf16"}, "bfloat16",
+     "CPU with avx512_bf16: bfloat16 units"),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_BF16"}, {"avx512_bf16", "amx_bf16"}, "bfloat16",
+     "CPU with avx512_bf16: bfloat16 units"),  # AMX hidden, AVX512_BF16 still used
+    ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX"}, {"amx_bf16"}, "bfloat16", "amx_bf16"),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, {"avx512_bf16"}, "bfloat16", "avx512_bf16"),
+    ({"ONEDNN_MAX_CPU_ISA": "NOT_AN_ISA"}, {"avx512_bf16"}, "bfloat16", "avx512_bf16"),
+    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {"amx_bf16"}, "float32",
+     "but TF_ENABLE_ONEDNN_OPTS=0 keeps oneDNN from them"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, set(), "float32", "CPU without bfloat16 units"),
+])
+def test_auto_counts_only_the_units_onednn_may_use(environ, flags, expected, why):
+    """TensorFlow's bfloat16 speed on a CPU is oneDNN's: a capped oneDNN (the README's
+    stand-in for an AVX2 CPU) trains float32, as the AVX2 CPU itself would."""
+    chosen, reason = choose_precision("auto", gpus=[], flags=flags, environ=environ)
+    assert chosen == expected and why in reason
+
+
+def test_bfloat16_is_refused_where_onednn_has_no_bfloat16_convolution(caplog):
+    """Measured on TensorFlow 2.21: capped at AVX2 the first bfloat16 convolution fails
+    (`could not create a primitive descriptor`); at AVX512_CORE it runs, emulated."""
+    for cap in ("AVX2", "sse41", "AVX2_VNNI", "AVX2_VNNI_2"):
+        with pytest.raises(ValueError, match=f"ONEDNN_MAX_CPU_ISA={cap} leaves oneDNN no "
+                                             "bfloat16 convolution.*--precision float32"):
+            choose_precision("bfloat16", gpus=[], flags={"avx512_bf16"},
+                             environ={"ONEDNN_MAX_CPU_ISA": cap})
+    assert choose_precision("bfloat16", gpus=[], flags={"avx_ne_convert"},
+                            environ={"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI_2"})[0] == "bfloat16"
+    assert choose_precision("bfloat16", gpus=[], flags={"avx512_bf16"},
+                            environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}) == ("bfloat16",
+                                                                               "asked for")
+    assert "no bfloat16 units oneDNN may use (ONEDNN_MAX_CPU_ISA=AVX512_CORE)" in caplog.text
+    # A GPU run is not oneDNN's: the cap does not matter there.
+    assert choose_precision("bfloat16", gpus=[(8, 0)], flags=set(),
+                            environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})[0] == "bfloat16"
+
+
 def test_auto_picks_bfloat16_only_where_its_parity_is_measured(monkeypatch):
     monkeypatch.setattr(precision, "BFLOAT16_PARITY_MEASURED", {"cpu": False, "gpu": True})
     chosen, reason = choose_precision("auto", gpus=[], flags={"amx_bf16"})
