@@ -80,6 +80,8 @@ def rows(folder: Path) -> list[list[str]]:
         cpu = machine.get("cpu", "not recorded")
         if machine.get("cpu_features"):
             cpu += f" ({', '.join(machine['cpu_features'])})"
+        if machine.get("environment"):  # e.g. oneDNN capped at AVX2: a stand-in CPU
+            cpu += " with " + ", ".join(f"{k}={v}" for k, v in machine["environment"].items())
         table.append([f"`{path.name}`", settings(payload) or "-", cpu,
                       str(machine.get("commit", "-"))[:12], str(machine.get("date", "-"))[:10]])
     return table
