@@ -253,7 +253,9 @@ def result_row(name: str, variant: str, seed: int, run_dir: Path, predictions: P
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and (population) standard deviation over seeds per data set and variant."""
+    """Mean and sample standard deviation (n - 1; 0 for one seed) over seeds per data set
+    and variant: the seed spread the README's results table and the issue-40 studies quote
+    (results files written before 2026-12-07, 20:00 UTC hold population deviations)."""
     import numpy as np
 
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -267,7 +269,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             if not values:
                 continue
             entry[f"{key}_mean"] = round(float(np.mean(values)), 4)
-            entry[f"{key}_std"] = round(float(np.std(values)), 4)
+            entry[f"{key}_std"] = round(float(np.std(values, ddof=1)), 4) \
+                if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
 

@@ -298,7 +298,8 @@ def test_datasets_benchmark_variants_and_summary():
             for v, t in ((0.8, 0.7), (0.9, 0.9))]
     assert datasets.summarize(rows) == [{
         "data_set": "ctc", "variant": "cbam", "seeds": 2, "val_dice_mean": 0.85,
-        "val_dice_std": 0.05, "test_dice_mean": 0.8, "test_dice_std": 0.1}]
+        "val_dice_std": 0.0707, "test_dice_mean": 0.8, "test_dice_std": 0.1414}]  # n - 1
+    assert datasets.summarize(rows[:1])[0]["test_dice_std"] == 0.0  # one seed: no spread
     # LabelMeFacade's classes by hand: the colours as one YAML/JSON argument
     flagged = shlex.split(datasets.parse_variants(["hand-flagged"])["hand-flagged"])
     assert flagged[:4] == ["--num-classes", "9", "--mask-encoding", "rgb"]
