@@ -17,7 +17,9 @@
 TensorFlow's bfloat16 speed on a CPU comes from oneDNN, so its units count
 only where oneDNN may use them: ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``)
 below ``AVX512_CORE_BF16`` hides AVX512_BF16 (below ``AVX512_CORE_AMX``, AMX),
-and ``TF_ENABLE_ONEDNN_OPTS=0`` hides both. Below ``AVX512_CORE`` oneDNN has no
+and ``TF_ENABLE_ONEDNN_OPTS=0`` hides both (without oneDNN a bfloat16 training step of
+32 patches of 128x128 took 10.4-10.6 s against 1.0 s in float32, on the Zen 5 EPYC with
+AVX512_BF16, 2026-12-07). Below ``AVX512_CORE`` oneDNN has no
 bfloat16 convolution at all (TensorFlow 2.21 fails at the first one), so
 ``--precision bfloat16`` is refused there with the variable named.
 
