@@ -57,7 +57,8 @@ BF16_UNIT_ISA = {"avx512_bf16": "avx512_core_bf16", "amx_bf16": "avx512_core_amx
 #: an AVX512_BF16 EPYC: SSE41 to AVX2_VNNI_2 fail at the first convolution, AVX512_CORE
 #: runs); AVX2_VNNI_2 has one on CPUs with AVX-NE-CONVERT.
 BF16_MIN_ISA = "avx512_core"
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: The CPU flags of bfloat16 units.
+BF16_CPU_FLAGS = tuple(BF16_UNIT_ISA)
 
 
 def cpu_model() -> str:
